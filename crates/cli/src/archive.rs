@@ -1,0 +1,241 @@
+//! `pitr init` and `pitr archive-wal`: store one WAL file durably, refuse anything that could
+//! make the archive silently wrong, and push ready segments ahead so a backlog drains fast.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use pitr_pg::{LongPageHeader, WalFileKind, WalFileName, LONG_PAGE_HEADER_LEN};
+use pitr_store::{DocWrite, InitOutcome, Repo, RepoConfig, FORMAT_VERSION};
+
+use crate::cli::{ArchiveWalArgs, InitArgs};
+use crate::walref::{claim_cluster, SourceFingerprint, WalRef};
+
+pub async fn init(url: &str, args: InitArgs) -> anyhow::Result<()> {
+    let config = RepoConfig {
+        format_version: FORMAT_VERSION,
+        chunk_size: args.chunk_size,
+        compression_level: args.compression_level,
+    };
+    let (_, outcome) = Repo::init(url, config).await?;
+    match outcome {
+        InitOutcome::Created => tracing::info!("created repository {url}"),
+        InitOutcome::AlreadyInitialized => {
+            tracing::info!("repository {url} already exists with these settings")
+        }
+    }
+    Ok(())
+}
+
+/// A WAL file opened and checked, ready to store.
+struct WalFile {
+    name: WalFileName,
+    path: PathBuf,
+    file: Arc<std::fs::File>,
+    len: u64,
+    fingerprint: SourceFingerprint,
+    header: Option<LongPageHeader>,
+}
+
+impl WalFile {
+    /// Open `path` and check that it is what `name` says: for segments, a long page header
+    /// whose address matches the name and whose segment size matches the file length.
+    fn open(path: &Path, name: WalFileName) -> anyhow::Result<WalFile> {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+        let meta = file
+            .metadata()
+            .with_context(|| format!("stat {}", path.display()))?;
+        if !meta.is_file() {
+            bail!("{} is not a regular file", path.display());
+        }
+        let len = meta.len();
+        let header = match name.kind() {
+            WalFileKind::Segment | WalFileKind::Partial => {
+                let mut buf = [0u8; LONG_PAGE_HEADER_LEN];
+                let n = file
+                    .read_at(&mut buf, 0)
+                    .with_context(|| format!("read {}", path.display()))?;
+                let header = LongPageHeader::parse(&buf[..n])
+                    .and_then(|h| h.check_belongs_to(&name, len).map(|()| h))
+                    .with_context(|| format!("{} is not WAL segment {name}", path.display()))?;
+                Some(header)
+            }
+            WalFileKind::History | WalFileKind::BackupHistory => None,
+        };
+        Ok(WalFile {
+            name,
+            path: path.to_path_buf(),
+            file: Arc::new(file),
+            len,
+            fingerprint: SourceFingerprint::of(&meta),
+            header,
+        })
+    }
+
+    fn system_identifier(&self) -> Option<u64> {
+        self.header.map(|h| h.system_identifier)
+    }
+}
+
+enum Archived {
+    Stored { stored_bytes: u64 },
+    AlreadyThere,
+}
+
+/// Store one WAL file and publish its ref. The ref is written create-only and only after
+/// every chunk is durable; a name that already holds other content is an error.
+async fn archive_one(repo: &Repo, wal: &WalFile) -> anyhow::Result<Archived> {
+    let what = wal.path.display().to_string();
+    if let Some(existing) = WalRef::load(repo, &wal.name).await? {
+        if existing.source.as_ref() == Some(&wal.fingerprint) {
+            return Ok(Archived::AlreadyThere);
+        }
+        let chunks = repo
+            .hash_file(Arc::clone(&wal.file), wal.len, &what)
+            .await?;
+        if existing.same_content(&chunks, wal.len) {
+            return Ok(Archived::AlreadyThere);
+        }
+        bail!(
+            "{} is already archived with different content; refusing to overwrite it \
+             (the archived copy is kept; if this cluster was restored, check for two \
+             clusters archiving into one repository)",
+            wal.name
+        );
+    }
+    let summary = repo.put_file(Arc::clone(&wal.file), wal.len, &what).await?;
+    let walref = WalRef {
+        name: wal.name.to_string(),
+        size: wal.len,
+        segment_size: wal.header.map(|h| h.segment_size),
+        system_identifier: wal.system_identifier(),
+        archived_at: chrono::Utc::now(),
+        stored_bytes: summary.stored_bytes,
+        chunks: summary.chunks,
+        source: Some(wal.fingerprint.clone()),
+    };
+    let body = serde_json::to_vec(&walref).expect("ref serializes");
+    match repo.put_doc(&WalRef::key(&wal.name), body.into()).await? {
+        DocWrite::Created => Ok(Archived::Stored {
+            stored_bytes: summary.stored_bytes,
+        }),
+        DocWrite::Exists(other) => {
+            let other: WalRef = serde_json::from_slice(&other)
+                .with_context(|| format!("parse {}", WalRef::key(&wal.name)))?;
+            if other.same_content(&walref.chunks, walref.size) {
+                Ok(Archived::AlreadyThere)
+            } else {
+                bail!(
+                    "{} was archived concurrently with different content",
+                    wal.name
+                )
+            }
+        }
+    }
+}
+
+pub async fn archive_wal(url: &str, args: ArchiveWalArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let name: WalFileName = args.name.parse()?;
+    let wal = WalFile::open(&args.path, name)?;
+    // archive_command runs in the data directory: its pg_control names the cluster.
+    let control = pitr_pg::read_system_identifier(Path::new("."))?;
+    if let (Some(ours), Some(file)) = (control, wal.system_identifier()) {
+        if ours != file {
+            bail!(
+                "{} comes from database system {file}, but this data directory is system {ours}",
+                wal.name
+            );
+        }
+    }
+    let repo = Repo::open(url).await?;
+    if let Some(sysid) = wal.system_identifier().or(control) {
+        claim_cluster(&repo, sysid, &format!("WAL file {}", wal.name)).await?;
+    }
+
+    let ahead = ready_after(&args.path, &wal, args.lookahead);
+    let pushers: Vec<_> = ahead
+        .into_iter()
+        .map(|(path, name)| {
+            let repo = repo.clone();
+            let sysid = wal.system_identifier();
+            tokio::spawn(async move { push_ahead(&repo, &path, name, sysid).await })
+        })
+        .collect();
+
+    let outcome = archive_one(&repo, &wal)
+        .await
+        .with_context(|| format!("archive {}", wal.name))?;
+    let mut pushed = 0;
+    for p in pushers {
+        pushed += usize::from(p.await.unwrap_or(false));
+    }
+    let ms = started.elapsed().as_millis();
+    match outcome {
+        Archived::Stored { stored_bytes } => tracing::info!(
+            "archived {} ({} bytes, {} new stored, {ms} ms{})",
+            wal.name,
+            wal.len,
+            stored_bytes,
+            if pushed > 0 {
+                format!(", {pushed} upcoming pushed ahead")
+            } else {
+                String::new()
+            }
+        ),
+        Archived::AlreadyThere => {
+            tracing::debug!("{} already archived with identical content", wal.name)
+        }
+    }
+    Ok(())
+}
+
+/// Segments marked ready in `archive_status` that PostgreSQL will ask for after `wal`, in the
+/// order it will ask (oldest first), at most `limit`.
+fn ready_after(path: &Path, wal: &WalFile, limit: usize) -> Vec<(PathBuf, WalFileName)> {
+    if limit == 0 || wal.name.kind() != WalFileKind::Segment {
+        return Vec::new();
+    }
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let status = dir.join("archive_status");
+    let Ok(entries) = std::fs::read_dir(&status) else {
+        return Vec::new();
+    };
+    let mut names: Vec<WalFileName> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let f = e.file_name();
+            let stem = f.to_str()?.strip_suffix(".ready")?;
+            let n: WalFileName = stem.parse().ok()?;
+            (n.kind() == WalFileKind::Segment && n.as_str() > wal.name.as_str()).then_some(n)
+        })
+        .collect();
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.truncate(limit);
+    names
+        .into_iter()
+        .map(|n| (dir.join(n.as_str()), n))
+        .collect()
+}
+
+/// Archive an upcoming segment ahead of its call. Failures are left for that call to report.
+async fn push_ahead(repo: &Repo, path: &Path, name: WalFileName, sysid: Option<u64>) -> bool {
+    let result = async {
+        let wal = WalFile::open(path, name)?;
+        if wal.system_identifier() != sysid {
+            bail!("{} is from another system", wal.name);
+        }
+        archive_one(repo, &wal).await
+    }
+    .await;
+    match result {
+        Ok(Archived::Stored { .. }) => true,
+        Ok(Archived::AlreadyThere) => false,
+        Err(e) => {
+            tracing::debug!("push ahead {}: {e:#}", path.display());
+            false
+        }
+    }
+}

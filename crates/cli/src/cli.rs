@@ -1,0 +1,161 @@
+//! Command-line interface: global options, the configuration file, and each command's flags.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pitr",
+    version,
+    about = "WAL archiving and point-in-time recovery for PostgreSQL",
+    long_about = "WAL archiving and point-in-time recovery for PostgreSQL.\n\n\
+        postgresql.conf:\n  archive_mode = on\n  archive_command = 'pitr archive-wal %p %f'\n\
+        and for recovery:\n  restore_command = 'pitr restore-wal %f %p'\n\n\
+        The repository comes from --repo, PITR_REPO, or `repo = \"...\"` in the config file."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug)]
+pub struct Global {
+    /// Repository URL: /abs/path, file:///abs/path, s3://bucket/prefix, gs://…, az://…
+    #[arg(long, env = "PITR_REPO", global = true)]
+    pub repo: Option<String>,
+    /// Configuration file (TOML; default /etc/pitr/pitr.toml when it exists)
+    #[arg(long, env = "PITR_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// More log output (-v debug, -vv trace)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors on stderr
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Log line format on stderr
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create the repository
+    Init(InitArgs),
+    /// Archive one WAL file (archive_command = 'pitr archive-wal %p %f')
+    ArchiveWal(ArchiveWalArgs),
+    /// Fetch one archived WAL file (restore_command = 'pitr restore-wal %f %p')
+    RestoreWal(RestoreWalArgs),
+    /// Repository summary: archived WAL per timeline, gaps, sizes
+    Info(InfoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Bytes per chunk (a multiple of 8 KiB; suffixes K, M accepted)
+    #[arg(long, default_value = "1M", value_parser = parse_size)]
+    pub chunk_size: u32,
+    /// zstd compression level for new chunks
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    pub compression_level: i32,
+}
+
+#[derive(Args, Debug)]
+pub struct ArchiveWalArgs {
+    /// Path of the WAL file (%p), relative to the data directory
+    pub path: PathBuf,
+    /// Name of the WAL file (%f)
+    pub name: String,
+    /// Also push up to N upcoming segments that are ready (pg_wal/archive_status/*.ready) in
+    /// parallel, so that the next calls find them already stored
+    #[arg(long, default_value_t = 8)]
+    pub lookahead: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreWalArgs {
+    /// Name of the WAL file wanted (%f)
+    pub name: String,
+    /// Where to write it (%p)
+    pub dest: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    /// One JSON object on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_size(s: &str) -> Result<u32, String> {
+    let (num, mult) = match s.trim().to_ascii_uppercase() {
+        t if t.ends_with("MIB") || t.ends_with('M') => (
+            t.trim_end_matches("MIB").trim_end_matches('M').to_string(),
+            1 << 20,
+        ),
+        t if t.ends_with("KIB") || t.ends_with('K') => (
+            t.trim_end_matches("KIB").trim_end_matches('K').to_string(),
+            1 << 10,
+        ),
+        t => (t, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size"))?;
+    u32::try_from(n * mult).map_err(|_| format!("{s:?} is too large"))
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    repo: Option<String>,
+}
+
+/// The repository URL: flag beats environment beats configuration file.
+pub fn repo_url(global: &Global) -> anyhow::Result<String> {
+    if let Some(repo) = &global.repo {
+        return Ok(repo.clone());
+    }
+    let (path, explicit) = match &global.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from("/etc/pitr/pitr.toml"), false),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            bail!("no repository given: use --repo URL, PITR_REPO, or repo = \"...\" in /etc/pitr/pitr.toml")
+        }
+        Err(e) => return Err(e).with_context(|| format!("read config file {}", path.display())),
+    };
+    let cfg: ConfigFile =
+        toml::from_str(&text).with_context(|| format!("parse config file {}", path.display()))?;
+    cfg.repo
+        .with_context(|| format!("config file {} has no repo = \"...\"", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("8192"), Ok(8192));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("8192M").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

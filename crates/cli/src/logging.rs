@@ -1,0 +1,27 @@
+//! Log setup: human or JSON lines on stderr; stdout is kept for machine-readable results.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Global, LogFormat};
+
+pub fn init(global: &Global) {
+    let level = if global.quiet {
+        "error"
+    } else {
+        match global.verbose {
+            0 => "info",
+            1 => "debug",
+            _ => "trace",
+        }
+    };
+    let filter = EnvFilter::try_from_env("PITR_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,pitr={level},pitr_store={level}")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match global.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.without_time().init(),
+    }
+}

@@ -1,0 +1,16 @@
+//! PostgreSQL's own vocabulary for pitr: LSNs, timelines, WAL file names, WAL page headers and
+//! the pieces of `pg_control` we read. Pure parsing, no I/O beyond what a caller hands in.
+
+mod control;
+mod lsn;
+mod walname;
+mod walpage;
+
+pub use control::{read_system_identifier, ControlError};
+pub use lsn::{Lsn, LsnParseError};
+pub use walname::{TimelineId, WalFileKind, WalFileName, WalNameError};
+pub use walpage::{LongPageHeader, PageHeaderError, LONG_PAGE_HEADER_LEN};
+
+/// PostgreSQL's default WAL segment size (16 MiB); the real size of a cluster is in every
+/// segment's long page header.
+pub const DEFAULT_WAL_SEGMENT_SIZE: u32 = 16 * 1024 * 1024;

@@ -1,0 +1,178 @@
+//! Turning a repository URL into an `object_store` backend. Local directories are built by
+//! hand because `parse_url` leaves fsync off, and pitr's promise is durability on success.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::ObjectStore;
+
+use crate::{Result, StoreError};
+
+/// Where a repository lives.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub store: Arc<dyn ObjectStore>,
+    /// Key prefix inside the store (`s3://bucket/prefix` → `prefix`).
+    pub prefix: Path,
+    /// The URL as the user gave it, for messages.
+    pub url: String,
+    /// Local root directory, for file repositories.
+    pub local_root: Option<PathBuf>,
+}
+
+impl Backend {
+    /// Connect to the repository at `url`. With `create`, a missing local directory is made.
+    pub fn connect(url: &str, create: bool) -> Result<Backend> {
+        let bad = |reason: &str| StoreError::BadUrl {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        if url.is_empty() {
+            return Err(bad("empty; give --repo or set PITR_REPO"));
+        }
+        let local = if url.starts_with('/') {
+            Some(PathBuf::from(url))
+        } else if let Some(rest) = url.strip_prefix("file://") {
+            if !rest.starts_with('/') {
+                return Err(bad(
+                    "file URLs need an absolute path (file:///var/lib/pitr)",
+                ));
+            }
+            let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+            Some(parsed.to_file_path().map_err(|_| bad("not a local path"))?)
+        } else {
+            None
+        };
+        if let Some(root) = local {
+            return Self::local(url, root, create);
+        }
+        if url.starts_with("memory://") {
+            // One in-memory store per URL for the life of the process, so that tests can
+            // open the same repository twice.
+            static MEMORY: OnceLock<Mutex<HashMap<String, Arc<InMemory>>>> = OnceLock::new();
+            let mut stores = MEMORY
+                .get_or_init(Default::default)
+                .lock()
+                .expect("memory store registry lock");
+            let store = Arc::clone(stores.entry(url.to_string()).or_default());
+            return Ok(Backend {
+                store,
+                prefix: Path::default(),
+                url: url.to_string(),
+                local_root: None,
+            });
+        }
+        let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+        match parsed.scheme() {
+            "s3" | "s3a" | "gs" | "az" | "azure" | "abfs" | "abfss" => {}
+            "" => return Err(bad("relative paths are not allowed; use an absolute path")),
+            other => {
+                return Err(bad(&format!(
+                    "unsupported scheme {other:?} (file, s3, gs, az)"
+                )))
+            }
+        }
+        // Credentials and endpoints come from the environment (AWS_*, GOOGLE_*, AZURE_*).
+        let env_opts: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| {
+                k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
+            })
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
+        let (store, prefix) =
+            object_store::parse_url_opts(&parsed, env_opts).map_err(|e| bad(&e.to_string()))?;
+        Ok(Backend {
+            store: Arc::from(store),
+            prefix,
+            url: url.to_string(),
+            local_root: None,
+        })
+    }
+
+    fn local(url: &str, root: PathBuf, create: bool) -> Result<Backend> {
+        if create {
+            std::fs::create_dir_all(&root).map_err(|source| StoreError::Io {
+                key: root.display().to_string(),
+                source,
+            })?;
+        }
+        if !root.is_dir() {
+            return Err(StoreError::NotInitialized {
+                url: url.to_string(),
+            });
+        }
+        let store = LocalFileSystem::new_with_prefix(&root)
+            .map_err(|e| StoreError::backend(root.display().to_string(), e))?
+            .with_fsync(true);
+        Ok(Backend {
+            store: Arc::new(store),
+            prefix: Path::default(),
+            url: url.to_string(),
+            local_root: Some(root),
+        })
+    }
+
+    /// Full object path of `key` below the repository prefix.
+    pub fn path(&self, key: &str) -> Path {
+        if self.prefix.as_ref().is_empty() {
+            Path::from(key)
+        } else {
+            Path::from(format!("{}/{}", self.prefix.as_ref(), key))
+        }
+    }
+
+    /// `key` relative to the repository prefix, for a listed object.
+    pub fn key_of<'a>(&self, path: &'a Path) -> &'a str {
+        let p = path.as_ref();
+        let prefix = self.prefix.as_ref();
+        if prefix.is_empty() {
+            p
+        } else {
+            p.strip_prefix(prefix)
+                .map(|s| s.trim_start_matches('/'))
+                .unwrap_or(p)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_store_is_built_with_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        for url in [
+            dir.path().to_str().unwrap().to_string(),
+            format!("file://{}", dir.path().display()),
+        ] {
+            let b = Backend::connect(&url, false).unwrap();
+            let debug = format!("{:?}", b.store);
+            assert!(debug.contains("fsync: true"), "{url}: {debug}");
+            assert_eq!(b.local_root.as_deref(), Some(dir.path()));
+        }
+    }
+
+    #[test]
+    fn bad_urls_are_one_clear_error() {
+        for url in ["", "relative/dir", "file://relative", "ftp://x/y"] {
+            let e = Backend::connect(url, false).unwrap_err();
+            assert!(matches!(e, StoreError::BadUrl { .. }), "{url}: {e}");
+        }
+        let e = Backend::connect("/nonexistent/pitr-repo", false).unwrap_err();
+        assert!(matches!(e, StoreError::NotInitialized { .. }), "{e}");
+    }
+
+    #[test]
+    fn prefix_is_applied() {
+        std::env::set_var("AWS_REGION", "us-east-1");
+        let b = Backend::connect("s3://bucket/some/prefix", false).unwrap();
+        assert_eq!(b.path("config.json").as_ref(), "some/prefix/config.json");
+        let p = b.path("chunks/ab/abcd");
+        assert_eq!(b.key_of(&p), "chunks/ab/abcd");
+    }
+}

@@ -1,0 +1,49 @@
+//! Store errors: callers must tell "not there" from "corrupt" from "backend trouble", and know
+//! whether a retry can help.
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{key}: not found in the repository")]
+    NotFound { key: String },
+    #[error("{key}: corrupt: {detail}")]
+    Corrupt { key: String, detail: String },
+    #[error("{key}: {source}")]
+    Backend {
+        key: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("repository URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("no pitr repository at {url} (config.json missing): run `pitr init` first")]
+    NotInitialized { url: String },
+    #[error("repository at {url} already exists with other settings: {detail}")]
+    ConfigMismatch { url: String, detail: String },
+    #[error("{key}: {source}")]
+    Io {
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether trying the same operation again may succeed (network trouble, throttling).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Backend { source, .. } => matches!(
+                source,
+                object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }
+            ),
+            _ => false,
+        }
+    }
+
+    pub(crate) fn backend(key: impl Into<String>, source: object_store::Error) -> Self {
+        let key = key.into();
+        match source {
+            object_store::Error::NotFound { .. } => StoreError::NotFound { key },
+            source => StoreError::Backend { key, source },
+        }
+    }
+}

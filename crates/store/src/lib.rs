@@ -1,0 +1,18 @@
+//! The content-addressed repository: write-once chunks named by the SHA-256 of their bytes,
+//! zstd-compressed behind a small versioned header, plus small JSON documents that name them.
+//! It knows nothing about PostgreSQL; it runs over any `object_store` backend.
+//!
+//! Ordering rules (see docs/format.md): a chunk is durable before any document names it; a
+//! document is written create-only, so once visible it never changes.
+
+mod backend;
+mod chunk;
+mod error;
+mod repo;
+
+pub use backend::Backend;
+pub use chunk::{decode_chunk, encode_chunk, ChunkId, CHUNK_HEADER_LEN};
+pub use error::StoreError;
+pub use repo::{ChunkRef, DocWrite, InitOutcome, PutSummary, Repo, RepoConfig, FORMAT_VERSION};
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

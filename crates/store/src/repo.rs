@@ -1,0 +1,447 @@
+//! The repository: a backend plus its versioned configuration, with the chunk and document
+//! operations everything else is built from.
+
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use crate::chunk::{decode_chunk, encode_chunk, ChunkId};
+use crate::{Backend, Result, StoreError};
+
+pub const FORMAT_VERSION: u32 = 1;
+const CONFIG_KEY: &str = "config.json";
+
+/// `config.json`, written once by `pitr init`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RepoConfig {
+    pub format_version: u32,
+    /// Bytes per chunk when files are split (a multiple of PostgreSQL's 8 KiB page).
+    pub chunk_size: u32,
+    /// zstd level for new chunks.
+    pub compression_level: i32,
+}
+
+impl Default for RepoConfig {
+    fn default() -> Self {
+        RepoConfig {
+            format_version: FORMAT_VERSION,
+            chunk_size: 1 << 20,
+            compression_level: 1,
+        }
+    }
+}
+
+impl RepoConfig {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.format_version != FORMAT_VERSION {
+            return Err(format!(
+                "format version {} (this pitr reads version {FORMAT_VERSION})",
+                self.format_version
+            ));
+        }
+        if self.chunk_size < 8192
+            || self.chunk_size > (64 << 20)
+            || !self.chunk_size.is_multiple_of(8192)
+        {
+            return Err(format!(
+                "chunk size {} is not a multiple of 8 KiB between 8 KiB and 64 MiB",
+                self.chunk_size
+            ));
+        }
+        if !(-7..=22).contains(&self.compression_level) {
+            return Err(format!(
+                "compression level {} is outside zstd's -7..=22",
+                self.compression_level
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum InitOutcome {
+    Created,
+    AlreadyInitialized,
+}
+
+/// Result of a create-only document write.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DocWrite {
+    Created,
+    /// A document already had this key; its bytes are returned for the caller to compare.
+    Exists(Bytes),
+}
+
+/// One chunk of a file, in order.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkRef {
+    pub id: ChunkId,
+    pub len: u32,
+}
+
+/// What storing a file cost.
+#[derive(Clone, Debug, Default)]
+pub struct PutSummary {
+    pub chunks: Vec<ChunkRef>,
+    pub raw_bytes: u64,
+    /// Bytes of new chunk bodies written (0 for chunks the repository already had).
+    pub stored_bytes: u64,
+    pub new_chunks: usize,
+}
+
+/// An opened repository.
+#[derive(Clone, Debug)]
+pub struct Repo {
+    backend: Backend,
+    config: RepoConfig,
+    /// Chunks in flight at once, shared by every file this handle is storing (bounds memory
+    /// at about twice this times the chunk size).
+    concurrency: usize,
+    limiter: Arc<Semaphore>,
+}
+
+fn default_concurrency() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cpus * 2).max(4)
+}
+
+impl Repo {
+    /// Create the repository at `url`. Running it again with the same settings is fine.
+    pub async fn init(url: &str, config: RepoConfig) -> Result<(Repo, InitOutcome)> {
+        config
+            .validate()
+            .map_err(|detail| StoreError::ConfigMismatch {
+                url: url.to_string(),
+                detail,
+            })?;
+        let backend = Backend::connect(url, true)?;
+        let body = serde_json::to_vec_pretty(&config).expect("config serializes");
+        let repo = Repo {
+            backend,
+            config: config.clone(),
+            concurrency: default_concurrency(),
+            limiter: Arc::new(Semaphore::new(default_concurrency())),
+        };
+        match repo.put_doc(CONFIG_KEY, body.into()).await? {
+            DocWrite::Created => Ok((repo, InitOutcome::Created)),
+            DocWrite::Exists(existing) => {
+                let found: RepoConfig =
+                    serde_json::from_slice(&existing).map_err(|e| StoreError::Corrupt {
+                        key: CONFIG_KEY.into(),
+                        detail: e.to_string(),
+                    })?;
+                if found == config {
+                    Ok((repo, InitOutcome::AlreadyInitialized))
+                } else {
+                    Err(StoreError::ConfigMismatch {
+                        url: url.to_string(),
+                        detail: format!(
+                            "it has chunk size {}, compression level {}, format {}; asked for {}, {}, {}",
+                            found.chunk_size,
+                            found.compression_level,
+                            found.format_version,
+                            config.chunk_size,
+                            config.compression_level,
+                            config.format_version
+                        ),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Open an existing repository, reading its configuration.
+    pub async fn open(url: &str) -> Result<Repo> {
+        let backend = Backend::connect(url, false)?;
+        let mut repo = Repo {
+            backend,
+            config: RepoConfig::default(),
+            concurrency: default_concurrency(),
+            limiter: Arc::new(Semaphore::new(default_concurrency())),
+        };
+        let body = match repo.get_doc(CONFIG_KEY).await? {
+            Some(b) => b,
+            None => {
+                return Err(StoreError::NotInitialized {
+                    url: url.to_string(),
+                })
+            }
+        };
+        let config: RepoConfig =
+            serde_json::from_slice(&body).map_err(|e| StoreError::Corrupt {
+                key: CONFIG_KEY.into(),
+                detail: e.to_string(),
+            })?;
+        config
+            .validate()
+            .map_err(|detail| StoreError::ConfigMismatch {
+                url: url.to_string(),
+                detail,
+            })?;
+        repo.config = config;
+        Ok(repo)
+    }
+
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+    pub fn url(&self) -> &str {
+        &self.backend.url
+    }
+    pub fn with_concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self.limiter = Arc::new(Semaphore::new(self.concurrency));
+        self
+    }
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.backend.store
+    }
+
+    /// Store one chunk. Returns its reference and the bytes written (0 when it already existed).
+    pub async fn put_chunk(&self, data: Bytes) -> Result<(ChunkRef, u64)> {
+        let len = data.len() as u32;
+        let (id, data) = tokio::task::spawn_blocking(move || (ChunkId::of(&data), data))
+            .await
+            .expect("hashing does not panic");
+        let key = id.key();
+        let path = self.backend.path(&key);
+        // A HEAD is far cheaper than compressing and uploading a chunk we already have.
+        match self.store().head(&path).await {
+            Ok(_) => return Ok((ChunkRef { id, len }, 0)),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(StoreError::backend(key, e)),
+        }
+        let level = self.config.compression_level;
+        let body = tokio::task::spawn_blocking(move || encode_chunk(&data, level))
+            .await
+            .expect("compression does not panic");
+        let stored = body.len() as u64;
+        let opts = PutOptions::from(PutMode::Create);
+        match self
+            .store()
+            .put_opts(&path, PutPayload::from(body), opts)
+            .await
+        {
+            Ok(_) => Ok((ChunkRef { id, len }, stored)),
+            // Same key means same content: another writer got there first.
+            Err(object_store::Error::AlreadyExists { .. }) => Ok((ChunkRef { id, len }, 0)),
+            Err(e) => Err(StoreError::backend(key, e)),
+        }
+    }
+
+    /// Read one chunk, re-hashing it; a mismatch is `Corrupt` naming the key.
+    pub async fn get_chunk(&self, chunk: &ChunkRef) -> Result<Bytes> {
+        let key = chunk.id.key();
+        let body = self
+            .store()
+            .get(&self.backend.path(&key))
+            .await
+            .map_err(|e| StoreError::backend(&key, e))?
+            .bytes()
+            .await
+            .map_err(|e| StoreError::backend(&key, e))?;
+        let id = chunk.id;
+        let data = tokio::task::spawn_blocking(move || decode_chunk(&id, &body))
+            .await
+            .expect("decoding does not panic")
+            .map_err(|detail| StoreError::Corrupt {
+                key: key.clone(),
+                detail,
+            })?;
+        if data.len() != chunk.len as usize {
+            return Err(StoreError::Corrupt {
+                key,
+                detail: format!("{} bytes, the reference says {}", data.len(), chunk.len),
+            });
+        }
+        Ok(Bytes::from(data))
+    }
+
+    /// Whether a chunk is present (no content check).
+    pub async fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
+        let key = id.key();
+        match self.store().head(&self.backend.path(&key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(StoreError::backend(key, e)),
+        }
+    }
+
+    /// Split `len` bytes of `file` into chunks and store them, `concurrency` chunks at a time.
+    /// Returns once every chunk is durable.
+    pub async fn put_file(
+        &self,
+        file: Arc<std::fs::File>,
+        len: u64,
+        what: &str,
+    ) -> Result<PutSummary> {
+        let chunk_size = u64::from(self.config.chunk_size);
+        let offsets: Vec<u64> = (0..len.div_ceil(chunk_size))
+            .map(|i| i * chunk_size)
+            .collect();
+        let results: Vec<(ChunkRef, u64)> = futures::stream::iter(offsets)
+            .map(|off| {
+                let file = Arc::clone(&file);
+                let n = chunk_size.min(len - off) as usize;
+                let what = what.to_string();
+                async move {
+                    let _permit = self.limiter.acquire().await.expect("limiter never closed");
+                    let data = tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0u8; n];
+                        file.read_exact_at(&mut buf, off).map(|_| buf)
+                    })
+                    .await
+                    .expect("reading does not panic")
+                    .map_err(|source| StoreError::Io {
+                        key: format!("{what} at offset {off}"),
+                        source,
+                    })?;
+                    self.put_chunk(Bytes::from(data)).await
+                }
+            })
+            .buffered(self.concurrency)
+            .try_collect()
+            .await?;
+        let mut summary = PutSummary {
+            raw_bytes: len,
+            ..Default::default()
+        };
+        for (chunk, stored) in results {
+            summary.chunks.push(chunk);
+            summary.stored_bytes += stored;
+            summary.new_chunks += usize::from(stored > 0);
+        }
+        Ok(summary)
+    }
+
+    /// The chunk list `put_file` would produce for `file`, without storing anything.
+    pub async fn hash_file(
+        &self,
+        file: Arc<std::fs::File>,
+        len: u64,
+        what: &str,
+    ) -> Result<Vec<ChunkRef>> {
+        let chunk_size = u64::from(self.config.chunk_size);
+        let what = what.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; chunk_size as usize];
+            let mut off = 0;
+            while off < len {
+                let n = chunk_size.min(len - off) as usize;
+                file.read_exact_at(&mut buf[..n], off)
+                    .map_err(|source| StoreError::Io {
+                        key: format!("{what} at offset {off}"),
+                        source,
+                    })?;
+                out.push(ChunkRef {
+                    id: ChunkId::of(&buf[..n]),
+                    len: n as u32,
+                });
+                off += n as u64;
+            }
+            Ok(out)
+        })
+        .await
+        .expect("hashing does not panic")
+    }
+
+    /// Fetch `chunks` in parallel and write them, in order, at their offsets in `file`.
+    pub async fn get_file(
+        &self,
+        chunks: &[ChunkRef],
+        file: Arc<std::fs::File>,
+        what: &str,
+    ) -> Result<u64> {
+        let mut offsets = Vec::with_capacity(chunks.len());
+        let mut off = 0u64;
+        for c in chunks {
+            offsets.push((*c, off));
+            off += u64::from(c.len);
+        }
+        futures::stream::iter(offsets)
+            .map(|(chunk, off)| {
+                let file = Arc::clone(&file);
+                let what = what.to_string();
+                async move {
+                    let data = self.get_chunk(&chunk).await?;
+                    tokio::task::spawn_blocking(move || file.write_all_at(&data, off))
+                        .await
+                        .expect("writing does not panic")
+                        .map_err(|source| StoreError::Io { key: what, source })
+                }
+            })
+            .buffer_unordered(self.concurrency)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(off)
+    }
+
+    /// Write a small document create-only. Callers write documents only after every chunk they
+    /// name is durable.
+    pub async fn put_doc(&self, key: &str, body: Bytes) -> Result<DocWrite> {
+        let path = self.backend.path(key);
+        let opts = PutOptions::from(PutMode::Create);
+        match self
+            .store()
+            .put_opts(&path, PutPayload::from(body), opts)
+            .await
+        {
+            Ok(_) => Ok(DocWrite::Created),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let existing = self
+                    .get_doc(key)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound {
+                        key: key.to_string(),
+                    })?;
+                Ok(DocWrite::Exists(existing))
+            }
+            Err(e) => Err(StoreError::backend(key, e)),
+        }
+    }
+
+    /// Read a document; `None` when absent.
+    pub async fn get_doc(&self, key: &str) -> Result<Option<Bytes>> {
+        let path = self.backend.path(key);
+        let got = match self.store().get(&path).await {
+            Ok(g) => g,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(StoreError::backend(key, e)),
+        };
+        got.bytes()
+            .await
+            .map(Some)
+            .map_err(|e| StoreError::backend(key, e))
+    }
+
+    /// Keys and sizes of every object below `prefix` (a key prefix such as `wal/`).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let path = self.backend.path(prefix.trim_end_matches('/'));
+        let mut out = Vec::new();
+        let mut stream = self.store().list(Some(&path));
+        while let Some(meta) = stream.next().await {
+            let meta = meta.map_err(|e| StoreError::backend(prefix, e))?;
+            let key = self.backend.key_of(&meta.location).to_string();
+            // The local store stages uploads as `<dest>#<n>`; never report those.
+            if key.contains('#') {
+                continue;
+            }
+            out.push((key, meta.size));
+        }
+        out.sort();
+        Ok(out)
+    }
+}

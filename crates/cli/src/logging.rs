@@ -1,5 +1,7 @@
 //! Log setup: human or JSON lines on stderr; stdout is kept for machine-readable results.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Global, LogFormat};
@@ -19,7 +21,8 @@ pub fn init(global: &Global) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal());
     match global.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.without_time().init(),

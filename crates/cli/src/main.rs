@@ -2,6 +2,7 @@
 //! where errors become exit statuses; each command lives in its own module.
 
 mod archive;
+mod backup;
 mod cli;
 mod info;
 mod logging;

@@ -88,13 +88,19 @@ fn summarize(refs: &[WalRef]) -> WalInfo {
         info.files += 1;
         info.raw_bytes += r.size;
         info.stored_bytes += r.stored_bytes;
+        // Look-ahead stores later segments before earlier ones finish, so "last" is the
+        // newest segment by name, and "when" the latest archive time of any file.
         if info.last_archived_at.is_none_or(|t| r.archived_at > t) {
             info.last_archived_at = Some(r.archived_at);
-            info.last_archived = Some(r.name.clone());
         }
         let Ok(name) = r.name.parse::<WalFileName>() else {
             continue;
         };
+        if name.kind() == WalFileKind::Segment
+            && info.last_archived.as_ref().is_none_or(|l| r.name > *l)
+        {
+            info.last_archived = Some(r.name.clone());
+        }
         let seg_size = r.segment_size.unwrap_or(DEFAULT_WAL_SEGMENT_SIZE);
         match name.kind() {
             WalFileKind::Segment => segments

@@ -1,0 +1,7 @@
+//! Integration tests: the `pitr` binary against real PostgreSQL servers that the tests start
+//! themselves (see `harness`). Run with `cargo test --test integration`; as root, PostgreSQL
+//! and `pitr` run as the `postgres` user. `PITR_PG_BINDIR` picks the PostgreSQL binaries,
+//! `PITR_TEST_KEEP=1` keeps the temp dirs for a post-mortem.
+
+mod archive;
+mod harness;

@@ -1,121 +1,11 @@
-//! One suite every backend must pass (memory and local here; S3 where a server is available).
+//! The shared suite (tests/common) on the memory and local-directory backends, plus checks
+//! only a local directory allows. The same suite runs against a real S3 server in `s3.rs`.
 
-use std::io::Write;
-use std::sync::Arc;
+mod common;
 
 use bytes::Bytes;
-use pitr_store::{ChunkId, ChunkRef, DocWrite, InitOutcome, Repo, RepoConfig, StoreError};
-
-async fn suite(url: &str) -> Repo {
-    let (repo, outcome) = Repo::init(url, RepoConfig::default()).await.unwrap();
-    assert_eq!(outcome, InitOutcome::Created);
-
-    // chunks: write, dedupe, read back
-    let data = Bytes::from(b"0123456789abcdef".repeat(4096));
-    let (r1, stored1) = repo.put_chunk(data.clone()).await.unwrap();
-    assert_eq!(r1.id, ChunkId::of(&data));
-    assert!(stored1 > 0 && stored1 < data.len() as u64);
-    let (r2, stored2) = repo.put_chunk(data.clone()).await.unwrap();
-    assert_eq!(
-        (r2, stored2),
-        (r1, 0),
-        "second write of a chunk stores nothing"
-    );
-    assert_eq!(repo.get_chunk(&r1).await.unwrap(), data);
-    assert!(repo.has_chunk(&r1.id).await.unwrap());
-
-    let missing = ChunkRef {
-        id: ChunkId::of(b"never stored"),
-        len: 12,
-    };
-    assert!(matches!(
-        repo.get_chunk(&missing).await,
-        Err(StoreError::NotFound { .. })
-    ));
-
-    // documents are create-only
-    assert_eq!(
-        repo.put_doc("wal/x.json", Bytes::from_static(b"{\"a\":1}"))
-            .await
-            .unwrap(),
-        DocWrite::Created
-    );
-    assert_eq!(
-        repo.put_doc("wal/x.json", Bytes::from_static(b"{\"a\":2}"))
-            .await
-            .unwrap(),
-        DocWrite::Exists(Bytes::from_static(b"{\"a\":1}"))
-    );
-    assert_eq!(
-        repo.get_doc("wal/x.json").await.unwrap().unwrap(),
-        Bytes::from_static(b"{\"a\":1}")
-    );
-    assert_eq!(repo.get_doc("wal/none.json").await.unwrap(), None);
-    let listed = repo.list("wal/").await.unwrap();
-    assert_eq!(listed, vec![("wal/x.json".to_string(), 7)]);
-
-    // init again: same settings fine, other settings refused
-    let (_, again) = Repo::init(url, RepoConfig::default()).await.unwrap();
-    assert_eq!(again, InitOutcome::AlreadyInitialized);
-    let other = RepoConfig {
-        compression_level: 9,
-        ..RepoConfig::default()
-    };
-    assert!(matches!(
-        Repo::init(url, other).await,
-        Err(StoreError::ConfigMismatch { .. })
-    ));
-    repo
-}
-
-async fn concurrent_writers(repo: &Repo) {
-    // 16 writers of the same chunk at once: all succeed, exactly the same chunk results
-    let data = Bytes::from(vec![7u8; 300_000]);
-    let tasks: Vec<_> = (0..16)
-        .map(|_| {
-            let repo = repo.clone();
-            let data = data.clone();
-            tokio::spawn(async move { repo.put_chunk(data).await })
-        })
-        .collect();
-    let mut writers_that_stored = 0;
-    for t in tasks {
-        let (r, stored) = t.await.unwrap().unwrap();
-        assert_eq!(r.id, ChunkId::of(&data));
-        writers_that_stored += usize::from(stored > 0);
-    }
-    assert!(writers_that_stored >= 1);
-    assert_eq!(
-        repo.get_chunk(&ChunkRef {
-            id: ChunkId::of(&data),
-            len: data.len() as u32
-        })
-        .await
-        .unwrap(),
-        data
-    );
-}
-
-async fn file_round_trip(repo: &Repo) {
-    // 2.5 chunks of varied content, split and put back together
-    let n = (repo.config().chunk_size as usize) * 5 / 2;
-    let content: Vec<u8> = (0..n).map(|i| (i / 1000 % 251) as u8).collect();
-    let mut src = tempfile::tempfile().unwrap();
-    src.write_all(&content).unwrap();
-    let summary = repo
-        .put_file(Arc::new(src), n as u64, "test file")
-        .await
-        .unwrap();
-    assert_eq!(summary.chunks.len(), 3);
-    assert_eq!(summary.raw_bytes, n as u64);
-    let dst = tempfile::NamedTempFile::new().unwrap();
-    let written = repo
-        .get_file(&summary.chunks, Arc::new(dst.reopen().unwrap()), "out")
-        .await
-        .unwrap();
-    assert_eq!(written, n as u64);
-    assert_eq!(std::fs::read(dst.path()).unwrap(), content);
-}
+use common::{concurrent_writers, file_round_trip, suite, walk};
+use pitr_store::{Repo, RepoConfig, StoreError};
 
 #[tokio::test]
 async fn memory_backend() {
@@ -166,17 +56,4 @@ async fn open_without_init_says_so() {
     let err = Repo::open(dir.path().to_str().unwrap()).await.unwrap_err();
     assert!(matches!(err, StoreError::NotInitialized { .. }), "{err}");
     assert!(err.to_string().contains("pitr init"));
-}
-
-fn walk(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            out.extend(walk(&e.path()));
-        } else {
-            out.push(e.path().display().to_string());
-        }
-    }
-    out
 }

@@ -57,6 +57,40 @@ pub enum Command {
     RestoreWal(RestoreWalArgs),
     /// Repository summary: archived WAL per timeline, gaps, sizes
     Info(InfoArgs),
+    /// Take a base backup over the replication protocol; prints the backup ID
+    Backup(BackupArgs),
+    /// List backups, oldest first
+    List(ListArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Connection: libpq key=value string or postgres:// URL (PGHOST, PGPORT, PGUSER,
+    /// PGPASSWORD, PGPASSFILE, PGSSLMODE apply too)
+    #[arg(long, short = 'd')]
+    pub dbname: Option<String>,
+    /// Checkpoint at the start: fast (immediately) or spread (paced by the server)
+    #[arg(long, value_enum, default_value_t = Checkpoint::Spread)]
+    pub checkpoint: Checkpoint,
+    /// Backup label (default "pitr <id>")
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Server-side rate limit in kB/s (32..1048576)
+    #[arg(long)]
+    pub max_rate: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Checkpoint {
+    Fast,
+    Spread,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// A JSON array on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -67,6 +67,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::ArchiveWal(args) => archive::archive_wal(&repo_url, args).await,
             Command::RestoreWal(args) => restore_wal::restore_wal(&repo_url, args).await,
             Command::Info(args) => info::info(&repo_url, args).await,
+            Command::Backup(args) => backup::backup(&repo_url, args).await,
+            Command::List(args) => backup::list(&repo_url, args).await,
         }
     })
 }

@@ -1,0 +1,126 @@
+//! The backup manifest, `backups/<id>.json`: everything needed to lay a backup down again.
+//! A backup exists exactly when this document exists; it is written last, create-only.
+
+use pitr_store::{ChunkRef, Repo};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    File,
+    Directory,
+    Symlink,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Path relative to the data directory (main archive) or to the tablespace directory.
+    pub path: String,
+    /// Tablespace OID; absent for the main data directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tablespace: Option<u32>,
+    pub kind: FileKind,
+    pub mode: u32,
+    pub size: u64,
+    pub mtime: i64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<ChunkRef>,
+    /// SHA-256 over the file's chunk IDs in order: one value for the whole file, derived
+    /// from hashes already taken (each chunk ID is the SHA-256 of its bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
+pub fn chunks_hash(chunks: &[ChunkRef]) -> String {
+    let mut h = Sha256::new();
+    for c in chunks {
+        h.update(c.id.0);
+        h.update(c.len.to_le_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Tablespace {
+    pub oid: u32,
+    pub location: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackupManifest {
+    pub format_version: u32,
+    pub id: String,
+    pub label: String,
+    pub start_time: chrono::DateTime<chrono::Utc>,
+    pub stop_time: chrono::DateTime<chrono::Utc>,
+    pub start_lsn: String,
+    pub stop_lsn: String,
+    pub timeline: u32,
+    pub system_identifier: String,
+    pub pg_version: String,
+    pub pg_version_num: u32,
+    /// Bytes of data files as the server sent them.
+    pub size_bytes: u64,
+    /// Bytes of new chunks this backup added to the repository.
+    pub stored_bytes: u64,
+    pub wal_start: String,
+    pub wal_stop: String,
+    pub files: Vec<FileEntry>,
+    pub tablespaces: Vec<Tablespace>,
+    /// WAL streamed during the backup: `pg_wal/<segment>` files belonging to this backup only.
+    pub wal: Vec<FileEntry>,
+    /// The server's own backup_manifest, for pg_verifybackup.
+    pub server_manifest: FileEntry,
+    /// Warnings the server sent (e.g. page checksum failures).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+impl BackupManifest {
+    pub fn key(id: &str) -> String {
+        format!("backups/{id}.json")
+    }
+
+    /// Every backup in the repository, oldest first.
+    pub async fn list(repo: &Repo) -> anyhow::Result<Vec<BackupManifest>> {
+        use anyhow::Context;
+        let mut out = Vec::new();
+        for (key, _) in repo.list("backups/").await? {
+            if !key.ends_with(".json") {
+                continue;
+            }
+            let Some(body) = repo.get_doc(&key).await? else {
+                continue;
+            };
+            let m: BackupManifest =
+                serde_json::from_slice(&body).with_context(|| format!("parse {key}"))?;
+            out.push(m);
+        }
+        out.sort_by(|a, b| a.start_time.cmp(&b.start_time).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// The summary `pitr list --json` prints.
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "label": self.label,
+            "start_time": self.start_time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "stop_time": self.stop_time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "start_lsn": self.start_lsn,
+            "stop_lsn": self.stop_lsn,
+            "timeline": self.timeline,
+            "system_identifier": self.system_identifier,
+            "pg_version": self.pg_version,
+            "size_bytes": self.size_bytes,
+            "stored_bytes": self.stored_bytes,
+            "wal_start": self.wal_start,
+            "wal_stop": self.wal_stop,
+            "files": self.files.len(),
+            "tablespaces": self.tablespaces.len(),
+        })
+    }
+}

@@ -61,6 +61,73 @@ pub enum Command {
     Backup(BackupArgs),
     /// List backups, oldest first
     List(ListArgs),
+    /// Build a data directory that recovers to a point in time (or the end of the archive)
+    Restore(RestoreArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Data directory to create (empty or absent unless --delta)
+    #[arg(long, short = 'D')]
+    pub pgdata: PathBuf,
+    /// Recover to this time (RFC 3339, or '2026-11-25 14:02:59+00')
+    #[arg(long)]
+    pub target_time: Option<String>,
+    /// Recover to this LSN (X/X)
+    #[arg(long)]
+    pub target_lsn: Option<String>,
+    /// Recover to this transaction ID
+    #[arg(long)]
+    pub target_xid: Option<u64>,
+    /// Recover to this restore point (pg_create_restore_point)
+    #[arg(long)]
+    pub target_name: Option<String>,
+    /// Stop as soon as the backup is consistent
+    #[arg(long)]
+    pub target_immediate: bool,
+    /// Stop just before the target instead of just after it
+    #[arg(long)]
+    pub target_exclusive: bool,
+    /// Timeline to follow: latest, current, or a number
+    #[arg(long, default_value = "latest")]
+    pub target_timeline: String,
+    /// What the server does at the target
+    #[arg(long, value_enum, default_value_t = TargetAction::Promote)]
+    pub target_action: TargetAction,
+    /// Backup to restore (default: the newest that finished before the target)
+    #[arg(long)]
+    pub backup: Option<String>,
+    /// Reuse files already in the data directory when their content matches
+    #[arg(long)]
+    pub delta: bool,
+    /// Put tablespace OID in DIR instead of its original location (repeatable)
+    #[arg(long, value_name = "OID=DIR")]
+    pub tablespace_map: Vec<String>,
+    /// Show the plan (backup, timeline, WAL needed) and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+    /// Start PostgreSQL and wait until recovery reached the target
+    #[arg(long)]
+    pub start: bool,
+    /// With --start: stop the server once recovery is done
+    #[arg(long)]
+    pub stop_after: bool,
+    /// With --start: port to run the server on (default: the restored configuration's)
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// With --start: extra server setting NAME=VALUE (repeatable)
+    #[arg(long)]
+    pub pg_option: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum TargetAction {
+    Promote,
+    Pause,
+    Shutdown,
 }
 
 #[derive(Args, Debug)]

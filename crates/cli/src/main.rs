@@ -6,6 +6,7 @@ mod backup;
 mod cli;
 mod info;
 mod logging;
+mod restore;
 mod restore_wal;
 mod walref;
 
@@ -69,6 +70,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Info(args) => info::info(&repo_url, args).await,
             Command::Backup(args) => backup::backup(&repo_url, args).await,
             Command::List(args) => backup::list(&repo_url, args).await,
+            Command::Restore(args) => restore::restore(&repo_url, args).await,
         }
     })
 }

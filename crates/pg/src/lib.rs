@@ -2,11 +2,13 @@
 //! the pieces of `pg_control` we read. Pure parsing, no I/O beyond what a caller hands in.
 
 mod control;
+mod history;
 mod lsn;
 mod walname;
 mod walpage;
 
 pub use control::{read_system_identifier, ControlError};
+pub use history::{parse_history, timeline_path, HistoryEntry, HistoryError};
 pub use lsn::{Lsn, LsnParseError};
 pub use walname::{TimelineId, WalFileKind, WalFileName, WalNameError};
 pub use walpage::{LongPageHeader, PageHeaderError, LONG_PAGE_HEADER_LEN};

@@ -74,6 +74,7 @@ pub struct ReplicationClient {
     notices: Vec<ServerMessage>,
     backend_pid: i32,
     user: String,
+    authentication: &'static str,
 }
 
 impl std::fmt::Debug for ReplicationClient {
@@ -83,6 +84,7 @@ impl std::fmt::Debug for ReplicationClient {
             .field("user", &self.user)
             .field("tls", &self.conn.is_tls())
             .field("backend_pid", &self.backend_pid)
+            .field("authentication", &self.authentication)
             .field("state", &self.state)
             .finish()
     }
@@ -118,6 +120,7 @@ impl ReplicationClient {
             notices: Vec::new(),
             backend_pid: 0,
             user: config.user.clone(),
+            authentication: "trust",
         };
         client.startup(config).await?;
         tracing::debug!(
@@ -191,6 +194,7 @@ impl ReplicationClient {
                     frontend::password_message(password.as_bytes(), &mut self.conn.wbuf)
                         .map_err(|e| self.auth_error(format!("password message: {e}")))?;
                     self.conn.flush().await?;
+                    self.authentication = "password";
                 }
                 5 => {
                     let salt: [u8; 4] = r
@@ -202,6 +206,7 @@ impl ReplicationClient {
                     frontend::password_message(hash.as_bytes(), &mut self.conn.wbuf)
                         .map_err(|e| self.auth_error(format!("password message: {e}")))?;
                     self.conn.flush().await?;
+                    self.authentication = "md5";
                 }
                 10 => {
                     let mut mechanisms = Vec::new();
@@ -220,10 +225,7 @@ impl ReplicationClient {
                         ),
                         // We could bind, the server did not offer it: say so ("y"), which
                         // lets the server detect a downgrade.
-                        Some(_) => (
-                            sasl::SCRAM_SHA_256,
-                            sasl::ChannelBinding::unrequested(),
-                        ),
+                        Some(_) => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unrequested()),
                         None => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported()),
                     };
                     if !offers(sasl::SCRAM_SHA_256) && mechanism == sasl::SCRAM_SHA_256 {
@@ -231,12 +233,18 @@ impl ReplicationClient {
                             "server offers SASL mechanisms {mechanisms:?}, none supported"
                         )));
                     }
+                    tracing::debug!(server = %self.conn.target, mechanism, "SASL authentication");
                     let password = self.password(config)?;
                     let state = sasl::ScramSha256::new(password.as_bytes(), binding);
-                    frontend::sasl_initial_response(mechanism, state.message(), &mut self.conn.wbuf)
-                        .map_err(|e| self.auth_error(format!("SASL message: {e}")))?;
+                    frontend::sasl_initial_response(
+                        mechanism,
+                        state.message(),
+                        &mut self.conn.wbuf,
+                    )
+                    .map_err(|e| self.auth_error(format!("SASL message: {e}")))?;
                     scram = Some(state);
                     self.conn.flush().await?;
+                    self.authentication = mechanism;
                 }
                 11 => {
                     let state = scram
@@ -269,9 +277,7 @@ impl ReplicationClient {
                     )));
                 }
                 other => {
-                    return Err(self.violation(format!(
-                        "unknown authentication request {other}"
-                    )))
+                    return Err(self.violation(format!("unknown authentication request {other}")))
                 }
             }
         }
@@ -306,7 +312,9 @@ impl ReplicationClient {
     pub(crate) fn server_error(&self, body: &[u8]) -> Error {
         match ServerMessage::parse(body) {
             Ok(m) => Error::Server(Box::new(m)),
-            Err(why) => self.conn.protocol_error(format!("malformed ErrorResponse: {why}")),
+            Err(why) => self
+                .conn
+                .protocol_error(format!("malformed ErrorResponse: {why}")),
         }
     }
 
@@ -494,9 +502,7 @@ impl ReplicationClient {
             Some(set) if sets.is_empty() && set.rows.first().is_some_and(|r| r.len() >= cols) => {
                 Ok(set)
             }
-            _ => Err(self.violation(format!(
-                "{sql:?} did not return one row of {cols} columns"
-            ))),
+            _ => Err(self.violation(format!("{sql:?} did not return one row of {cols} columns"))),
         }
     }
 
@@ -538,21 +544,32 @@ impl ReplicationClient {
             .ok_or_else(|| self.violation(format!("wal_segment_size {shown:?} is not a size")))
     }
 
-    /// `CREATE_REPLICATION_SLOT "name" TEMPORARY PHYSICAL RESERVE_WAL`; returns the slot's
-    /// consistent point. The slot disappears when this connection closes.
+    /// `CREATE_REPLICATION_SLOT "name" TEMPORARY PHYSICAL RESERVE_WAL`; returns the position
+    /// from which the slot keeps WAL. The slot disappears when this connection closes.
     pub async fn create_temporary_physical_slot(&mut self, name: &str) -> Result<Lsn, Error> {
         let sql = format!(
             "CREATE_REPLICATION_SLOT {} TEMPORARY PHYSICAL RESERVE_WAL",
             quote_ident(name)
         );
         let set = self.query_one_row(&sql, 2).await?;
-        // PostgreSQL 15 returns NULL here for physical slots (the point is only computed for
-        // logical ones); the restart point is what RESERVE_WAL reserved.
+        let consistent_point = match set.text(1) {
+            Some(text) => text
+                .parse()
+                .map_err(|_| self.violation(format!("{sql}: bad consistent_point {text:?}")))?,
+            None => Lsn(0),
+        };
+        if consistent_point != Lsn(0) || self.server_version_num().unwrap_or(0) < 150000 {
+            return Ok(consistent_point);
+        }
+        // Physical slots report 0/0 as their consistent point; READ_REPLICATION_SLOT (15+)
+        // tells what RESERVE_WAL reserved.
+        let sql = format!("READ_REPLICATION_SLOT {}", quote_ident(name));
+        let set = self.query_one_row(&sql, 2).await?;
         match set.text(1) {
             Some(text) => text
                 .parse()
-                .map_err(|_| self.violation(format!("{sql}: bad consistent_point {text:?}"))),
-            None => Ok(Lsn(0)),
+                .map_err(|_| self.violation(format!("{sql}: bad restart_lsn {text:?}"))),
+            None => Err(self.violation(format!("{sql}: the slot reserved no WAL"))),
         }
     }
 
@@ -587,6 +604,12 @@ impl ReplicationClient {
     /// Whether the connection is encrypted.
     pub fn is_tls(&self) -> bool {
         self.conn.is_tls()
+    }
+
+    /// How the server authenticated us: "trust" (no request), "password", "md5",
+    /// "SCRAM-SHA-256" or "SCRAM-SHA-256-PLUS" (with TLS channel binding).
+    pub fn authentication(&self) -> &'static str {
+        self.authentication
     }
 
     /// The server process ID (from BackendKeyData).
@@ -632,8 +655,8 @@ async fn open_stream(config: &ConnConfig, target: &str) -> Result<Stream, Error>
         source,
     };
     // Build the configuration first: a missing root certificate should not cost a round trip.
-    let tls_config = tls::client_config(config.sslmode, config.sslrootcert.as_deref())
-        .map_err(tls_error)?;
+    let tls_config =
+        tls::client_config(config.sslmode, config.sslrootcert.as_deref()).map_err(tls_error)?;
     let name = tls::server_name(&config.host).map_err(tls_error)?;
     let mut request = bytes::BytesMut::new();
     frontend::ssl_request(&mut request);

@@ -476,9 +476,7 @@ fn percent_decode(s: &str) -> Result<String, Error> {
                     Error::Config(format!("invalid percent-encoding in URL part {s:?}"))
                 })?;
             if hex == 0 {
-                return Err(Error::Config(format!(
-                    "forbidden %00 in URL part {s:?}"
-                )));
+                return Err(Error::Config(format!("forbidden %00 in URL part {s:?}")));
             }
             out.push(hex);
             i += 3;
@@ -635,7 +633,10 @@ mod tests {
             PathBuf::from("/tmp/.s.PGSQL.5433")
         );
         assert_eq!(c.target(), "socket /tmp/.s.PGSQL.5433");
-        assert!(!format!("{c:?}").contains("ok"), "password leaks into Debug");
+        assert!(
+            !format!("{c:?}").contains("ok"),
+            "password leaks into Debug"
+        );
     }
 
     #[test]
@@ -729,8 +730,8 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let c = ConnConfig::parse_with_env("", |n| (n == "USER").then(|| "fallback".into()))
-            .unwrap();
+        let c =
+            ConnConfig::parse_with_env("", |n| (n == "USER").then(|| "fallback".into())).unwrap();
         assert_eq!(c.port, 5432);
         assert!(c.host.starts_with('/'));
         assert_eq!(c.sslmode, SslMode::Prefer);
@@ -750,17 +751,13 @@ db.example.com:*:replication:u:first
 localhost:5434:*:*:local
 h\\:6:1:*:*:escaped-host
 ";
-        let lookup = |host, alias, port, user| {
-            pgpass_lookup(file, host, alias, port, "replication", user)
-        };
+        let lookup =
+            |host, alias, port, user| pgpass_lookup(file, host, alias, port, "replication", user);
         assert_eq!(
             lookup("db.example.com", None, 5432, "u").as_deref(),
             Some("first")
         );
-        assert_eq!(
-            lookup("elsewhere", None, 1, "u").as_deref(),
-            Some("second")
-        );
+        assert_eq!(lookup("elsewhere", None, 1, "u").as_deref(), Some("second"));
         assert_eq!(
             lookup("/tmp", None, 5433, "v").as_deref(),
             Some(r"sock:pw\x")

@@ -98,7 +98,12 @@ impl Connection {
     /// The server certificate (DER) of a TLS connection.
     pub fn peer_certificate(&self) -> Option<&[u8]> {
         match &self.stream {
-            Stream::Tls(s) => s.get_ref().1.peer_certificates()?.first().map(|c| c.as_ref()),
+            Stream::Tls(s) => s
+                .get_ref()
+                .1
+                .peer_certificates()?
+                .first()
+                .map(|c| c.as_ref()),
             _ => None,
         }
     }
@@ -117,22 +122,30 @@ impl Connection {
         }
     }
 
-    /// Send what has been written into `wbuf`.
+    /// Send what has been written into `wbuf`. Cancel-safe: sent bytes leave the buffer as
+    /// each write completes, so a later flush continues where a cancelled one stopped.
     pub async fn flush(&mut self) -> Result<(), Error> {
-        let result = async {
-            self.stream.write_all(&self.wbuf).await?;
-            self.stream.flush().await
+        while !self.wbuf.is_empty() {
+            match self.stream.write(&self.wbuf).await {
+                Ok(0) => {
+                    return Err(self.io_error(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "server stopped accepting data",
+                    )))
+                }
+                Ok(n) => self.wbuf.advance(n),
+                Err(e) => return Err(self.io_error(e)),
+            }
         }
-        .await;
-        self.wbuf.clear();
-        result.map_err(|e| self.io_error(e))
+        self.stream.flush().await.map_err(|e| self.io_error(e))
     }
 
     /// The next message. Cancel-safe: bytes read before a cancellation stay in the buffer.
     pub async fn read_message(&mut self) -> Result<Message, Error> {
         loop {
             if self.rbuf.len() >= 5 {
-                let len = i32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]);
+                let len =
+                    i32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]);
                 let len = usize::try_from(len)
                     .ok()
                     .filter(|&l| (4..=MAX_MESSAGE).contains(&l))

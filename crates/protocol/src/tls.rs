@@ -61,12 +61,11 @@ pub(crate) fn client_config(
 }
 
 fn load_roots(path: &Path) -> Result<RootCertStore, String> {
-    let data =
-        std::fs::read(path).map_err(|e| format!("read root certificate {}: {e}", path.display()))?;
+    let data = std::fs::read(path)
+        .map_err(|e| format!("read root certificate {}: {e}", path.display()))?;
     let mut roots = RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut data.as_slice()) {
-        let cert =
-            cert.map_err(|e| format!("parse root certificate {}: {e}", path.display()))?;
+        let cert = cert.map_err(|e| format!("parse root certificate {}: {e}", path.display()))?;
         roots
             .add(cert)
             .map_err(|e| format!("use root certificate from {}: {e}", path.display()))?;

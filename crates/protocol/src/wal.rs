@@ -52,6 +52,7 @@ pub struct WalStream<'a> {
     flushed: Lsn,
     applied: Lsn,
     last_status: Instant,
+    status_interval: Duration,
     end_of_timeline: Option<(TimelineId, Lsn)>,
 }
 
@@ -77,7 +78,10 @@ impl ReplicationClient {
         let slot = slot
             .map(|s| format!("SLOT {} ", quote_ident(s)))
             .unwrap_or_default();
-        let sql = format!("START_REPLICATION {slot}PHYSICAL {start} TIMELINE {}", timeline.0);
+        let sql = format!(
+            "START_REPLICATION {slot}PHYSICAL {start} TIMELINE {}",
+            timeline.0
+        );
         self.send_query(&sql).await?;
         let phase = loop {
             let msg = self.next_message().await?;
@@ -108,6 +112,7 @@ impl ReplicationClient {
             flushed: Lsn(0),
             applied: Lsn(0),
             last_status: Instant::now(),
+            status_interval: STATUS_INTERVAL,
             end_of_timeline: None,
         })
     }
@@ -122,10 +127,11 @@ impl WalStream<'_> {
             if self.phase == Phase::Done {
                 return Ok(None);
             }
-            if self.phase == Phase::Streaming && self.last_status.elapsed() >= STATUS_INTERVAL {
+            if self.phase == Phase::Streaming && self.last_status.elapsed() >= self.status_interval
+            {
                 self.send_current_status(false).await?;
             }
-            let deadline = tokio::time::Instant::from_std(self.last_status + STATUS_INTERVAL);
+            let deadline = tokio::time::Instant::from_std(self.last_status + self.status_interval);
             let msg = match tokio::time::timeout_at(deadline, self.client.next_message()).await {
                 Ok(msg) => msg?,
                 Err(_) => continue, // time for a status update
@@ -250,6 +256,12 @@ impl WalStream<'_> {
         self.client.conn.flush().await?;
         self.last_status = Instant::now();
         Ok(())
+    }
+
+    /// Send status updates at least this often while [`WalStream::next`] is being called
+    /// (default [`STATUS_INTERVAL`]); keep it well below the server's wal_sender_timeout.
+    pub fn set_status_interval(&mut self, interval: Duration) {
+        self.status_interval = interval;
     }
 
     /// End of the last XLogData received.

@@ -381,6 +381,7 @@ impl Repo {
                 let file = Arc::clone(&file);
                 let what = what.to_string();
                 async move {
+                    let _permit = self.limiter.acquire().await.expect("limiter never closed");
                     let data = self.get_chunk(&chunk).await?;
                     tokio::task::spawn_blocking(move || file.write_all_at(&data, off))
                         .await
@@ -392,6 +393,16 @@ impl Repo {
             .try_collect::<Vec<()>>()
             .await?;
         Ok(off)
+    }
+
+    /// Fetch a small file's chunks into memory, in order.
+    pub async fn get_bytes(&self, chunks: &[ChunkRef]) -> Result<Vec<u8>> {
+        let parts: Vec<Bytes> = futures::stream::iter(chunks)
+            .map(|c| self.get_chunk(c))
+            .buffered(self.concurrency)
+            .try_collect()
+            .await?;
+        Ok(parts.concat())
     }
 
     /// Write a small document create-only. Callers write documents only after every chunk they

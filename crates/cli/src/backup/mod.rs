@@ -16,8 +16,8 @@ use pitr_protocol::{
 use pitr_store::{DocWrite, Repo};
 use tokio::sync::watch;
 
-pub use manifest::{BackupManifest, FileEntry, FileKind};
 use manifest::{chunks_hash, Tablespace};
+pub use manifest::{BackupManifest, FileEntry, FileKind};
 use tar::{EntryKind, TarEvent, TarHeader, TarParser};
 use upload::{ChunkedFile, PendingChunks, Uploader};
 
@@ -121,7 +121,9 @@ impl ArchiveSink {
     }
 
     fn finish(&self, name: &str) -> anyhow::Result<()> {
-        self.parser.finish().with_context(|| format!("archive {name}"))?;
+        self.parser
+            .finish()
+            .with_context(|| format!("archive {name}"))?;
         Ok(())
     }
 }
@@ -162,7 +164,11 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<()> {
     };
     tracing::info!(
         "backup {id}: {} checkpoint on {} (system {})",
-        if args.checkpoint == Checkpoint::Fast { "fast" } else { "spread" },
+        if args.checkpoint == Checkpoint::Fast {
+            "fast"
+        } else {
+            "spread"
+        },
         conn.target(),
         system.system_identifier
     );
@@ -236,7 +242,9 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<()> {
                 manifest_file = Some(ChunkedFile::new(up.chunk_size()));
             }
             BackupEvent::ManifestData(bytes) => {
-                let m = manifest_file.as_mut().context("manifest data before its start")?;
+                let m = manifest_file
+                    .as_mut()
+                    .context("manifest data before its start")?;
                 m.push(&up, &bytes).await;
             }
             BackupEvent::End { lsn, .. } => break lsn,

@@ -41,8 +41,13 @@ enum State {
     /// Collecting a 512-byte header block.
     Header,
     /// Inside an entry's data: bytes left, then padding to skip.
-    Data { left: u64, pad: u64 },
-    Padding { left: u64 },
+    Data {
+        left: u64,
+        pad: u64,
+    },
+    Padding {
+        left: u64,
+    },
     /// Two zero blocks seen (or one, PostgreSQL sends two): ignore the rest.
     End,
 }
@@ -180,7 +185,13 @@ fn parse_header(b: &[u8]) -> Result<TarHeader, String> {
     let sum: u64 = b
         .iter()
         .enumerate()
-        .map(|(i, &c)| if (148..156).contains(&i) { 32 } else { u64::from(c) })
+        .map(|(i, &c)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u64::from(c)
+            }
+        })
         .sum();
     if sum != stored {
         return Err(format!("checksum {stored} does not match {sum}"));
@@ -192,7 +203,10 @@ fn parse_header(b: &[u8]) -> Result<TarHeader, String> {
             path = format!("{prefix}/{path}");
         }
     }
-    let path = path.trim_start_matches("./").trim_end_matches('/').to_string();
+    let path = path
+        .trim_start_matches("./")
+        .trim_end_matches('/')
+        .to_string();
     if path.split('/').any(|c| c == "..") || path.starts_with('/') {
         return Err(format!("unsafe path {path:?}"));
     }
@@ -200,7 +214,12 @@ fn parse_header(b: &[u8]) -> Result<TarHeader, String> {
         b'0' | 0 => EntryKind::File,
         b'5' => EntryKind::Directory,
         b'2' => EntryKind::Symlink,
-        other => return Err(format!("unsupported entry type {:?} for {path}", other as char)),
+        other => {
+            return Err(format!(
+                "unsupported entry type {:?} for {path}",
+                other as char
+            ))
+        }
     };
     Ok(TarHeader {
         path,

@@ -35,6 +35,8 @@ pub struct Options {
     pub ssl: bool,
     /// initdb --data-checksums.
     pub checksums: bool,
+    /// Appended to postgresql.conf.
+    pub extra_conf: &'static str,
 }
 
 /// uid/gid of `postgres` when running as root, `None` otherwise.
@@ -140,15 +142,19 @@ impl PgServer {
             dir.disable_cleanup(true);
             eprintln!("keeping test dir {}", dir.path().display());
         }
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))
-            .expect("chmod test dir");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod test dir");
         give_to_pg(dir.path());
         let data = dir.path().join("data");
         let mut initdb = pg_command("initdb");
-        initdb
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"]);
+        initdb.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ]);
         if options.checksums {
             initdb.arg("--data-checksums");
         }
@@ -171,6 +177,8 @@ impl PgServer {
                 dir.path().display()
             ));
         }
+        conf.push_str(options.extra_conf);
+        conf.push('\n');
         append(&data.join("postgresql.conf"), &conf);
         fs::write(
             data.join("pg_hba.conf"),
@@ -194,22 +202,7 @@ impl PgServer {
             log,
             running: false,
         };
-        let out = pg_command("pg_ctl")
-            .arg("-D")
-            .arg(&server.data)
-            .arg("-l")
-            .arg(&server.log)
-            .args(["-w", "-t", "60", "start"])
-            .output()
-            .expect("run pg_ctl start");
-        if !out.status.success() {
-            panic!(
-                "pg_ctl start failed ({})\n{}\n--- server log ---\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr),
-                server.log_tail()
-            );
-        }
+        server.pg_ctl(&["-l", &server.log.display().to_string(), "-t", "60", "start"]);
         server.running = true;
         server.psql(&format!(
             "SET password_encryption = 'md5';
@@ -226,6 +219,37 @@ impl PgServer {
             password_of(NOHBA_USER),
         ));
         server
+    }
+
+    /// Run `pg_ctl -D <data> -w <args>`; panic with its output and the server log on failure.
+    #[track_caller]
+    pub fn pg_ctl(&self, args: &[&str]) {
+        let out = pg_command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-w")
+            .args(args)
+            .output()
+            .expect("run pg_ctl");
+        if !out.status.success() {
+            panic!(
+                "pg_ctl {args:?} failed ({})\n{}\n--- server log ---\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr),
+                self.log_tail()
+            );
+        }
+    }
+
+    /// Stop the server, start it again as a standby of nothing (standby.signal, local WAL
+    /// only) and promote it: the cluster continues on the next timeline.
+    pub fn promote_to_next_timeline(&self) {
+        self.pg_ctl(&["-m", "fast", "stop"]);
+        let signal = self.data.join("standby.signal");
+        fs::write(&signal, "").expect("write standby.signal");
+        give_to_pg(&signal);
+        self.pg_ctl(&["-l", &self.log.display().to_string(), "start"]);
+        self.pg_ctl(&["promote"]);
     }
 
     /// The directory holding the socket, certificates and log.
@@ -252,7 +276,14 @@ impl PgServer {
         let out = pg_command("psql")
             .arg("-h")
             .arg(self.dir())
-            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres"])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
             .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
             .output()
             .expect("run psql");
@@ -342,12 +373,31 @@ fn make_certificates(dir: &Path) {
             .stdin(Stdio::null()))
     };
     openssl(&[
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=pitr-test-ca", "-days",
-        "1", "-keyout", "ca.key", "-out", "ca.crt",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=pitr-test-ca",
+        "-days",
+        "1",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
     ]);
     openssl(&[
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout",
-        "server.key", "-out", "server.csr",
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
     ]);
     fs::write(
         dir.join("server.ext"),
@@ -355,12 +405,36 @@ fn make_certificates(dir: &Path) {
     )
     .expect("write server.ext");
     openssl(&[
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "1", "-extfile", "server.ext", "-out", "server.crt",
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.crt",
     ]);
     openssl(&[
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=other", "-days", "1",
-        "-keyout", "other-ca.key", "-out", "other-ca.crt",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=other",
+        "-days",
+        "1",
+        "-keyout",
+        "other-ca.key",
+        "-out",
+        "other-ca.crt",
     ]);
     let key = dir.join("server.key");
     fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod server.key");

@@ -1,0 +1,374 @@
+//! Laying a backup down as a data directory: files fetched in parallel (chunks re-hashed on
+//! read), PostgreSQL's modes, fsynced; tablespaces at their original or remapped places;
+//! with `delta`, files that already match are kept and extra files removed.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use futures::{StreamExt, TryStreamExt};
+use pitr_store::Repo;
+use serde::Serialize;
+
+use crate::backup::{BackupManifest, FileEntry, FileKind};
+
+#[derive(Debug, Default, Serialize)]
+pub struct LayDownStats {
+    pub files: usize,
+    pub bytes_fetched: u64,
+    pub bytes_reused: u64,
+    pub files_reused: usize,
+    pub removed: usize,
+    pub seconds: f64,
+}
+
+pub struct LayDown<'a> {
+    pub repo: &'a Repo,
+    pub manifest: &'a BackupManifest,
+    pub pgdata: &'a Path,
+    /// Tablespace OID → directory, for remapped tablespaces.
+    pub remap: &'a HashMap<u32, PathBuf>,
+    pub delta: bool,
+}
+
+fn is_empty_dir(p: &Path) -> anyhow::Result<bool> {
+    match std::fs::read_dir(p) {
+        Ok(mut d) => Ok(d.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e).with_context(|| format!("read directory {}", p.display())),
+    }
+}
+
+fn make_dir(p: &Path) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(p)
+        .with_context(|| format!("create directory {}", p.display()))
+}
+
+impl LayDown<'_> {
+    /// Where each tablespace goes.
+    pub fn tablespace_dirs(&self) -> anyhow::Result<BTreeMap<u32, PathBuf>> {
+        let mut out = BTreeMap::new();
+        for t in &self.manifest.tablespaces {
+            let dir = self
+                .remap
+                .get(&t.oid)
+                .cloned()
+                .unwrap_or_else(|| PathBuf::from(&t.location));
+            if !dir.is_absolute() {
+                bail!(
+                    "tablespace {} location {} is not absolute",
+                    t.oid,
+                    dir.display()
+                );
+            }
+            out.insert(t.oid, dir);
+        }
+        for oid in self.remap.keys() {
+            if !out.contains_key(oid) {
+                bail!(
+                    "--tablespace-map {oid}=…: backup {} has no tablespace {oid} (it has: {})",
+                    self.manifest.id,
+                    self.manifest
+                        .tablespaces
+                        .iter()
+                        .map(|t| format!("{}={}", t.oid, t.location))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Refuse to write over something that is not ours to overwrite.
+    pub fn check_targets(&self) -> anyhow::Result<()> {
+        let tablespaces = self.tablespace_dirs()?;
+        if self.delta {
+            if self.pgdata.join("postmaster.pid").exists() {
+                bail!(
+                    "{} has a postmaster.pid: stop the server first (or remove the file if it is stale)",
+                    self.pgdata.display()
+                );
+            }
+            return Ok(());
+        }
+        if !is_empty_dir(self.pgdata)? {
+            bail!(
+                "{} is not empty: restore into an empty or new directory, or pass --delta to reuse it",
+                self.pgdata.display()
+            );
+        }
+        for (oid, dir) in &tablespaces {
+            if !is_empty_dir(dir)? {
+                bail!(
+                    "tablespace {oid} directory {} is not empty: remap it with --tablespace-map {oid}=DIR or pass --delta",
+                    dir.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn dest(&self, e: &FileEntry, tablespaces: &BTreeMap<u32, PathBuf>) -> anyhow::Result<PathBuf> {
+        let base = match e.tablespace {
+            None => self.pgdata.to_path_buf(),
+            Some(oid) => tablespaces
+                .get(&oid)
+                .cloned()
+                .with_context(|| format!("file {} names unknown tablespace {oid}", e.path))?,
+        };
+        if e.path.split('/').any(|c| c == ".." || c.is_empty()) {
+            bail!("manifest path {:?} is not a safe relative path", e.path);
+        }
+        Ok(base.join(&e.path))
+    }
+
+    pub async fn run(&self) -> anyhow::Result<LayDownStats> {
+        let started = Instant::now();
+        self.check_targets()?;
+        let tablespaces = self.tablespace_dirs()?;
+        make_dir(self.pgdata)?;
+        std::fs::set_permissions(self.pgdata, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod {}", self.pgdata.display()))?;
+        for dir in tablespaces.values() {
+            make_dir(dir)?;
+        }
+        let m = self.manifest;
+        let all: Vec<&FileEntry> = m
+            .files
+            .iter()
+            .chain(m.wal.iter())
+            .chain(std::iter::once(&m.server_manifest))
+            .collect();
+        let mut wanted: HashSet<PathBuf> = HashSet::new();
+        let mut dirs: Vec<PathBuf> = vec![self.pgdata.to_path_buf()];
+        for e in &all {
+            let dest = self.dest(e, &tablespaces)?;
+            wanted.insert(dest.clone());
+            match e.kind {
+                FileKind::Directory => {
+                    make_dir(&dest)?;
+                    std::fs::set_permissions(
+                        &dest,
+                        std::fs::Permissions::from_mode(e.mode & 0o777 | 0o700),
+                    )
+                    .with_context(|| format!("chmod {}", dest.display()))?;
+                    dirs.push(dest);
+                }
+                FileKind::File => {
+                    if let Some(parent) = dest.parent() {
+                        make_dir(parent)?;
+                    }
+                }
+                FileKind::Symlink => {
+                    let target = e.link.as_deref().unwrap_or_default();
+                    if self.delta {
+                        let _ = std::fs::remove_file(&dest);
+                    }
+                    std::os::unix::fs::symlink(target, &dest)
+                        .with_context(|| format!("symlink {} -> {target}", dest.display()))?;
+                }
+            }
+        }
+        let removed = if self.delta {
+            self.remove_extra(&wanted, &tablespaces)?
+        } else {
+            0
+        };
+
+        let total: u64 = all
+            .iter()
+            .filter(|e| e.kind == FileKind::File)
+            .map(|e| e.size)
+            .sum();
+        let fetched = AtomicU64::new(0);
+        let reused = AtomicU64::new(0);
+        let files_reused = AtomicUsize::new(0);
+        let next_report = AtomicU64::new(total / 10);
+        let files: Vec<(&FileEntry, PathBuf)> = all
+            .iter()
+            .filter(|e| e.kind == FileKind::File)
+            .map(|e| Ok((*e, self.dest(e, &tablespaces)?)))
+            .collect::<anyhow::Result<_>>()?;
+        let nfiles = files.len();
+        futures::stream::iter(files)
+            .map(|(e, dest)| {
+                let fetched = &fetched;
+                let reused = &reused;
+                let files_reused = &files_reused;
+                let next_report = &next_report;
+                async move {
+                    if self.delta && self.matches(e, &dest).await? {
+                        reused.fetch_add(e.size, Ordering::Relaxed);
+                        files_reused.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        self.write_file(e, &dest).await?;
+                        fetched.fetch_add(e.size, Ordering::Relaxed);
+                    }
+                    let done = fetched.load(Ordering::Relaxed) + reused.load(Ordering::Relaxed);
+                    let mark = next_report.load(Ordering::Relaxed);
+                    if done >= mark
+                        && total > 0
+                        && next_report
+                            .compare_exchange(
+                                mark,
+                                done + total / 10,
+                                Ordering::Relaxed,
+                                Ordering::Relaxed,
+                            )
+                            .is_ok()
+                    {
+                        let secs = started.elapsed().as_secs_f64().max(0.001);
+                        let rate = done as f64 / secs;
+                        let eta = (total - done.min(total)) as f64 / rate.max(1.0);
+                        tracing::info!(
+                            "restore {}: {} / {} MiB ({:.0} MiB/s, about {:.0} s left)",
+                            self.manifest.id,
+                            done >> 20,
+                            total >> 20,
+                            rate / 1048576.0,
+                            eta
+                        );
+                    }
+                    anyhow::Ok(())
+                }
+            })
+            .buffer_unordered(16)
+            .try_collect::<Vec<()>>()
+            .await?;
+        for d in dirs.iter().chain(tablespaces.values()) {
+            sync_dir(d)?;
+        }
+        Ok(LayDownStats {
+            files: nfiles,
+            bytes_fetched: fetched.into_inner(),
+            bytes_reused: reused.into_inner(),
+            files_reused: files_reused.into_inner(),
+            removed,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    async fn matches(&self, e: &FileEntry, dest: &Path) -> anyhow::Result<bool> {
+        let Ok(meta) = std::fs::symlink_metadata(dest) else {
+            return Ok(false);
+        };
+        if !meta.is_file() || meta.len() != e.size {
+            return Ok(false);
+        }
+        let file = std::fs::File::open(dest).with_context(|| format!("open {}", dest.display()))?;
+        let chunks = self
+            .repo
+            .hash_file(Arc::new(file), e.size, &dest.display().to_string())
+            .await?;
+        if chunks != e.chunks {
+            return Ok(false);
+        }
+        set_mode_mtime(dest, e)?;
+        Ok(true)
+    }
+
+    async fn write_file(&self, e: &FileEntry, dest: &Path) -> anyhow::Result<()> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(dest)
+            .with_context(|| format!("create {}", dest.display()))?;
+        let file = Arc::new(file);
+        let n = self
+            .repo
+            .get_file(&e.chunks, Arc::clone(&file), &dest.display().to_string())
+            .await
+            .with_context(|| format!("restore {}", dest.display()))?;
+        if n != e.size {
+            bail!(
+                "{}: chunks add up to {n} bytes, the manifest says {}",
+                e.path,
+                e.size
+            );
+        }
+        let f = Arc::clone(&file);
+        tokio::task::spawn_blocking(move || f.sync_all())
+            .await?
+            .with_context(|| format!("fsync {}", dest.display()))?;
+        set_mode_mtime(dest, e)
+    }
+
+    fn remove_extra(
+        &self,
+        wanted: &HashSet<PathBuf>,
+        tablespaces: &BTreeMap<u32, PathBuf>,
+    ) -> anyhow::Result<usize> {
+        let mut removed = 0;
+        let roots: Vec<&Path> = std::iter::once(self.pgdata)
+            .chain(tablespaces.values().map(PathBuf::as_path))
+            .collect();
+        for root in roots {
+            let mut stack = vec![root.to_path_buf()];
+            while let Some(dir) = stack.pop() {
+                let rd = match std::fs::read_dir(&dir) {
+                    Ok(rd) => rd,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
+                };
+                for ent in rd {
+                    let ent = ent.with_context(|| format!("read {}", dir.display()))?;
+                    let p = ent.path();
+                    let ft = ent.file_type()?;
+                    if wanted.contains(&p) {
+                        if ft.is_dir() {
+                            stack.push(p);
+                        }
+                        continue;
+                    }
+                    if ft.is_dir() {
+                        std::fs::remove_dir_all(&p)
+                    } else {
+                        std::fs::remove_file(&p)
+                    }
+                    .with_context(|| format!("remove {}", p.display()))?;
+                    removed += 1;
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(
+                "restore {}: removed {removed} files not in the backup",
+                self.manifest.id
+            );
+        }
+        Ok(removed)
+    }
+}
+
+fn set_mode_mtime(dest: &Path, e: &FileEntry) -> anyhow::Result<()> {
+    std::fs::set_permissions(
+        dest,
+        std::fs::Permissions::from_mode((e.mode & 0o777) | 0o600),
+    )
+    .with_context(|| format!("chmod {}", dest.display()))?;
+    if e.mtime > 0 {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(dest)
+            .with_context(|| format!("open {}", dest.display()))?;
+        f.set_modified(UNIX_EPOCH + Duration::from_secs(e.mtime as u64))
+            .with_context(|| format!("set mtime of {}", dest.display()))?;
+    }
+    Ok(())
+}
+
+pub fn sync_dir(d: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(d)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("fsync directory {}", d.display()))
+}

@@ -63,6 +63,8 @@ pub enum Command {
     List(ListArgs),
     /// Build a data directory that recovers to a point in time (or the end of the archive)
     Restore(RestoreArgs),
+    /// Remove restore-wal's prefetch spool (recovery_end_command)
+    SpoolClean(SpoolCleanArgs),
 }
 
 #[derive(Args, Debug)]
@@ -188,6 +190,20 @@ pub struct RestoreWalArgs {
     pub name: String,
     /// Where to write it (%p)
     pub dest: PathBuf,
+    /// When PostgreSQL asks for a segment, fetch up to N following segments in the background
+    /// into pg_wal/pitr-spool, so that the next calls find them ready (0 disables)
+    #[arg(long, default_value_t = 8)]
+    pub prefetch: usize,
+    /// Internal: run as the prefetch worker (NAME is the segment just served, DEST the spool)
+    #[arg(long, hide = true)]
+    pub prefetch_worker: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SpoolCleanArgs {
+    /// The pg_wal directory (recovery_end_command runs in the data directory)
+    #[arg(default_value = "pg_wal")]
+    pub pg_wal: PathBuf,
 }
 
 #[derive(Args, Debug)]

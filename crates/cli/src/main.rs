@@ -71,6 +71,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Backup(args) => backup::backup(&repo_url, args).await,
             Command::List(args) => backup::list(&repo_url, args).await,
             Command::Restore(args) => restore::restore(&repo_url, args).await,
+            Command::SpoolClean(args) => restore_wal::clean_spool(&args.pg_wal),
         }
     })
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use pitr_pg::WalFileName;
+use std::os::unix::process::CommandExt;
+
+use pitr_pg::{WalFileKind, WalFileName};
 use pitr_store::{Repo, StoreError};
 
 use crate::cli::RestoreWalArgs;
@@ -21,6 +23,19 @@ const ATTEMPTS: u32 = 4;
 
 pub async fn restore_wal(url: &str, args: RestoreWalArgs) -> anyhow::Result<()> {
     let name: WalFileName = args.name.parse()?;
+    if args.prefetch_worker {
+        return prefetch_worker(url, &name, &args.dest, args.prefetch).await;
+    }
+    let spool = spool_dir(&args.dest, &name, args.prefetch);
+    if let Some(spool) = &spool {
+        // Served from the spool: the worker renamed it there only after verifying it.
+        let spooled = spool.join(name.as_str());
+        if std::fs::rename(&spooled, &args.dest).is_ok() {
+            tracing::debug!("{name} served from the prefetch spool");
+            after_serving(url, &name, spool, args.prefetch);
+            return Ok(());
+        }
+    }
     let mut delay = Duration::from_millis(200);
     for attempt in 1.. {
         match fetch(url, &name, &args.dest).await {
@@ -29,10 +44,137 @@ pub async fn restore_wal(url: &str, args: RestoreWalArgs) -> anyhow::Result<()> 
                 tokio::time::sleep(delay).await;
                 delay *= 3;
             }
+            Ok(()) => {
+                if let Some(spool) = &spool {
+                    after_serving(url, &name, spool, args.prefetch);
+                }
+                return Ok(());
+            }
             other => return other,
         }
     }
     unreachable!("the loop returns on the last attempt")
+}
+
+/// The spool directory, when PostgreSQL is the caller (DEST is `pg_wal/RECOVERYXLOG`) and a
+/// segment is asked for.
+fn spool_dir(dest: &Path, name: &WalFileName, depth: usize) -> Option<PathBuf> {
+    let parent = dest.parent()?;
+    let is_pg_wal = parent.file_name().is_some_and(|n| n == "pg_wal");
+    (depth > 0 && is_pg_wal && name.kind() == WalFileKind::Segment).then(|| parent.join(SPOOL))
+}
+
+/// Drop spooled segments recovery has passed, and make sure a worker is fetching the next ones.
+fn after_serving(url: &str, name: &WalFileName, spool: &Path, depth: usize) {
+    if let Ok(entries) = std::fs::read_dir(spool) {
+        for e in entries.flatten() {
+            let f = e.file_name();
+            let Some(f) = f.to_str() else { continue };
+            let stem = f.strip_suffix(".tmp").unwrap_or(f);
+            if stem.len() == 24 && stem[8..] <= name.as_str()[8..] && !f.ends_with(".tmp") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    if worker_running(spool) {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let spawned = std::process::Command::new(exe)
+        .args([
+            "--repo",
+            url,
+            "-q",
+            "restore-wal",
+            "--prefetch-worker",
+            "--prefetch",
+        ])
+        .arg(depth.to_string())
+        .arg(name.as_str())
+        .arg(spool)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .process_group(0)
+        .spawn();
+    if let Err(e) = spawned {
+        tracing::warn!("start WAL prefetch after {name}: {e}");
+    }
+}
+
+const SPOOL: &str = "pitr-spool";
+
+fn lock_file(spool: &Path) -> Option<std::fs::File> {
+    std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(spool.join(".lock"))
+        .ok()
+}
+
+fn try_lock(f: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+fn worker_running(spool: &Path) -> bool {
+    let _ = std::fs::create_dir_all(spool);
+    match lock_file(spool) {
+        // Locked by a worker: running. Our probe lock goes away with the file handle.
+        Some(f) => !try_lock(&f),
+        None => true,
+    }
+}
+
+/// Fetch the `depth` segments after `after` into `spool`, each verified (every chunk
+/// re-hashed, total size checked) into a temp file and renamed into place only then.
+async fn prefetch_worker(
+    url: &str,
+    after: &WalFileName,
+    spool: &Path,
+    depth: usize,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(spool).with_context(|| format!("create {}", spool.display()))?;
+    let lock = lock_file(spool).with_context(|| format!("open {}/.lock", spool.display()))?;
+    if !try_lock(&lock) {
+        return Ok(());
+    }
+    let repo = Repo::open(url).await?;
+    let seg_size = WalRef::load(&repo, after)
+        .await?
+        .and_then(|r| r.segment_size)
+        .unwrap_or(pitr_pg::DEFAULT_WAL_SEGMENT_SIZE);
+    let first = after.segment_number(seg_size).context("not a segment")?;
+    for segno in first + 1..=first + depth as u64 {
+        let name = WalFileName::segment(after.timeline(), segno, seg_size);
+        let dest = spool.join(name.as_str());
+        if dest.exists() {
+            continue;
+        }
+        match fetch(url, &name, &dest).await {
+            Ok(()) => {}
+            Err(e) if e.downcast_ref::<NotArchived>().is_some() => break,
+            Err(e) => {
+                tracing::debug!("prefetch {name}: {e:#}");
+                break;
+            }
+        }
+    }
+    drop(lock);
+    Ok(())
+}
+
+/// `recovery_end_command`: recovery is over, the spool is no longer needed.
+pub fn clean_spool(pg_wal: &Path) -> anyhow::Result<()> {
+    let spool = pg_wal.join(SPOOL);
+    match std::fs::remove_dir_all(&spool) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("remove {}", spool.display())),
+    }
 }
 
 fn is_transient(e: &anyhow::Error) -> bool {

@@ -83,23 +83,21 @@ impl ReplicationClient {
             timeline.0
         );
         self.send_query(&sql).await?;
-        let phase = loop {
-            let msg = self.next_message().await?;
-            match msg.tag {
-                b'W' => break Phase::Streaming,
-                // A historic timeline that ends exactly at `start`: no copy, just the result
-                // set naming the next timeline.
-                b'T' => break Phase::ServerDone,
-                b'E' => {
-                    let err = self.server_error(&msg.body);
-                    return Err(self.finish_with_error(err).await);
-                }
-                tag => {
-                    return Err(self.violation(format!(
-                        "unexpected message {:?} in reply to {sql}",
-                        char::from(tag)
-                    )))
-                }
+        let msg = self.next_message().await?;
+        let phase = match msg.tag {
+            b'W' => Phase::Streaming,
+            // A historic timeline that ends exactly at `start`: no copy, just the result set
+            // naming the next timeline.
+            b'T' => Phase::ServerDone,
+            b'E' => {
+                let err = self.server_error(&msg.body);
+                return Err(self.finish_with_error(err).await);
+            }
+            tag => {
+                return Err(self.violation(format!(
+                    "unexpected message {:?} in reply to {sql}",
+                    char::from(tag)
+                )))
             }
         };
         self.state = State::Busy("START_REPLICATION");

@@ -435,7 +435,6 @@ async fn base_backup_with_wal_streamed_on_a_second_connection() {
                 shape.push(kind);
             }
         }
-        drop(stream);
         let after = backup_client
             .identify_system()
             .await
@@ -645,7 +644,6 @@ async fn checksum_failures_surface_as_warnings_then_an_error() {
             && n.message.contains(&relpath)),
         "{notices:?}"
     );
-    drop(stream);
     // The server's ERROR ends the command, not the connection.
     pg.ok(
         c.identify_system().await,
@@ -786,7 +784,6 @@ async fn end_of_timeline_after_promotion() {
             next_start: switch
         })
     );
-    drop(stream);
     pg.ok(
         c.identify_system().await,
         "IDENTIFY_SYSTEM after the stream",

@@ -89,7 +89,15 @@ fn recovery_settings(
         shell_word(&exe.display().to_string()),
         shell_word(repo_url)
     );
-    let mut out = vec![("restore_command".to_string(), conf_value(&command))];
+    let cleanup = format!(
+        "{} --repo {} spool-clean pg_wal",
+        shell_word(&exe.display().to_string()),
+        shell_word(repo_url)
+    );
+    let mut out = vec![
+        ("restore_command".to_string(), conf_value(&command)),
+        ("recovery_end_command".to_string(), conf_value(&cleanup)),
+    ];
     match target {
         Target::End => {}
         Target::Immediate => out.push(("recovery_target".into(), conf_value("immediate"))),

@@ -5,3 +5,4 @@
 
 mod archive;
 mod harness;
+mod quickstart;

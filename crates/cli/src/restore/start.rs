@@ -96,6 +96,7 @@ pub async fn start_and_wait(
         .arg(&opts)
         .arg("-W")
         .arg("start")
+        .stdout(std::process::Stdio::null())
         .status()
         .context("run pg_ctl start")?;
     if !status.success() {
@@ -202,6 +203,7 @@ fn stop(bindir: &Path, pgdata: &Path) -> anyhow::Result<()> {
         .arg("-D")
         .arg(pgdata)
         .args(["-m", "fast", "-w", "stop"])
+        .stdout(std::process::Stdio::null())
         .status()
         .context("run pg_ctl stop")?;
     if !status.success() {

@@ -23,6 +23,7 @@ const EXIT_RECOVERY_FATAL: u8 = 255;
 const EXIT_NOT_FOUND: u8 = 1;
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let restore_wal = std::env::args().any(|a| a == "restore-wal");
     let failure = if restore_wal { EXIT_RECOVERY_FATAL } else { 1 };
     let cli = match Cli::try_parse() {
@@ -74,4 +75,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::SpoolClean(args) => restore_wal::clean_spool(&args.pg_wal),
         }
     })
+}
+
+/// Chunk buffers are 1 MiB: above glibc's default mmap threshold, each one would be a fresh
+/// mapping, page-faulted in and unmapped again (measured: ~10% of archive-wal's CPU time).
+/// Keeping them in the heap lets freed buffers be reused.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator tuning parameters; called before any threads.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
 }

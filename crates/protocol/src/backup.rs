@@ -166,16 +166,7 @@ impl ReplicationClient {
                 self.parameter("server_version")
             ))
         })?;
-        if version < MIN_SERVER_VERSION_NUM {
-            let major = if version >= 100000 {
-                format!("{}", version / 10000)
-            } else {
-                format!("{}.{}", version / 10000, version / 100 % 100)
-            };
-            return Err(Error::Unsupported(format!(
-                "PostgreSQL {major} is not supported by pitr backup: needs 15 or later"
-            )));
-        }
+        check_server_version(version)?;
         let command = options.command();
         tracing::debug!(server = %self.target(), %command, "starting base backup");
         self.send_query(&command).await?;
@@ -190,6 +181,21 @@ impl ReplicationClient {
             queue: VecDeque::new(),
         })
     }
+}
+
+/// Refuse servers whose BASE_BACKUP this client cannot speak.
+fn check_server_version(version_num: u32) -> Result<(), Error> {
+    if version_num >= MIN_SERVER_VERSION_NUM {
+        return Ok(());
+    }
+    let major = if version_num >= 100000 {
+        format!("{}", version_num / 10000)
+    } else {
+        format!("{}.{}", version_num / 10000, version_num / 100 % 100)
+    };
+    Err(Error::Unsupported(format!(
+        "PostgreSQL {major} is not supported by pitr backup: needs 15 or later"
+    )))
 }
 
 impl BaseBackupStream<'_> {
@@ -389,6 +395,20 @@ impl BaseBackupStream<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn old_servers_are_refused() {
+        assert_eq!(
+            check_server_version(140011).unwrap_err().to_string(),
+            "PostgreSQL 14 is not supported by pitr backup: needs 15 or later"
+        );
+        assert_eq!(
+            check_server_version(90624).unwrap_err().to_string(),
+            "PostgreSQL 9.6 is not supported by pitr backup: needs 15 or later"
+        );
+        assert!(check_server_version(150000).is_ok());
+        assert!(check_server_version(180004).is_ok());
+    }
 
     #[test]
     fn command_syntax() {

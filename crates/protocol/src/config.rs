@@ -73,8 +73,8 @@ pub struct ConnConfig {
     pub password: Option<String>,
     /// `passfile=` or PGPASSFILE; `~/.pgpass` when `None`.
     pub passfile: Option<PathBuf>,
-    /// Only reported in [`SystemInfo`](crate::SystemInfo); physical replication connections
-    /// are not bound to a database, so it is not sent at startup.
+    /// Accepted for compatibility (`dbname=`, PGDATABASE) but not sent: physical replication
+    /// connections are not bound to a database.
     pub dbname: Option<String>,
     pub sslmode: SslMode,
     /// CA certificates for `verify-ca`/`verify-full`; `~/.postgresql/root.crt` when `None`.

@@ -84,7 +84,20 @@ pub fn encode_chunk(data: &[u8], level: i32) -> Vec<u8> {
     out.push(CODEC_ZSTD);
     out.extend_from_slice(&[0, 0]);
     out.extend_from_slice(&(data.len() as u64).to_le_bytes());
-    let compressed = zstd::bulk::compress(data, level).ok();
+    thread_local! {
+        static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    // One compression context per thread: creating one per chunk costs more than compressing
+    // a small chunk.
+    let compressed = COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        let (_, comp) = c.as_mut()?;
+        comp.compress(data).ok()
+    });
     match compressed {
         Some(c) if c.len() < data.len() => out.extend_from_slice(&c),
         _ => {

@@ -164,7 +164,7 @@ async fn history_of(repo: &Repo, tli: TimelineId) -> anyhow::Result<Vec<pitr_pg:
         .with_context(|| format!("timeline {tli}: {name} is not in the archive"))?;
     let bytes = repo.get_bytes(&r.chunks).await?;
     let text = String::from_utf8(bytes).with_context(|| format!("{name} is not text"))?;
-    Ok(parse_history(&text).with_context(|| format!("parse {name}"))?)
+    parse_history(&text).with_context(|| format!("parse {name}"))
 }
 
 pub struct PlanRequest<'a> {

@@ -66,40 +66,56 @@ fn give_to_pg(path: &Path) {
     }
 }
 
-fn bindir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
+/// Directories that may hold PostgreSQL programs, the one under test first: PITR_PG_BINDIR,
+/// `pg_config --bindir`, then /usr/lib/postgresql/*/bin, newest first.
+fn bindirs() -> &'static [PathBuf] {
+    static DIRS: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    DIRS.get_or_init(|| {
+        let mut dirs = Vec::new();
         if let Some(dir) = std::env::var_os("PITR_PG_BINDIR") {
-            return PathBuf::from(dir);
+            dirs.push(PathBuf::from(dir));
         }
         if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-            let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-            if out.status.success() && dir.join("initdb").exists() {
-                return dir;
+            if out.status.success() {
+                dirs.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
             }
         }
-        let mut dirs: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
+        let mut system: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
             .into_iter()
             .flatten()
             .flatten()
-            .map(|e| e.path().join("bin"))
-            .filter(|d| d.join("initdb").exists())
+            .filter_map(|e| {
+                let major = e.file_name().to_str()?.parse().ok()?;
+                Some((major, e.path().join("bin")))
+            })
             .collect();
-        dirs.sort_by_key(|d| {
-            d.parent()
-                .and_then(|p| p.file_name())
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.parse::<u32>().ok())
-                .unwrap_or(0)
-        });
-        dirs.pop()
-            .expect("PostgreSQL binaries not found: set PITR_PG_BINDIR")
+        system.sort();
+        dirs.extend(system.into_iter().rev().map(|(_, d)| d));
+        dirs.retain(|d| d.join("initdb").exists() || d.join("psql").exists());
+        assert!(
+            !dirs.is_empty(),
+            "PostgreSQL binaries not found: set PITR_PG_BINDIR"
+        );
+        dirs
     })
+}
+
+/// The server under test comes from the first directory; client tools (psql, pg_controldata)
+/// from the first that has them, since some builds ship only initdb, pg_ctl and postgres.
+fn program_path(program: &str) -> PathBuf {
+    let dirs = bindirs();
+    let server_side = matches!(program, "initdb" | "pg_ctl" | "postgres");
+    let candidates = if server_side { &dirs[..1] } else { dirs };
+    candidates
+        .iter()
+        .map(|d| d.join(program))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{program} not found in {candidates:?}"))
 }
 
 /// A PostgreSQL program, run as `postgres` when we are root.
 pub fn pg_command(program: &str) -> Command {
-    let mut cmd = Command::new(bindir().join(program));
+    let mut cmd = Command::new(program_path(program));
     cmd.current_dir("/").stdin(Stdio::null());
     if let Some((uid, gid)) = pg_ids() {
         cmd.uid(uid).gid(gid);

@@ -7,6 +7,7 @@ use tracing_subscriber::EnvFilter;
 use crate::cli::{Global, LogFormat};
 
 pub fn init(global: &Global) {
+    crate::progress::set_quiet(global.quiet);
     let level = if global.quiet {
         "error"
     } else {

@@ -6,6 +6,7 @@ mod backup;
 mod cli;
 mod info;
 mod logging;
+mod progress;
 mod restore;
 mod restore_wal;
 mod walref;

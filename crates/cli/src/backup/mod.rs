@@ -22,6 +22,7 @@ use tar::{EntryKind, TarEvent, TarHeader, TarParser};
 use upload::{ChunkedFile, PendingChunks, Uploader};
 
 use crate::cli::{BackupArgs, Checkpoint, ListArgs};
+use crate::progress::Progress;
 use crate::walref::claim_cluster;
 
 /// A manifest entry whose chunks may still be uploading.
@@ -194,7 +195,7 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<()> {
     let mut sink: Option<(String, ArchiveSink)> = None;
     let mut manifest_file: Option<ChunkedFile> = None;
     let mut total_estimate = 0u64;
-    let mut next_report = 0u64;
+    let progress = Progress::new(format!("backup {id}"), 0);
     let stop_lsn = loop {
         let Some(event) = stream.next().await? else {
             bail!("BASE_BACKUP ended without its end position");
@@ -208,6 +209,7 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<()> {
                         tablespaces.push(Tablespace { oid, location });
                     }
                 }
+                progress.set_total(total_estimate);
             }
             BackupEvent::NewArchive { name, .. } => {
                 if let Some((prev, s)) = sink.take() {
@@ -228,13 +230,7 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<()> {
                 let (_, s) = sink.as_mut().context("backup data before any archive")?;
                 s.feed(&bytes, &up, &mut entries).await?;
             }
-            BackupEvent::Progress(done) => {
-                if done >= next_report {
-                    let pct = (done * 100).checked_div(total_estimate).unwrap_or(0);
-                    tracing::info!("backup {id}: {} MiB sent ({pct}%)", done >> 20);
-                    next_report = done + (total_estimate / 10).max(64 << 20);
-                }
-            }
+            BackupEvent::Progress(done) => progress.set(done),
             BackupEvent::ManifestStart => {
                 if let Some((prev, s)) = sink.take() {
                     s.finish(&prev)?;
@@ -250,6 +246,7 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<()> {
             BackupEvent::End { lsn, .. } => break lsn,
         }
     };
+    progress.finish();
     if let Some((prev, s)) = sink.take() {
         s.finish(&prev)?;
     }

@@ -15,6 +15,7 @@ use pitr_store::Repo;
 use serde::Serialize;
 
 use crate::backup::{BackupManifest, FileEntry, FileKind};
+use crate::progress::Progress;
 
 #[derive(Debug, Default, Serialize)]
 pub struct LayDownStats {
@@ -191,7 +192,7 @@ impl LayDown<'_> {
         let fetched = AtomicU64::new(0);
         let reused = AtomicU64::new(0);
         let files_reused = AtomicUsize::new(0);
-        let next_report = AtomicU64::new(total / 10);
+        let progress = Progress::new(format!("restore {}", self.manifest.id), total);
         let files: Vec<(&FileEntry, PathBuf)> = all
             .iter()
             .filter(|e| e.kind == FileKind::File)
@@ -203,7 +204,7 @@ impl LayDown<'_> {
                 let fetched = &fetched;
                 let reused = &reused;
                 let files_reused = &files_reused;
-                let next_report = &next_report;
+                let progress = &progress;
                 async move {
                     if self.delta && self.matches(e, &dest).await? {
                         reused.fetch_add(e.size, Ordering::Relaxed);
@@ -212,37 +213,14 @@ impl LayDown<'_> {
                         self.write_file(e, &dest).await?;
                         fetched.fetch_add(e.size, Ordering::Relaxed);
                     }
-                    let done = fetched.load(Ordering::Relaxed) + reused.load(Ordering::Relaxed);
-                    let mark = next_report.load(Ordering::Relaxed);
-                    if done >= mark
-                        && total > 0
-                        && next_report
-                            .compare_exchange(
-                                mark,
-                                done + total / 10,
-                                Ordering::Relaxed,
-                                Ordering::Relaxed,
-                            )
-                            .is_ok()
-                    {
-                        let secs = started.elapsed().as_secs_f64().max(0.001);
-                        let rate = done as f64 / secs;
-                        let eta = (total - done.min(total)) as f64 / rate.max(1.0);
-                        tracing::info!(
-                            "restore {}: {} / {} MiB ({:.0} MiB/s, about {:.0} s left)",
-                            self.manifest.id,
-                            done >> 20,
-                            total >> 20,
-                            rate / 1048576.0,
-                            eta
-                        );
-                    }
+                    progress.add(e.size);
                     anyhow::Ok(())
                 }
             })
             .buffer_unordered(16)
             .try_collect::<Vec<()>>()
             .await?;
+        progress.finish();
         for d in dirs.iter().chain(tablespaces.values()) {
             sync_dir(d)?;
         }

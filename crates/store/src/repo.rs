@@ -246,6 +246,29 @@ impl Repo {
         }
     }
 
+    /// Store one chunk that is most likely new (WAL): hash and compress in one step, no
+    /// existence check first; a chunk that already exists is still not written twice.
+    pub async fn put_new_chunk(&self, data: Bytes) -> Result<(ChunkRef, u64)> {
+        let len = data.len() as u32;
+        let level = self.config.compression_level;
+        let (id, body) =
+            tokio::task::spawn_blocking(move || (ChunkId::of(&data), encode_chunk(&data, level)))
+                .await
+                .expect("hashing and compression do not panic");
+        let key = id.key();
+        let stored = body.len() as u64;
+        let opts = PutOptions::from(PutMode::Create);
+        match self
+            .store()
+            .put_opts(&self.backend.path(&key), PutPayload::from(body), opts)
+            .await
+        {
+            Ok(_) => Ok((ChunkRef { id, len }, stored)),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok((ChunkRef { id, len }, 0)),
+            Err(e) => Err(StoreError::backend(key, e)),
+        }
+    }
+
     /// Read one chunk, re-hashing it; a mismatch is `Corrupt` naming the key.
     pub async fn get_chunk(&self, chunk: &ChunkRef) -> Result<Bytes> {
         let key = chunk.id.key();
@@ -284,8 +307,8 @@ impl Repo {
         }
     }
 
-    /// Split `len` bytes of `file` into chunks and store them, `concurrency` chunks at a time.
-    /// Returns once every chunk is durable. The file must not shrink meanwhile (WAL segments
+    /// Split `len` bytes of `file` into chunks and store them, `concurrency` chunks at a time,
+    /// assuming they are new (WAL). Returns once every chunk is durable. The file must not shrink meanwhile (WAL segments
     /// marked ready never do): it is memory-mapped, which saves a copy and the page faults of
     /// fresh read buffers.
     pub async fn put_file(
@@ -320,7 +343,7 @@ impl Repo {
                             source,
                         })?,
                     };
-                    self.put_chunk(data).await
+                    self.put_new_chunk(data).await
                 }
             })
             .buffered(self.concurrency)

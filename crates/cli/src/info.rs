@@ -8,6 +8,7 @@ use pitr_pg::{TimelineId, WalFileKind, WalFileName, DEFAULT_WAL_SEGMENT_SIZE};
 use pitr_store::Repo;
 use serde::Serialize;
 
+use crate::backup::BackupManifest;
 use crate::cli::InfoArgs;
 use crate::walref::{repo_system_identifier, WalRef};
 
@@ -20,6 +21,10 @@ struct Info {
     compression_level: i32,
     /// Every chunk body in the repository.
     stored_bytes: u64,
+    backups: Vec<serde_json::Value>,
+    /// From the end of the earliest backup to the last archived WAL.
+    recoverable_from: Option<chrono::DateTime<chrono::Utc>>,
+    recoverable_to: Option<chrono::DateTime<chrono::Utc>>,
     wal: WalInfo,
 }
 
@@ -64,13 +69,21 @@ pub async fn info(url: &str, args: InfoArgs) -> anyhow::Result<()> {
     .try_collect()
     .await?;
     let stored_bytes = repo.list("chunks/").await?.iter().map(|(_, s)| s).sum();
+    let backups = BackupManifest::list(&repo).await?;
+    let wal = summarize(&refs);
+    let recoverable_from = backups.first().map(|b| b.stop_time);
     let info = Info {
         repository: repo.url().to_string(),
         system_identifier: sysid.map(|s| s.to_string()),
         chunk_size: repo.config().chunk_size,
         compression_level: repo.config().compression_level,
         stored_bytes,
-        wal: summarize(&refs),
+        backups: backups.iter().map(BackupManifest::summary).collect(),
+        recoverable_from,
+        recoverable_to: recoverable_from
+            .and(wal.last_archived_at)
+            .max(recoverable_from),
+        wal,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
@@ -146,6 +159,20 @@ fn print_text(info: &Info) {
         "chunks:      {} bytes stored (chunk size {}, zstd level {})",
         info.stored_bytes, info.chunk_size, info.compression_level
     );
+    println!("backups:     {}", info.backups.len());
+    for b in &info.backups {
+        println!(
+            "  {}  {} .. {}  {} MiB ({} MiB new)",
+            b["id"].as_str().unwrap_or(""),
+            b["start_time"].as_str().unwrap_or(""),
+            b["stop_time"].as_str().unwrap_or(""),
+            b["size_bytes"].as_u64().unwrap_or(0) >> 20,
+            b["stored_bytes"].as_u64().unwrap_or(0) >> 20,
+        );
+    }
+    if let (Some(from), Some(to)) = (info.recoverable_from, info.recoverable_to) {
+        println!("recoverable: {} .. {}", from.to_rfc3339(), to.to_rfc3339());
+    }
     let w = &info.wal;
     println!(
         "wal:         {} files, {} bytes raw, {} bytes stored",

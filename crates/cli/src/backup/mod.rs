@@ -311,11 +311,20 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<()> {
     for w in &manifest.warnings {
         tracing::warn!("backup {id}: server said: {w}");
     }
-    let body = serde_json::to_vec(&manifest)?;
-    match repo.put_doc(&BackupManifest::key(&id), body.into()).await? {
-        DocWrite::Created => {}
-        DocWrite::Exists(_) => bail!("a backup named {id} already exists; retry in a second"),
+    // Two backups started in the same second: the later one takes the next free suffix.
+    let mut manifest = manifest;
+    for n in 1.. {
+        let body = serde_json::to_vec(&manifest)?;
+        match repo
+            .put_doc(&BackupManifest::key(&manifest.id), body.into())
+            .await?
+        {
+            DocWrite::Created => break,
+            DocWrite::Exists(_) if n < 100 => manifest.id = format!("{id}-{}", n + 1),
+            DocWrite::Exists(_) => bail!("backup IDs {id} to {} are all taken", manifest.id),
+        }
     }
+    let id = manifest.id.clone();
     tracing::info!(
         "backup {id} committed: {} files, {} MiB, {} MiB new in the repository, {:.1} s",
         manifest.files.len(),

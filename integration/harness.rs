@@ -84,6 +84,64 @@ pub fn stdout_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `cmd` (stdin closed) like [`output`] and also returns the child's peak resident set
+/// size in KiB, from the kernel's accounting when it is reaped (`wait4` rusage, `ru_maxrss`).
+pub fn output_with_max_rss(cmd: &mut Command) -> (Output, u64) {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("could not start {cmd:?}: {e}"));
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid fits pid_t");
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value of a plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: pid is our own unreaped child; status and usage are valid for writes.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == pid {
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        assert!(
+            err.kind() == ErrorKind::Interrupted,
+            "wait4 {pid} ({cmd:?}): {err}"
+        );
+    }
+    // `child` is reaped already: never wait on it again (dropping a Child does not wait).
+    drop(child);
+    let out = Output {
+        status: ExitStatus::from_raw(status),
+        stdout: stdout.join().expect("stdout reader thread"),
+        stderr: stderr.join().expect("stderr reader thread"),
+    };
+    // ru_maxrss is in KiB on Linux.
+    (out, u64::try_from(usage.ru_maxrss).unwrap_or(0))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Root and the postgres user
 // ---------------------------------------------------------------------------------------------
@@ -408,6 +466,55 @@ impl Pitr {
         chunks
     }
 
+    /// `pitr backup -d <pg's socket connstr> <args>` (not run yet).
+    pub fn backup_cmd(&self, pg: &PgCluster, args: &[&str]) -> Command {
+        let mut cmd = self.command(["backup", "-d", &pg.socket_connstr()]);
+        cmd.args(args);
+        cmd
+    }
+
+    /// `pitr backup` of `pg` with `args` (e.g. `["--checkpoint", "fast"]`), expecting success
+    /// and exactly one line on stdout, the backup ID, which it returns.
+    #[track_caller]
+    pub fn backup(&self, pg: &PgCluster, args: &[&str]) -> String {
+        let mut cmd = self.backup_cmd(pg, args);
+        let out = output(&mut cmd);
+        backup_id_of(&cmd, &out, pg)
+    }
+
+    /// `list --json`, parsed: one object per backup, oldest first.
+    #[track_caller]
+    pub fn list_json(&self) -> Vec<serde_json::Value> {
+        let mut cmd = self.command(["list", "--json"]);
+        let out = run(&mut cmd);
+        match serde_json::from_slice(&out.stdout) {
+            Ok(serde_json::Value::Array(backups)) => backups,
+            Ok(other) => panic!(
+                "list --json printed {other}, not a JSON array\n{}",
+                describe(&cmd, &out)
+            ),
+            Err(e) => panic!(
+                "list --json did not print JSON: {e}\n{}",
+                describe(&cmd, &out)
+            ),
+        }
+    }
+
+    /// The `list --json` entry of backup `id`; panics (showing the list) unless exactly one.
+    #[track_caller]
+    pub fn listed_backup(&self, id: &str) -> serde_json::Value {
+        let list = self.list_json();
+        let found: Vec<&serde_json::Value> = list.iter().filter(|b| b["id"] == id).collect();
+        match found.as_slice() {
+            [one] => (*one).clone(),
+            _ => panic!(
+                "backup {id} listed {} times by list --json: {}",
+                found.len(),
+                serde_json::Value::Array(list.clone())
+            ),
+        }
+    }
+
     /// `info --json`, parsed.
     #[track_caller]
     pub fn info_json(&self) -> serde_json::Value {
@@ -420,6 +527,53 @@ impl Pitr {
             )
         })
     }
+}
+
+/// The backup ID that a finished `pitr backup` printed: panics, explaining the command and the
+/// server log tail, unless it exited 0 with exactly one non-empty line on stdout.
+#[track_caller]
+pub fn backup_id_of(cmd: &Command, out: &Output, pg: &PgCluster) -> String {
+    let stdout = stdout_of(out);
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    match (out.status.success(), lines.as_slice()) {
+        (true, [id]) if !id.trim().is_empty() => id.trim().to_owned(),
+        (true, _) => panic!(
+            "pitr backup should print exactly the backup ID on stdout\n{}",
+            describe(cmd, out)
+        ),
+        (false, _) => panic!(
+            "pitr backup failed\n{}\n--- server log ---\n{}",
+            describe(cmd, out),
+            pg.log_tail(30)
+        ),
+    }
+}
+
+/// An LSN in PostgreSQL's `X/X` form as a number; panics on anything else.
+#[track_caller]
+pub fn lsn(text: &str) -> u64 {
+    let parsed = text.split_once('/').and_then(|(hi, lo)| {
+        let hi = u64::from_str_radix(hi, 16).ok()?;
+        let lo = u64::from_str_radix(lo, 16).ok()?;
+        (hi <= u64::from(u32::MAX) && lo <= u64::from(u32::MAX)).then_some(hi << 32 | lo)
+    });
+    parsed.unwrap_or_else(|| panic!("{text:?} is not an LSN (X/X)"))
+}
+
+/// Total size in bytes of the regular files under `dir` (0 when it does not exist).
+pub fn tree_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in list_dir(dir) {
+        let Ok(meta) = fs::symlink_metadata(&entry) else {
+            continue; // removed meanwhile
+        };
+        if meta.is_dir() {
+            total += tree_size(&entry);
+        } else if meta.is_file() {
+            total += meta.len();
+        }
+    }
+    total
 }
 
 /// The `chunks` array of a reference document, as (`id`, `len`).
@@ -543,6 +697,25 @@ pub fn pg_bindir() -> &'static Path {
     })
 }
 
+/// Directories of other PostgreSQL versions' server programs (initdb, pg_ctl, postgres) to run
+/// the multi-version tests on: `PITR_EXTRA_PG_BINDIRS`, colon-separated (.ci/run installs
+/// them). Empty when unset. Panics if a listed directory has no initdb.
+pub fn pg_extra_bindirs() -> Vec<PathBuf> {
+    let Some(list) = std::env::var_os("PITR_EXTRA_PG_BINDIRS") else {
+        return Vec::new();
+    };
+    std::env::split_paths(&list)
+        .filter(|d| !d.as_os_str().is_empty())
+        .inspect(|dir| {
+            assert!(
+                dir.join("initdb").is_file(),
+                "PITR_EXTRA_PG_BINDIRS lists {}, which has no initdb",
+                dir.display()
+            );
+        })
+        .collect()
+}
+
 /// A PostgreSQL program from [`pg_bindir`], as the PostgreSQL user.
 pub fn pg_command(program: &str) -> Command {
     unprivileged(pg_bindir().join(program))
@@ -563,6 +736,8 @@ fn free_port() -> u16 {
 pub struct PgClusterBuilder {
     conf: Vec<String>,
     initdb_args: Vec<String>,
+    bindir: Option<PathBuf>,
+    hba: Option<String>,
 }
 
 impl PgClusterBuilder {
@@ -578,6 +753,21 @@ impl PgClusterBuilder {
         self
     }
 
+    /// Run initdb, pg_ctl and postgres from `dir` instead of [`pg_bindir`] (another major
+    /// version, say). psql and pgbench still come from [`pg_bindir`]: libpq clients talk to
+    /// newer servers.
+    pub fn bindir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.bindir = Some(dir.into());
+        self
+    }
+
+    /// Replaces pg_hba.conf with `lines` before the server starts (keep a `local ... postgres
+    /// trust` line: [`PgCluster::psql`] connects over the socket as `postgres`).
+    pub fn hba(mut self, lines: &str) -> Self {
+        self.hba = Some(lines.to_owned());
+        self
+    }
+
     /// archive_mode = on, archive_command = `pitr archive-wal %p %f` into `pitr`'s repository.
     pub fn archive_to(self, pitr: &Pitr) -> Self {
         self.conf("archive_mode = on")
@@ -589,7 +779,8 @@ impl PgClusterBuilder {
     pub fn init(self) -> PgCluster {
         let base = new_base_dir();
         let data_dir = base.path().join("data");
-        let mut cmd = pg_command("initdb");
+        let bindir = self.server_bindir();
+        let mut cmd = unprivileged(bindir.join("initdb"));
         cmd.arg("-D")
             .arg(&data_dir)
             .args([
@@ -611,6 +802,12 @@ impl PgClusterBuilder {
         self.start(new_base_dir(), data_dir.to_owned())
     }
 
+    fn server_bindir(&self) -> PathBuf {
+        self.bindir
+            .clone()
+            .unwrap_or_else(|| pg_bindir().to_owned())
+    }
+
     fn start(self, base: tempfile::TempDir, data_dir: PathBuf) -> PgCluster {
         let sock_dir = base.path().join("s");
         mkdir_for_pg(&sock_dir);
@@ -619,7 +816,13 @@ impl PgClusterBuilder {
             writeln!(conf, "{line}").expect("write to a String");
         }
         append(&data_dir.join("postgresql.conf"), &conf);
+        if let Some(hba) = &self.hba {
+            let path = data_dir.join("pg_hba.conf");
+            // Rewriting an existing file keeps its owner (the PostgreSQL user).
+            fs::write(&path, hba).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        }
         let mut cluster = PgCluster {
+            bindir: self.server_bindir(),
             log_file: base.path().join("server.log"),
             base,
             data_dir,
@@ -664,6 +867,8 @@ pub struct PgCluster {
     log_file: PathBuf,
     port: u16,
     running: bool,
+    /// Where this cluster's initdb, pg_ctl and postgres come from.
+    bindir: PathBuf,
 }
 
 impl PgCluster {
@@ -682,6 +887,25 @@ impl PgCluster {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The directory this cluster's server programs (initdb, pg_ctl, postgres) come from.
+    pub fn bindir(&self) -> &Path {
+        &self.bindir
+    }
+
+    fn pg_ctl(&self) -> Command {
+        unprivileged(self.bindir.join("pg_ctl"))
+    }
+
+    /// A libpq key=value connection string over the unix socket, as superuser `postgres`
+    /// (what `pitr backup -d` takes).
+    pub fn socket_connstr(&self) -> String {
+        format!(
+            "host={} port={} user=postgres",
+            self.sock_dir.display(),
+            self.port
+        )
     }
 
     pub fn socket_dir(&self) -> &Path {
@@ -717,7 +941,7 @@ impl PgCluster {
                 self.sock_dir.display()
             );
             let log_len = fs::metadata(&self.log_file).map(|m| m.len()).unwrap_or(0);
-            let mut cmd = pg_command("pg_ctl");
+            let mut cmd = self.pg_ctl();
             cmd.arg("start")
                 .arg("-w")
                 .args(["-t", "120"])
@@ -751,7 +975,7 @@ impl PgCluster {
         if !self.running {
             return;
         }
-        let mut cmd = pg_command("pg_ctl");
+        let mut cmd = self.pg_ctl();
         cmd.arg("stop")
             .arg("-D")
             .arg(&self.data_dir)
@@ -794,6 +1018,33 @@ impl PgCluster {
             );
         }
         stdout_of(&out).trim_end_matches('\n').to_owned()
+    }
+
+    /// `server_version_num` of the running server (150018, 180004, ...).
+    #[track_caller]
+    pub fn server_version_num(&self) -> u32 {
+        let v = self.psql("show server_version_num");
+        v.parse()
+            .unwrap_or_else(|e| panic!("server_version_num {v:?}: {e}"))
+    }
+
+    /// Waits until the server has left recovery (promoted) and accepts writes. Panics, with
+    /// the server log tail, after `timeout`.
+    #[track_caller]
+    pub fn wait_promoted(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.psql("select pg_is_in_recovery()") == "f" {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "server still in recovery after {timeout:?}\n--- server log ---\n{}",
+                    self.log_tail(60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Runs pgbench against database `postgres` with `args` (e.g. `["-i", "-s", "5"]`).
@@ -928,7 +1179,7 @@ impl Drop for PgCluster {
             );
         }
         if self.running {
-            let mut cmd = pg_command("pg_ctl");
+            let mut cmd = self.pg_ctl();
             cmd.arg("stop").arg("-D").arg(&self.data_dir).args([
                 "-m",
                 "immediate",

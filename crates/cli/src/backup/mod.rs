@@ -133,7 +133,9 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let repo = Repo::open(url).await?;
     let conn = ConnConfig::parse(args.dbname.as_deref().unwrap_or(""))?;
-    let mut main = ReplicationClient::connect(&conn).await?;
+    let mut main = ReplicationClient::connect(&conn)
+        .await
+        .with_context(|| format!("connect to {}", conn.target()))?;
     let system = main.identify_system().await?;
     claim_cluster(&repo, system.system_identifier, "this server").await?;
     let seg_size = main.wal_segment_size().await?;
@@ -142,7 +144,9 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<()> {
 
     // The slot first, on the WAL connection: it holds WAL from the last checkpoint's redo
     // point, which the backup's start cannot precede.
-    let mut wal_client = ReplicationClient::connect(&conn).await?;
+    let mut wal_client = ReplicationClient::connect(&conn)
+        .await
+        .with_context(|| format!("connect to {} for WAL streaming", conn.target()))?;
     let slot = format!("pitr_backup_{}", std::process::id());
     wal_client.create_temporary_physical_slot(&slot).await?;
 

@@ -178,6 +178,19 @@ impl LayDown<'_> {
                 }
             }
         }
+        // PostgreSQL recreates pg_tblspc links from tablespace_map at startup; making them now
+        // too lets pg_verifybackup find the tablespace files before the first start.
+        for (oid, dir) in &tablespaces {
+            let link = self.pgdata.join("pg_tblspc").join(oid.to_string());
+            make_dir(&self.pgdata.join("pg_tblspc"))?;
+            if std::fs::symlink_metadata(&link).is_ok() {
+                std::fs::remove_file(&link)
+                    .with_context(|| format!("remove old link {}", link.display()))?;
+            }
+            std::os::unix::fs::symlink(dir, &link)
+                .with_context(|| format!("symlink {} -> {}", link.display(), dir.display()))?;
+            wanted.insert(link);
+        }
         let removed = if self.delta {
             self.remove_extra(&wanted, &tablespaces)?
         } else {

@@ -4,5 +4,6 @@
 //! `PITR_TEST_KEEP=1` keeps the temp dirs for a post-mortem.
 
 mod archive;
+mod backup;
 mod harness;
 mod quickstart;

@@ -18,5 +18,8 @@ fn quick_start_demo_restores_to_before_the_mistake() {
         "contrib/demo.sh failed ({})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
         out.status
     );
-    assert!(stdout.contains("restored: 10000 rows, sum 1000010"), "{stdout}");
+    assert!(
+        stdout.contains("restored: 10000 rows, sum 1000010"),
+        "{stdout}"
+    );
 }

@@ -279,6 +279,70 @@ async fn tls_modes() {
     assert!(err.to_string().contains("missing.crt"), "{err}");
 }
 
+/// A server whose certificate is self-signed (`openssl req -x509`, so marked `CA:TRUE`) and
+/// given to the client as its own root, as PostgreSQL's documentation sets it up: libpq
+/// accepts that for verify-ca and verify-full, and so must we, still checking the name.
+#[tokio::test]
+async fn self_signed_server_certificate_as_its_own_root() {
+    let scram = format!("user={SCRAM_USER} password={}", password_of(SCRAM_USER));
+    let verify = |pg: &PgServer, mode: &str, host: &str, root: &std::path::Path| {
+        format!(
+            "host={host} port={} {scram} sslmode={mode} sslrootcert={}",
+            pg.port,
+            root.display()
+        )
+    };
+
+    let pg = PgServer::start(Options {
+        ssl: true,
+        self_signed_san: Some("DNS:localhost,IP:127.0.0.1"),
+        ..Default::default()
+    });
+    let own = pg.dir().join("server.crt");
+    // A bundle with an unrelated certificate first also works.
+    let bundle = pg.dir().join("bundle.crt");
+    let read = |name: &str| std::fs::read(pg.dir().join(name)).expect("read a certificate");
+    std::fs::write(&bundle, [read("other-ca.crt"), read("server.crt")].concat())
+        .expect("write bundle.crt");
+    for mode in ["verify-ca", "verify-full"] {
+        for host in ["localhost", "127.0.0.1"] {
+            for root in [&own, &bundle] {
+                let mut c = connect(&pg, &verify(&pg, mode, host, root)).await;
+                assert!(c.is_tls(), "{mode} {host} {}", root.display());
+                assert_eq!(c.authentication(), "SCRAM-SHA-256-PLUS");
+                pg.ok(c.identify_system().await, "IDENTIFY_SYSTEM over TLS");
+            }
+            // Roots that do not include the server certificate are still refused.
+            for root in ["ca.crt", "other-ca.crt"] {
+                let err = connect_err(&pg, &verify(&pg, mode, host, &pg.dir().join(root))).await;
+                assert!(
+                    matches!(err, Error::Tls { .. }),
+                    "{mode} {host} {root}: {err:?}"
+                );
+            }
+        }
+    }
+
+    // The certificate names only DNS:otherhost: verify-ca takes it, verify-full does not.
+    let pg = PgServer::start(Options {
+        ssl: true,
+        self_signed_san: Some("DNS:otherhost"),
+        ..Default::default()
+    });
+    let own = pg.dir().join("server.crt");
+    for host in ["localhost", "127.0.0.1"] {
+        assert!(connect(&pg, &verify(&pg, "verify-ca", host, &own))
+            .await
+            .is_tls());
+        let err = connect_err(&pg, &verify(&pg, "verify-full", host, &own)).await;
+        assert!(matches!(err, Error::Tls { .. }), "{host}: {err:?}");
+        assert!(
+            err.to_string().contains("not valid for name"),
+            "{host}: {err}"
+        );
+    }
+}
+
 /// Names of the entries of a tar stream fed in arbitrary chunks, checking each header's
 /// `ustar` magic, without holding more than one header in memory.
 #[derive(Default)]

@@ -37,6 +37,11 @@ pub struct Options {
     pub checksums: bool,
     /// Appended to postgresql.conf.
     pub extra_conf: &'static str,
+    /// With `ssl`: the server certificate is instead self-signed, as PostgreSQL's
+    /// documentation makes it (`openssl req -x509`, hence `CA:TRUE`), for `CN=localhost`
+    /// and this subjectAltName (e.g. `DNS:localhost,IP:127.0.0.1`). `ca.crt` and
+    /// `other-ca.crt` are still made, and do not lead to it.
+    pub self_signed_san: Option<&'static str>,
 }
 
 /// uid/gid of `postgres` when running as root, `None` otherwise.
@@ -187,7 +192,7 @@ impl PgServer {
             dir.path().display()
         );
         if options.ssl {
-            make_certificates(dir.path());
+            make_certificates(dir.path(), options.self_signed_san);
             conf.push_str(&format!(
                 "ssl = on\nssl_cert_file = '{0}/server.crt'\nssl_key_file = '{0}/server.key'\n",
                 dir.path().display()
@@ -380,8 +385,9 @@ fn append(path: &Path, text: &str) {
 }
 
 /// `ca.crt` (test CA), `server.crt`/`server.key` (for DNS name `localhost` only, signed by the
-/// CA) and `other-ca.crt` (an unrelated self-signed certificate) in `dir`.
-fn make_certificates(dir: &Path) {
+/// CA, or self-signed for `self_signed_san`) and `other-ca.crt` (an unrelated self-signed
+/// certificate) in `dir`.
+fn make_certificates(dir: &Path, self_signed_san: Option<&str>) {
     let openssl = |args: &[&str]| {
         run(Command::new("openssl")
             .args(args)
@@ -452,6 +458,25 @@ fn make_certificates(dir: &Path) {
         "-out",
         "other-ca.crt",
     ]);
+    if let Some(san) = self_signed_san {
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            &format!("subjectAltName={san}"),
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.crt",
+        ]);
+    }
     let key = dir.join("server.key");
     fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod server.key");
     give_to_pg(&key);

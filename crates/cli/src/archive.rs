@@ -16,6 +16,7 @@ pub async fn init(url: &str, args: InitArgs) -> anyhow::Result<()> {
     let config = RepoConfig {
         format_version: FORMAT_VERSION,
         chunk_size: args.chunk_size,
+        wal_chunk_size: args.wal_chunk_size,
         compression_level: args.compression_level,
     };
     let (_, outcome) = Repo::init(url, config).await?;
@@ -92,8 +93,13 @@ async fn archive_one(repo: &Repo, wal: &WalFile) -> anyhow::Result<Archived> {
         if existing.source.as_ref() == Some(&wal.fingerprint) {
             return Ok(Archived::AlreadyThere);
         }
+        // Cut the file the way the archived copy was cut, whatever the setting is now.
+        let chunk_size = existing
+            .chunks
+            .first()
+            .map_or(repo.config().wal_chunk_size, |c| c.len);
         let chunks = repo
-            .hash_file(Arc::clone(&wal.file), wal.len, &what)
+            .hash_file(Arc::clone(&wal.file), wal.len, chunk_size, &what)
             .await?;
         if existing.same_content(&chunks, wal.len) {
             return Ok(Archived::AlreadyThere);

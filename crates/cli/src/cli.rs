@@ -167,6 +167,9 @@ pub struct InitArgs {
     /// Bytes per chunk (a multiple of 8 KiB; suffixes K, M accepted)
     #[arg(long, default_value = "1M", value_parser = parse_size)]
     pub chunk_size: u32,
+    /// Bytes per chunk for archived WAL files
+    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    pub wal_chunk_size: u32,
     /// zstd compression level for new chunks
     #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     pub compression_level: i32,

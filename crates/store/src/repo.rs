@@ -22,8 +22,17 @@ pub struct RepoConfig {
     pub format_version: u32,
     /// Bytes per chunk when files are split (a multiple of PostgreSQL's 8 KiB page).
     pub chunk_size: u32,
+    /// Bytes per chunk for archived WAL files: WAL never dedups against itself, so fewer,
+    /// larger chunks mean fewer objects and syncs, while a 16 MiB segment still splits into
+    /// enough pieces to hash and compress on every core.
+    #[serde(default = "default_wal_chunk_size")]
+    pub wal_chunk_size: u32,
     /// zstd level for new chunks.
     pub compression_level: i32,
+}
+
+fn default_wal_chunk_size() -> u32 {
+    4 << 20
 }
 
 impl Default for RepoConfig {
@@ -31,6 +40,7 @@ impl Default for RepoConfig {
         RepoConfig {
             format_version: FORMAT_VERSION,
             chunk_size: 1 << 20,
+            wal_chunk_size: default_wal_chunk_size(),
             compression_level: 1,
         }
     }
@@ -44,14 +54,15 @@ impl RepoConfig {
                 self.format_version
             ));
         }
-        if self.chunk_size < 8192
-            || self.chunk_size > (64 << 20)
-            || !self.chunk_size.is_multiple_of(8192)
-        {
-            return Err(format!(
-                "chunk size {} is not a multiple of 8 KiB between 8 KiB and 64 MiB",
-                self.chunk_size
-            ));
+        for (what, size) in [
+            ("chunk size", self.chunk_size),
+            ("WAL chunk size", self.wal_chunk_size),
+        ] {
+            if !(8192..=(64 << 20)).contains(&size) || !size.is_multiple_of(8192) {
+                return Err(format!(
+                    "{what} {size} is not a multiple of 8 KiB between 8 KiB and 64 MiB"
+                ));
+            }
         }
         if !(-7..=22).contains(&self.compression_level) {
             return Err(format!(
@@ -146,11 +157,13 @@ impl Repo {
                     Err(StoreError::ConfigMismatch {
                         url: url.to_string(),
                         detail: format!(
-                            "it has chunk size {}, compression level {}, format {}; asked for {}, {}, {}",
+                            "it has chunk size {}, WAL chunk size {}, compression level {}, format {}; asked for {}, {}, {}, {}",
                             found.chunk_size,
+                            found.wal_chunk_size,
                             found.compression_level,
                             found.format_version,
                             config.chunk_size,
+                            config.wal_chunk_size,
                             config.compression_level,
                             config.format_version
                         ),
@@ -317,7 +330,7 @@ impl Repo {
         len: u64,
         what: &str,
     ) -> Result<PutSummary> {
-        let chunk_size = u64::from(self.config.chunk_size);
+        let chunk_size = u64::from(self.config.wal_chunk_size);
         let offsets: Vec<u64> = (0..len.div_ceil(chunk_size))
             .map(|i| i * chunk_size)
             .collect();
@@ -361,14 +374,15 @@ impl Repo {
         Ok(summary)
     }
 
-    /// The chunk list `put_file` would produce for `file`, without storing anything.
+    /// The chunk list of `file` cut into `chunk_size` pieces, without storing anything.
     pub async fn hash_file(
         &self,
         file: Arc<std::fs::File>,
         len: u64,
+        chunk_size: u32,
         what: &str,
     ) -> Result<Vec<ChunkRef>> {
-        let chunk_size = u64::from(self.config.chunk_size);
+        let chunk_size = u64::from(chunk_size.max(1));
         let what = what.to_string();
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();

@@ -257,7 +257,12 @@ impl LayDown<'_> {
         let file = std::fs::File::open(dest).with_context(|| format!("open {}", dest.display()))?;
         let chunks = self
             .repo
-            .hash_file(Arc::new(file), e.size, &dest.display().to_string())
+            .hash_file(
+                Arc::new(file),
+                e.size,
+                e.chunks.first().map_or(1, |c| c.len),
+                &dest.display().to_string(),
+            )
             .await?;
         if chunks != e.chunks {
             return Ok(false);

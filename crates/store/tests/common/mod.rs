@@ -102,7 +102,7 @@ pub async fn concurrent_writers(repo: &Repo) {
 
 pub async fn file_round_trip(repo: &Repo) {
     // 2.5 chunks of varied content, split and put back together
-    let n = (repo.config().chunk_size as usize) * 5 / 2;
+    let n = (repo.config().wal_chunk_size as usize) * 5 / 2;
     let content: Vec<u8> = (0..n).map(|i| (i / 1000 % 251) as u8).collect();
     let mut src = tempfile::tempfile().unwrap();
     src.write_all(&content).unwrap();

@@ -7,3 +7,4 @@ mod archive;
 mod backup;
 mod harness;
 mod quickstart;
+mod restore;

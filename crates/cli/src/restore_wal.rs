@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 
 use pitr_pg::{WalFileKind, WalFileName};
@@ -76,7 +77,7 @@ fn after_serving(url: &str, name: &WalFileName, spool: &Path, depth: usize) {
             }
         }
     }
-    if worker_running(spool) {
+    if spool_closed(spool) || worker_running(spool) {
         return;
     }
     let Ok(exe) = std::env::current_exe() else {
@@ -104,6 +105,14 @@ fn after_serving(url: &str, name: &WalFileName, spool: &Path, depth: usize) {
 }
 
 const SPOOL: &str = "pitr-spool";
+/// Left in pg_wal by `spool-clean` (recovery is over): no worker may fill the spool again.
+const SPOOL_CLOSED: &str = "pitr-spool.closed";
+
+fn spool_closed(spool: &Path) -> bool {
+    spool
+        .parent()
+        .is_some_and(|pg_wal| pg_wal.join(SPOOL_CLOSED).exists())
+}
 
 fn lock_file(spool: &Path) -> Option<std::fs::File> {
     std::fs::File::options()
@@ -137,9 +146,12 @@ async fn prefetch_worker(
     spool: &Path,
     depth: usize,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(spool).with_context(|| format!("create {}", spool.display()))?;
-    let lock = lock_file(spool).with_context(|| format!("open {}/.lock", spool.display()))?;
-    if !try_lock(&lock) {
+    // The spool directory is made by the restore-wal call that starts the worker; a worker
+    // never makes it, so once spool-clean removed it nothing brings it back.
+    let Some(lock) = lock_file(spool) else {
+        return Ok(());
+    };
+    if !try_lock(&lock) || spool_closed(spool) {
         return Ok(());
     }
     let repo = Repo::open(url).await?;
@@ -151,6 +163,9 @@ async fn prefetch_worker(
     for segno in first + 1..=first + depth as u64 {
         let name = WalFileName::segment(after.timeline(), segno, seg_size);
         let dest = spool.join(name.as_str());
+        if spool_closed(spool) {
+            break;
+        }
         if dest.exists() {
             continue;
         }
@@ -169,11 +184,22 @@ async fn prefetch_worker(
 
 /// `recovery_end_command`: recovery is over, the spool is no longer needed.
 pub fn clean_spool(pg_wal: &Path) -> anyhow::Result<()> {
+    let marker = pg_wal.join(SPOOL_CLOSED);
+    std::fs::write(&marker, b"recovery ended; restore-wal prefetch is off\n")
+        .with_context(|| format!("create {}", marker.display()))?;
     let spool = pg_wal.join(SPOOL);
-    match std::fs::remove_dir_all(&spool) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("remove {}", spool.display())),
+    // A worker still finishing a segment may add a file while the directory is emptied.
+    let mut attempt = 0;
+    loop {
+        match std::fs::remove_dir_all(&spool) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(_) if attempt < 50 => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e).with_context(|| format!("remove {}", spool.display())),
+        }
     }
 }
 
@@ -193,6 +219,7 @@ async fn fetch(url: &str, name: &WalFileName, dest: &Path) -> anyhow::Result<()>
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("create {}", tmp.display()))?;
     let written = async {

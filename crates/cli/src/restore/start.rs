@@ -199,11 +199,15 @@ pub async fn start_and_wait(
 }
 
 fn stop(bindir: &Path, pgdata: &Path) -> anyhow::Result<()> {
+    if !pgdata.join("postmaster.pid").exists() {
+        return Ok(());
+    }
     let status = Command::new(bindir.join("pg_ctl"))
         .arg("-D")
         .arg(pgdata)
         .args(["-m", "fast", "-w", "stop"])
         .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .status()
         .context("run pg_ctl stop")?;
     if !status.success() {

@@ -6,12 +6,14 @@ mod history;
 mod lsn;
 mod walname;
 mod walpage;
+mod walrecords;
 
 pub use control::{read_system_identifier, ControlError};
 pub use history::{parse_history, timeline_path, HistoryEntry, HistoryError};
 pub use lsn::{Lsn, LsnParseError};
 pub use walname::{TimelineId, WalFileKind, WalFileName, WalNameError};
 pub use walpage::{LongPageHeader, PageHeaderError, LONG_PAGE_HEADER_LEN};
+pub use walrecords::{timed_records, TimedKind, TimedRecord};
 
 /// PostgreSQL's default WAL segment size (16 MiB); the real size of a cluster is in every
 /// segment's long page header.

@@ -211,6 +211,7 @@ pub async fn restore(repo_url: &str, args: RestoreArgs) -> anyhow::Result<()> {
         &repo,
         plan::PlanRequest {
             target: &target,
+            exclusive: args.target_exclusive,
             backup_id: args.backup.as_deref(),
             timeline: &timeline,
         },

@@ -169,6 +169,8 @@ async fn history_of(repo: &Repo, tli: TimelineId) -> anyhow::Result<Vec<pitr_pg:
 
 pub struct PlanRequest<'a> {
     pub target: &'a Target,
+    /// `--target-exclusive`: a record exactly at a time target is already past it.
+    pub exclusive: bool,
     pub backup_id: Option<&'a str>,
     pub timeline: &'a TimelineChoice,
 }
@@ -304,6 +306,7 @@ pub async fn plan(repo: &Repo, req: PlanRequest<'_>) -> anyhow::Result<Plan> {
                 _ => None,
             };
             let mut segno = first;
+            let mut stop_found = false;
             let mut count = 0;
             let mut last = None;
             let last_archived = last_on_path.unwrap_or(0);
@@ -325,15 +328,31 @@ pub async fn plan(repo: &Repo, req: PlanRequest<'_>) -> anyhow::Result<Plan> {
                 count += 1;
                 last = Some(segno);
                 if let Target::Time(t) = req.target {
-                    let r = WalRef::load(repo, &name(segno))
+                    let seg_name = name(segno);
+                    let r = WalRef::load(repo, &seg_name)
                         .await?
                         .context("segment vanished")?;
                     recoverable_to = Some(r.archived_at);
-                    if r.archived_at > *t {
+                    // A segment archived before the target cannot hold the record recovery
+                    // stops at; one archived after it may (the archiver can lag), so read it.
+                    if r.archived_at > *t
+                        && holds_stop_record(repo, &r, &seg_name, seg_size, t, req.exclusive)
+                            .await?
+                    {
+                        stop_found = true;
                         break;
                     }
                 }
                 segno += 1;
+            }
+            if let (Target::Time(t), false) = (req.target, stop_found) {
+                if recoverable_to.is_some_and(|r| r > *t) {
+                    bail!(
+                        "archived WAL up to {} holds no commit, abort or restore point after {}: recovery could not stop there yet; wait for more WAL to be archived (or use --target-lsn)",
+                        last.map_or("-".to_string(), |s| name(s).to_string()),
+                        format_pg_time(t)
+                    );
+                }
             }
             if let Target::Time(t) = req.target {
                 if recoverable_to.is_none_or(|r| r <= *t) {
@@ -365,6 +384,25 @@ pub async fn plan(repo: &Repo, req: PlanRequest<'_>) -> anyhow::Result<Plan> {
         recoverable_to,
         manifest,
     })
+}
+
+/// Whether the archived segment holds a commit, abort or restore point past `target`.
+async fn holds_stop_record(
+    repo: &Repo,
+    r: &WalRef,
+    name: &WalFileName,
+    seg_size: u32,
+    target: &DateTime<Utc>,
+    exclusive: bool,
+) -> anyhow::Result<bool> {
+    let bytes = repo.get_bytes(&r.chunks).await?;
+    let start = name.start_lsn(seg_size).context("a segment")?;
+    let records = pitr_pg::timed_records(&bytes, start)
+        .with_context(|| format!("read the records of {name}"))?;
+    let t = target.timestamp_micros();
+    Ok(records
+        .iter()
+        .any(|rec| rec.unix_micros > t || (exclusive && rec.unix_micros == t)))
 }
 
 pub fn seg_size_of(m: &BackupManifest) -> u32 {

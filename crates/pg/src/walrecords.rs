@@ -145,7 +145,7 @@ fn assemble(segment: &[u8], page_size: usize, seg_start: u64, pos: &mut usize) -
     let first_room = page_size - *pos % page_size;
     // The 4-byte length is always on this page (records start 8-aligned, pages end 8-aligned).
     let tot_len = u32::from_le_bytes(segment[*pos..*pos + 4].try_into().ok()?) as usize;
-    if tot_len < RECORD_HEADER || tot_len > 1 << 30 {
+    if !(RECORD_HEADER..=1 << 30).contains(&tot_len) {
         return None;
     }
     let mut out = Vec::with_capacity(tot_len.min(1 << 20));

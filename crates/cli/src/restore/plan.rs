@@ -48,7 +48,11 @@ pub fn parse_time(s: &str) -> anyhow::Result<DateTime<Utc>> {
     if let Ok(d) = DateTime::parse_from_rfc3339(t) {
         return Ok(d.with_timezone(&Utc));
     }
-    let t2 = t.replacen('T', " ", 1);
+    let t2 = if t.as_bytes().get(10) == Some(&b'T') {
+        format!("{} {}", &t[..10], &t[11..])
+    } else {
+        t.to_string()
+    };
     let t2 = t2.trim_end_matches(" UTC").trim_end_matches('Z');
     // +HH or +HHMM or +HH:MM
     for fmt in [

@@ -12,9 +12,10 @@
 #   ROUNDS=3             measured rounds (every mode, fresh repositories each round)
 #   WARMUP=1             one extra round first, left out of the summary (0: none)
 #   MODES=cp,pitr_sync,pgbr_sync,pgbr_sync@1,pitr_backlog,pgbr_async,restore
-#   PITR_BIN=...         pitr binary (default <repo>/target/release/pitr, built if missing;
-#                        SKIP_PITR=1 runs the other rows only)
 #                        (a pgbr mode may carry @LEVEL: pgbr_sync@1 runs zstd level 1)
+#   PITR_BIN=...         pitr binary (default ${CARGO_TARGET_DIR:-<repo>/target}/release/pitr,
+#                        built with `cargo build --release` if missing; if the build fails
+#                        the pitr rows are skipped; SKIP_PITR=1 skips them on purpose)
 #   PGBR_ZST_LEVEL=3     pgBackRest compress-level (its default for zst is 3)
 #   PGBR_PROCESS_MAX=2   pgBackRest process-max for the async rows
 #   PGBR_LOG_FILE=off    pgBackRest log-level-file (its default is info)
@@ -47,7 +48,7 @@ fi
 command -v hyperfine >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hyperfine \
     >/dev/null 2>&1 || true
 
-PITR_BIN=${PITR_BIN:-$ROOT/target/release/pitr}
+PITR_BIN=${PITR_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/pitr}
 if [[ ${SKIP_PITR:-0} == 1 ]]; then
     PITR_BIN=""
 elif [[ ! -x $PITR_BIN ]]; then
@@ -55,8 +56,8 @@ elif [[ ! -x $PITR_BIN ]]; then
     if ! (cd "$ROOT" && cargo build --release --bin pitr >&2); then
         echo "pitr failed to build: running without the pitr rows" >&2
         PITR_BIN=""
-    elif [[ -n ${CARGO_TARGET_DIR:-} ]]; then
-        PITR_BIN=$CARGO_TARGET_DIR/release/pitr
+    else
+        PITR_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/pitr
     fi
 fi
 
@@ -66,10 +67,11 @@ cleanup() {
     if [[ -f $WORK/pgdata/postmaster.pid ]]; then
         runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/pgdata" -m immediate -w stop >/dev/null 2>&1 || true
     fi
-    # a pgBackRest async worker could still hold files open; wait briefly for it
-    for pidf in "$WORK"/lock/*.lock; do
-        [[ -e $pidf ]] || continue
-        sleep 1
+    # a detached pgBackRest async worker (started with --config=$WORK/...) may still be
+    # finishing; give it a few seconds before its files go away
+    for _ in $(seq 20); do
+        pgrep -u postgres -f -- "--config=$WORK/" >/dev/null || break
+        sleep 0.5
     done
     if [[ ${KEEP:-0} == 1 ]]; then
         echo "work directory kept: $WORK" >&2

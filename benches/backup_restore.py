@@ -193,8 +193,9 @@ class Bench:
             raise SystemExit(f"timed command failed ({p.returncode}): {shlex.join(map(str, cmd))}\n"
                              + open(err_path).read()[-4000:])
         stdout = open(out_path).read()
+        # other work that started while the step ran is usually still running: look once more
         return {"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "rss_kib": ru.ru_maxrss,
-                "stdout": stdout}
+                "stdout": stdout, "busy_after": cpu_busy(0.5)}
 
     # ---- cluster ---------------------------------------------------------------------------
     def setup(self):
@@ -296,7 +297,7 @@ class Bench:
         stored = stored_fn(r)
         row = {"step": step, "tool": tool, "cmd": shlex.join(map(str, cmd)), "wall": r["wall"],
                "cpu": r["cpu"], "rss_kib": r["rss_kib"], "stored": stored, "busy": busy,
-               "load": load}
+               "busy_after": r["busy_after"], "load": load}
         self.backups.append(row)
         log(f"  {r['wall']:.2f} s, CPU {r['cpu']:.2f} s, peak RSS {r['rss_kib'] / 1024:.0f} MiB,"
             f" stored {mib(stored)} MiB")
@@ -381,7 +382,7 @@ class Bench:
         r = self.timed(name, cmd)
         row = {"tool": tool, "cmd": shlex.join(map(str, cmd)), "wall": r["wall"],
                "cpu": r["cpu"], "rss_kib": r["rss_kib"], "bytes": tree_bytes(dest),
-               "busy": busy, "load": load}
+               "busy": busy, "busy_after": r["busy_after"], "load": load}
         self.restores.append(row)
         log(f"  {r['wall']:.2f} s, CPU {r['cpu']:.2f} s, {row['bytes'] / MIB:,.0f} MiB laid down")
         return row
@@ -483,6 +484,7 @@ class Bench:
             if time.time() > deadline:
                 raise SystemExit(f"replay with {mode} did not finish (log {logf})")
         detected = time.time()
+        busy_after = cpu_busy(0.5)
         in_rec = self.psql("SELECT pg_is_in_recovery()", port=port, sock=sock)
         if in_rec != "f":
             raise SystemExit(f"replay with {mode}: server still in recovery")
@@ -499,7 +501,7 @@ class Bench:
                "startup_cpu": float(done.group(3)) + float(done.group(4)),
                "redo_done_lsn": done.group(2),
                "last_tx": last_tx.group(1) if last_tx else None,
-               "busy": busy, "load": load}
+               "busy": busy, "busy_after": busy_after, "load": load}
         self.replays.append(row)
         log(f"  ready after {row['total']:.2f} s; redo {row['redo_elapsed']:.2f} s"
             f" (startup CPU {row['startup_cpu']:.2f} s), done at {row['redo_done_lsn']}")
@@ -567,8 +569,11 @@ class Bench:
                                      "could not be dropped: one throwaway pg_basebackup first "
                                      "warmed it for every tool (warm reads)"),
                  f"- load average (1 min) at the start: {self.load_start:.2f}; at the end: "
-                 f"{os.getloadavg()[0]:.2f}; each row shows the CPU busy fraction (1 s sample, "
-                 "other processes) and the load average just before it",
+                 f"{os.getloadavg()[0]:.2f}; each row shows the CPU busy fraction of the machine "
+                 "in the second before and the half second after the step, and the load average "
+                 "just before it: well above 0% before means other work competed with the step "
+                 "(the figure is pessimistic); after may also be the step's own aftermath (the "
+                 "archiver archiving a backup's last segment, kernel writeback)",
                  "- wall: the client process from fork to exit; CPU: user+sys of the client's "
                  "process tree (server side not included); peak RSS: the largest single process "
                  "of that tree (wait4 rusage)",
@@ -576,14 +581,14 @@ class Bench:
                  "## 1. Backups",
                  "",
                  "| backup | tool | wall s | data MiB/s | CPU s | peak RSS MiB | stored MiB "
-                 "| stored / data | busy / load |",
+                 "| stored / data | busy before/after / load |",
                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in self.backups:
             lines.append(
                 f"| {r['step']} | {r['tool']} | {r['wall']:.2f} | "
                 f"{d / MIB / r['wall']:,.0f} | {r['cpu']:.2f} | {r['rss_kib'] / 1024:,.1f} | "
                 f"{mib(r['stored'])} | {100 * r['stored'] / d:.2f}% | "
-                f"{r['busy']:.0%} / {r['load']:.1f} |")
+                f"{r['busy']:.0%}/{r['busy_after']:.0%} / {r['load']:.1f} |")
         lines += ["",
                   "stored: pg_basebackup = base.tar + pg_wal.tar + backup_manifest; pitr = "
                   "`stored_bytes` of the backup in `pitr list --json` (new chunks this backup "
@@ -591,12 +596,12 @@ class Bench:
                   "",
                   "## 2. Restore lay-down",
                   "",
-                  "| tool | wall s | data MiB/s | CPU s | peak RSS MiB | laid down MiB | busy / load |",
+                  "| tool | wall s | data MiB/s | CPU s | peak RSS MiB | laid down MiB | busy before/after / load |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for r in self.restores:
             lines.append(f"| {r['tool']} | {r['wall']:.2f} | {d / MIB / r['wall']:,.0f} | "
                          f"{r['cpu']:.2f} | {r['rss_kib'] / 1024:,.1f} | {r['bytes'] / MIB:,.0f} | "
-                         f"{r['busy']:.0%} / {r['load']:.1f} |")
+                         f"{r['busy']:.0%}/{r['busy_after']:.0%} / {r['load']:.1f} |")
         lines += ["",
                   "pitr restores its newest backup (the 2nd, same content), pgBackRest its "
                   "incremental (files from the full), tar the pg_basebackup copy (base.tar, then "
@@ -614,7 +619,7 @@ class Bench:
                       "promote), the server started with `pg_ctl start` (archive_mode=off).",
                       "",
                       "| restore_command | start → ready s | ratio to cp | redo s (server) | "
-                      "ratio to cp | redo WAL MiB/s | startup CPU s | busy / load |",
+                      "ratio to cp | redo WAL MiB/s | startup CPU s | busy before/after / load |",
                       "|---|---:|---:|---:|---:|---:|---:|---:|"]
             cp_total = sum(c["total"] for c in cp) / len(cp) if cp else None
             cp_redo = sum(c["redo_elapsed"] for c in cp) / len(cp) if cp else None
@@ -625,7 +630,8 @@ class Bench:
                     if not rs:
                         continue
                     avg = {k: sum(r[k] for r in rs) / len(rs)
-                           for k in ("total", "redo_elapsed", "startup_cpu", "busy", "load")}
+                           for k in ("total", "redo_elapsed", "startup_cpu", "busy", "busy_after",
+                                     "load")}
                     rows.append({**avg, "mode": f"**mean of {len(rs)}** {mode}",
                                  "restore_command": rs[0]["restore_command"]})
             for r in rows:
@@ -635,7 +641,7 @@ class Bench:
                     f"{r['redo_elapsed']:.2f} | "
                     + (f"{r['redo_elapsed'] / cp_redo:.2f}x" if cp else "-") + " | "
                     f"{n * 16 / r['redo_elapsed']:,.0f} | {r['startup_cpu']:.2f} | "
-                    f"{r['busy']:.0%} / {r['load']:.1f} |")
+                    f"{r['busy']:.0%}/{r['busy_after']:.0%} / {r['load']:.1f} |")
             lines += ["",
                       "start → ready: from `pg_ctl start` to the log's \"database system is ready "
                       "to accept connections\" after \"archive recovery complete\" (includes the "

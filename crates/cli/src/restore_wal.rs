@@ -39,7 +39,8 @@ pub async fn restore_wal(url: &str, args: RestoreWalArgs) -> anyhow::Result<()> 
     }
     let mut delay = Duration::from_millis(200);
     for attempt in 1.. {
-        match fetch(url, &name, &args.dest).await {
+        let fetched = async { fetch(&Repo::open(url).await?, &name, &args.dest).await }.await;
+        match fetched {
             Err(e) if attempt < ATTEMPTS && is_transient(&e) => {
                 tracing::warn!("fetch {name} (attempt {attempt} of {ATTEMPTS}): {e:#}; retrying");
                 tokio::time::sleep(delay).await;
@@ -169,7 +170,7 @@ async fn prefetch_worker(
         if dest.exists() {
             continue;
         }
-        match fetch(url, &name, &dest).await {
+        match fetch(&repo, &name, &dest).await {
             Ok(()) => {}
             Err(e) if e.downcast_ref::<NotArchived>().is_some() => break,
             Err(e) => {
@@ -210,9 +211,8 @@ fn is_transient(e: &anyhow::Error) -> bool {
     })
 }
 
-async fn fetch(url: &str, name: &WalFileName, dest: &Path) -> anyhow::Result<()> {
-    let repo = Repo::open(url).await?;
-    let Some(walref) = WalRef::load(&repo, name).await? else {
+async fn fetch(repo: &Repo, name: &WalFileName, dest: &Path) -> anyhow::Result<()> {
+    let Some(walref) = WalRef::load(repo, name).await? else {
         return Err(NotArchived(name.to_string()).into());
     };
     let tmp = temp_path(dest);

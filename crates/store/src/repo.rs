@@ -245,18 +245,7 @@ impl Repo {
         let body = tokio::task::spawn_blocking(move || encode_chunk(&data, level))
             .await
             .expect("compression does not panic");
-        let stored = body.len() as u64;
-        let opts = PutOptions::from(PutMode::Create);
-        match self
-            .store()
-            .put_opts(&path, PutPayload::from(body), opts)
-            .await
-        {
-            Ok(_) => Ok((ChunkRef { id, len }, stored)),
-            // Same key means same content: another writer got there first.
-            Err(object_store::Error::AlreadyExists { .. }) => Ok((ChunkRef { id, len }, 0)),
-            Err(e) => Err(StoreError::backend(key, e)),
-        }
+        self.write_chunk(ChunkRef { id, len }, body).await
     }
 
     /// Store one chunk that is most likely new (WAL): hash and compress in one step, no
@@ -268,7 +257,12 @@ impl Repo {
             tokio::task::spawn_blocking(move || (ChunkId::of(&data), encode_chunk(&data, level)))
                 .await
                 .expect("hashing and compression do not panic");
-        let key = id.key();
+        self.write_chunk(ChunkRef { id, len }, body).await
+    }
+
+    /// Write an encoded chunk body create-only; returns the bytes written (0 if it existed).
+    async fn write_chunk(&self, chunk: ChunkRef, body: Vec<u8>) -> Result<(ChunkRef, u64)> {
+        let key = chunk.id.key();
         let stored = body.len() as u64;
         let opts = PutOptions::from(PutMode::Create);
         match self
@@ -276,8 +270,9 @@ impl Repo {
             .put_opts(&self.backend.path(&key), PutPayload::from(body), opts)
             .await
         {
-            Ok(_) => Ok((ChunkRef { id, len }, stored)),
-            Err(object_store::Error::AlreadyExists { .. }) => Ok((ChunkRef { id, len }, 0)),
+            Ok(_) => Ok((chunk, stored)),
+            // Same key means same content: another writer got there first.
+            Err(object_store::Error::AlreadyExists { .. }) => Ok((chunk, 0)),
             Err(e) => Err(StoreError::backend(key, e)),
         }
     }

@@ -658,7 +658,7 @@ async fn base_backup_with_wal_streamed_on_a_second_connection() {
             tar.names.iter().any(|n| n == path),
             "{path} not in base.tar"
         );
-        assert_eq!(file["Checksum-Algorithm"], "SHA256");
+        assert_eq!(file["Checksum-Algorithm"], "CRC32C");
     }
 
     assert_eq!(wal_end, end_lsn);

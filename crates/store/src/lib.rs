@@ -8,6 +8,7 @@
 mod backend;
 mod chunk;
 mod error;
+mod local;
 mod repo;
 
 pub use backend::Backend;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::chunk::{decode_chunk, encode_chunk, ChunkId};
+use crate::local::{fsync_dir, LocalChunks};
 use crate::{Backend, Result, StoreError};
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -114,6 +115,8 @@ pub struct Repo {
     /// at about twice this times the chunk size).
     concurrency: usize,
     limiter: Arc<Semaphore>,
+    /// Direct file access for local repositories (see `local.rs`), shared by clones.
+    local: Option<Arc<LocalChunks>>,
 }
 
 /// Chunks in flight by default: enough to overlap every fsync or network round trip of a
@@ -142,7 +145,9 @@ impl Repo {
             config: config.clone(),
             concurrency: default_concurrency(),
             limiter: Arc::new(Semaphore::new(default_concurrency())),
+            local: None,
         };
+        let repo = repo.with_local_fast_path();
         match repo.put_doc(CONFIG_KEY, body.into()).await? {
             DocWrite::Created => Ok((repo, InitOutcome::Created)),
             DocWrite::Exists(existing) => {
@@ -181,7 +186,9 @@ impl Repo {
             config: RepoConfig::default(),
             concurrency: default_concurrency(),
             limiter: Arc::new(Semaphore::new(default_concurrency())),
-        };
+            local: None,
+        }
+        .with_local_fast_path();
         let body = match repo.get_doc(CONFIG_KEY).await? {
             Some(b) => b,
             None => {
@@ -203,6 +210,15 @@ impl Repo {
             })?;
         repo.config = config;
         Ok(repo)
+    }
+
+    fn with_local_fast_path(mut self) -> Self {
+        self.local = self
+            .backend
+            .local_root
+            .clone()
+            .map(|root| Arc::new(LocalChunks::new(root)));
+        self
     }
 
     pub fn config(&self) -> &RepoConfig {
@@ -228,11 +244,49 @@ impl Repo {
     }
 
     /// Store one chunk. Returns its reference and the bytes written (0 when it already existed).
+    /// The bytes are durable on return; the chunk's name is after [`Repo::sync`] (which every
+    /// `put_doc` runs first), so write the document that names it through this handle.
     pub async fn put_chunk(&self, data: Bytes) -> Result<(ChunkRef, u64)> {
+        self.put_chunk_as(None, data).await
+    }
+
+    /// [`Repo::put_chunk`] for a chunk whose SHA-256 the caller computed already (while the
+    /// bytes were arriving, hot in the cache).
+    pub async fn put_hashed_chunk(&self, id: ChunkId, data: Bytes) -> Result<(ChunkRef, u64)> {
+        self.put_chunk_as(Some(id), data).await
+    }
+
+    async fn put_chunk_as(&self, id: Option<ChunkId>, data: Bytes) -> Result<(ChunkRef, u64)> {
         let len = data.len() as u32;
-        let (id, data) = tokio::task::spawn_blocking(move || (ChunkId::of(&data), data))
-            .await
-            .expect("hashing does not panic");
+        if let Some(local) = &self.local {
+            // One blocking step: hash, look, compress, write.
+            let local = Arc::clone(local);
+            let level = self.config.compression_level;
+            return blocking(move || {
+                let id = id.unwrap_or_else(|| ChunkId::of(&data));
+                let key = id.key();
+                let io = |source| StoreError::Io {
+                    key: key.clone(),
+                    source,
+                };
+                if local.exists(&key).map_err(io)? {
+                    return Ok((ChunkRef { id, len }, 0));
+                }
+                let body = encode_chunk(&data, level);
+                let created = local.create(&key, &body).map_err(io)?;
+                Ok((
+                    ChunkRef { id, len },
+                    if created { body.len() as u64 } else { 0 },
+                ))
+            })
+            .await;
+        }
+        let (id, data) = match id {
+            Some(id) => (id, data),
+            None => tokio::task::spawn_blocking(move || (ChunkId::of(&data), data))
+                .await
+                .expect("hashing does not panic"),
+        };
         let key = id.key();
         let path = self.backend.path(&key);
         // A HEAD is far cheaper than compressing and uploading a chunk we already have.
@@ -253,6 +307,22 @@ impl Repo {
     pub async fn put_new_chunk(&self, data: Bytes) -> Result<(ChunkRef, u64)> {
         let len = data.len() as u32;
         let level = self.config.compression_level;
+        if let Some(local) = &self.local {
+            let local = Arc::clone(local);
+            return blocking(move || {
+                let id = ChunkId::of(&data);
+                let body = encode_chunk(&data, level);
+                let key = id.key();
+                let created = local
+                    .create(&key, &body)
+                    .map_err(|source| StoreError::Io { key, source })?;
+                Ok((
+                    ChunkRef { id, len },
+                    if created { body.len() as u64 } else { 0 },
+                ))
+            })
+            .await;
+        }
         let (id, body) =
             tokio::task::spawn_blocking(move || (ChunkId::of(&data), encode_chunk(&data, level)))
                 .await
@@ -280,6 +350,11 @@ impl Repo {
     /// Read one chunk, re-hashing it; a mismatch is `Corrupt` naming the key.
     pub async fn get_chunk(&self, chunk: &ChunkRef) -> Result<Bytes> {
         let key = chunk.id.key();
+        if let Some(local) = &self.local {
+            let local = Arc::clone(local);
+            let chunk = *chunk;
+            return blocking(move || local_get(&local, &chunk).map(Bytes::from)).await;
+        }
         let body = self
             .store()
             .get(&self.backend.path(&key))
@@ -308,6 +383,15 @@ impl Repo {
     /// Whether a chunk is present (no content check).
     pub async fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
         let key = id.key();
+        if let Some(local) = &self.local {
+            let local = Arc::clone(local);
+            return blocking(move || {
+                local
+                    .exists(&key)
+                    .map_err(|source| StoreError::Io { key, source })
+            })
+            .await;
+        }
         match self.store().head(&self.backend.path(&key)).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
@@ -361,6 +445,7 @@ impl Repo {
             raw_bytes: len,
             ..Default::default()
         };
+        self.sync().await?;
         for (chunk, stored) in results {
             summary.chunks.push(chunk);
             summary.stored_bytes += stored;
@@ -421,6 +506,16 @@ impl Repo {
                 let what = what.to_string();
                 async move {
                     let _permit = self.limiter.acquire().await.expect("limiter never closed");
+                    if let Some(local) = &self.local {
+                        // Read, check and write in one blocking step.
+                        let local = Arc::clone(local);
+                        return blocking(move || {
+                            let data = local_get(&local, &chunk)?;
+                            file.write_all_at(&data, off)
+                                .map_err(|source| StoreError::Io { key: what, source })
+                        })
+                        .await;
+                    }
                     let data = self.get_chunk(&chunk).await?;
                     tokio::task::spawn_blocking(move || file.write_all_at(&data, off))
                         .await
@@ -447,6 +542,7 @@ impl Repo {
     /// Write a small document create-only. Callers write documents only after every chunk they
     /// name is durable.
     pub async fn put_doc(&self, key: &str, body: Bytes) -> Result<DocWrite> {
+        self.sync().await?;
         let path = self.backend.path(key);
         let opts = PutOptions::from(PutMode::Create);
         match self
@@ -465,6 +561,41 @@ impl Repo {
                 Ok(DocWrite::Exists(existing))
             }
             Err(e) => Err(StoreError::backend(key, e)),
+        }
+    }
+
+    /// Make every chunk this handle (or a clone) stored or relied on durable under its name.
+    /// Chunk bytes are durable when `put_*` returns; on a local repository the directory
+    /// entries are fsynced here, in one batch. `put_doc` runs this first.
+    pub async fn sync(&self) -> Result<()> {
+        let Some(local) = &self.local else {
+            return Ok(());
+        };
+        let _one_at_a_time = local.syncing().lock().await;
+        let dirs = local.take_dirty();
+        let results: Vec<_> = futures::stream::iter(dirs)
+            .map(|dir| async move {
+                let d = dir.clone();
+                let r = tokio::task::spawn_blocking(move || fsync_dir(&d))
+                    .await
+                    .expect("fsync does not panic");
+                (dir, r)
+            })
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
+        let mut failed = None;
+        let mut pending = Vec::new();
+        for (dir, r) in results {
+            if let Err(source) = r {
+                failed.get_or_insert((dir.display().to_string(), source));
+                pending.push(dir);
+            }
+        }
+        local.give_back(pending);
+        match failed {
+            Some((key, source)) => Err(StoreError::Io { key, source }),
+            None => Ok(()),
         }
     }
 
@@ -499,6 +630,33 @@ impl Repo {
         out.sort();
         Ok(out)
     }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("repository I/O does not panic")
+}
+
+/// Read and check one chunk of a local repository.
+fn local_get(local: &LocalChunks, chunk: &ChunkRef) -> Result<Vec<u8>> {
+    let key = chunk.id.key();
+    let body = match local.read(&key) {
+        Ok(Some(b)) => b,
+        Ok(None) => return Err(StoreError::NotFound { key }),
+        Err(source) => return Err(StoreError::Io { key, source }),
+    };
+    let data = decode_chunk(&chunk.id, &body).map_err(|detail| StoreError::Corrupt {
+        key: key.clone(),
+        detail,
+    })?;
+    if data.len() != chunk.len as usize {
+        return Err(StoreError::Corrupt {
+            key,
+            detail: format!("{} bytes, the reference says {}", data.len(), chunk.len),
+        });
+    }
+    Ok(data)
 }
 
 /// Map `len` bytes of `file` read-only and pre-faulted; `None` where mapping is not possible

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use pitr_store::{ChunkRef, Repo};
+use pitr_store::{ChunkId, ChunkRef, Repo};
+use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
@@ -40,7 +41,7 @@ impl Uploader {
     }
 
     /// Start storing one chunk; waits while too many are in flight.
-    pub async fn submit(&self, data: Bytes) -> JoinHandle<anyhow::Result<ChunkRef>> {
+    pub async fn submit(&self, id: ChunkId, data: Bytes) -> JoinHandle<anyhow::Result<ChunkRef>> {
         let permit = Arc::clone(&self.permits)
             .acquire_owned()
             .await
@@ -48,7 +49,7 @@ impl Uploader {
         let repo = self.repo.clone();
         let stored = Arc::clone(&self.stored);
         tokio::spawn(async move {
-            let (chunk, n) = repo.put_chunk(data).await?;
+            let (chunk, n) = repo.put_hashed_chunk(id, data).await?;
             stored.fetch_add(n, Ordering::Relaxed);
             drop(permit);
             Ok(chunk)
@@ -59,6 +60,8 @@ impl Uploader {
 /// A file being cut into chunks as its bytes arrive.
 pub struct ChunkedFile {
     buf: BytesMut,
+    /// SHA-256 of `buf` so far, computed as bytes arrive (while they are still in the cache).
+    hasher: Sha256,
     pending: Vec<JoinHandle<anyhow::Result<ChunkRef>>>,
     pub size: u64,
 }
@@ -67,6 +70,7 @@ impl ChunkedFile {
     pub fn new(chunk_size: usize) -> Self {
         ChunkedFile {
             buf: BytesMut::with_capacity(chunk_size),
+            hasher: Sha256::new(),
             pending: Vec::new(),
             size: 0,
         }
@@ -79,10 +83,12 @@ impl ChunkedFile {
             let room = up.chunk_size - self.buf.len();
             let take = room.min(data.len());
             self.buf.extend_from_slice(&data[..take]);
+            self.hasher.update(&data[..take]);
             data = &data[take..];
             if self.buf.len() == up.chunk_size {
                 let full = self.buf.split().freeze();
-                self.pending.push(up.submit(full).await);
+                let id = ChunkId(self.hasher.finalize_reset().into());
+                self.pending.push(up.submit(id, full).await);
                 self.buf.reserve(up.chunk_size);
             }
         }
@@ -92,7 +98,8 @@ impl ChunkedFile {
     pub async fn finish(mut self, up: &Uploader) -> PendingChunks {
         if !self.buf.is_empty() {
             let rest = self.buf.split().freeze();
-            self.pending.push(up.submit(rest).await);
+            let id = ChunkId(self.hasher.finalize_reset().into());
+            self.pending.push(up.submit(id, rest).await);
         }
         PendingChunks(self.pending)
     }

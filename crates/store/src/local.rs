@@ -1,0 +1,264 @@
+//! Chunks in a local-directory repository, written and read without `object_store`'s
+//! per-call thread hops: a chunk is hashed, checked, compressed and written in one blocking
+//! step, which matters when a backup stores thousands of them on a machine with two cores.
+//!
+//! The layout is exactly `object_store`'s `LocalFileSystem` (`<root>/chunks/ab/<sha256>`), so
+//! either path reads what the other wrote. A new chunk is written to an unnamed file
+//! (`O_TMPFILE`), flushed with `fdatasync`, and only then linked under its name — create-only
+//! (`link` fails when the name exists), never visible half-written, and nothing to clean up
+//! after a crash. Filesystems without `O_TMPFILE` get a `<name>#<n>` staging file, linked and
+//! removed, as `object_store` does.
+//!
+//! The directory entries made by those links become durable when the directories are
+//! fsynced: that is batched, and happens in `Repo::sync`, which the repository runs before
+//! every document write (a document is what makes chunks reachable).
+
+use std::collections::HashSet;
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::{self, ErrorKind, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+#[derive(Debug)]
+pub(crate) struct LocalChunks {
+    root: PathBuf,
+    /// Directories holding entries this handle linked or relied on, not fsynced yet
+    /// (`Repo::sync` fsyncs them in parallel: each fsync may wait for a journal commit, and
+    /// concurrent ones share it).
+    dirty: Mutex<HashSet<PathBuf>>,
+    syncing: tokio::sync::Mutex<()>,
+    /// Cleared the first time `O_TMPFILE` (or linking it through /proc) is not available.
+    tmpfile: AtomicBool,
+}
+
+impl LocalChunks {
+    pub fn new(root: PathBuf) -> Self {
+        LocalChunks {
+            root,
+            dirty: Mutex::default(),
+            syncing: tokio::sync::Mutex::default(),
+            tmpfile: AtomicBool::new(true),
+        }
+    }
+
+    pub fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    /// Whether the object exists. Its directory is remembered: a chunk another process has
+    /// just linked may not be durable yet, and a document naming it must not be either.
+    pub fn exists(&self, key: &str) -> io::Result<bool> {
+        let path = self.path(key);
+        match std::fs::symlink_metadata(&path) {
+            Ok(_) => {
+                self.mark_dirty(&path);
+                Ok(true)
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The object's bytes, `None` when absent.
+    pub fn read(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+        match std::fs::read(self.path(key)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Create the object with `body` unless it exists; true when this call created it. The
+    /// bytes are durable on return; the name is once [`Self::sync_dirs`] has run.
+    pub fn create(&self, key: &str, body: &[u8]) -> io::Result<bool> {
+        let dest = self.path(key);
+        let dir = dest.parent().expect("object paths have a parent");
+        let created = if self.tmpfile.load(Ordering::Relaxed) {
+            match self.create_tmpfile(dir, &dest, body) {
+                Err(e) if tmpfile_unsupported(&e) => {
+                    self.tmpfile.store(false, Ordering::Relaxed);
+                    self.create_staged(dir, &dest, body)?
+                }
+                other => other?,
+            }
+        } else {
+            self.create_staged(dir, &dest, body)?
+        };
+        self.mark_dirty(&dest);
+        Ok(created)
+    }
+
+    fn create_tmpfile(&self, dir: &Path, dest: &Path, body: &[u8]) -> io::Result<bool> {
+        let open = || {
+            OpenOptions::new()
+                .write(true)
+                .mode(0o666)
+                .custom_flags(libc::O_TMPFILE)
+                .open(dir)
+        };
+        let mut file = match open() {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                self.make_dirs(dir)?;
+                open()?
+            }
+            other => other?,
+        };
+        file.write_all(body)?;
+        file.sync_data()?;
+        let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .expect("no NUL in a /proc path");
+        let to = CString::new(dest.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(ErrorKind::InvalidInput, "NUL in path"))?;
+        // SAFETY: both arguments are NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            ErrorKind::AlreadyExists => Ok(false),
+            // /proc is not mounted: report it as "no O_TMPFILE" so the caller falls back.
+            ErrorKind::NotFound if !Path::new("/proc/self/fd").exists() => {
+                Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+            }
+            _ => Err(e),
+        }
+    }
+
+    fn create_staged(&self, dir: &Path, dest: &Path, body: &[u8]) -> io::Result<bool> {
+        let mut n = 1u32;
+        let (mut file, staging) = loop {
+            let mut staging = dest.as_os_str().to_owned();
+            staging.push(format!("#{n}"));
+            let staging = PathBuf::from(staging);
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o666)
+                .open(&staging)
+            {
+                Ok(f) => break (f, staging),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => n += 1,
+                Err(e) if e.kind() == ErrorKind::NotFound => self.make_dirs(dir)?,
+                Err(e) => return Err(e),
+            }
+        };
+        let result = file
+            .write_all(body)
+            .and_then(|_| file.sync_all())
+            .and_then(|_| match std::fs::hard_link(&staging, dest) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e),
+            });
+        let _ = std::fs::remove_file(&staging);
+        result
+    }
+
+    /// Create `dir` and any missing parents below the root, each made durable in its parent.
+    fn make_dirs(&self, dir: &Path) -> io::Result<()> {
+        let mut missing = Vec::new();
+        let mut d = dir;
+        while !d.exists() && d != self.root {
+            missing.push(d.to_path_buf());
+            match d.parent() {
+                Some(p) => d = p,
+                None => break,
+            }
+        }
+        for d in missing.iter().rev() {
+            match std::fs::create_dir(d) {
+                Ok(()) => fsync_dir(d.parent().unwrap_or(d))?,
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn mark_dirty(&self, path: &Path) {
+        if let Some(dir) = path.parent() {
+            let mut dirty = self.dirty.lock().expect("dirty set lock");
+            if !dirty.contains(dir) {
+                dirty.insert(dir.to_path_buf());
+            }
+        }
+    }
+
+    /// Take the directories that need an fsync; the caller holds [`Self::syncing`] while it
+    /// syncs them and gives back the ones that failed.
+    pub fn take_dirty(&self) -> Vec<PathBuf> {
+        self.dirty.lock().expect("dirty set lock").drain().collect()
+    }
+
+    pub fn give_back(&self, dirs: impl IntoIterator<Item = PathBuf>) {
+        self.dirty.lock().expect("dirty set lock").extend(dirs);
+    }
+
+    /// Serializes syncs, so a second caller waits for a sync already under way instead of
+    /// returning before the entries it depends on are durable.
+    pub fn syncing(&self) -> &tokio::sync::Mutex<()> {
+        &self.syncing
+    }
+}
+
+pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Errors meaning "this filesystem (or kernel) has no O_TMPFILE": fall back to staging names.
+fn tmpfile_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP) | Some(libc::EISDIR) | Some(libc::EINVAL)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn create_is_create_only_and_leaves_no_staging_files() {
+        for tmpfile in [true, false] {
+            let root = tempfile::tempdir().unwrap();
+            let l = LocalChunks::new(root.path().to_path_buf());
+            l.tmpfile.store(tmpfile, Ordering::Relaxed);
+            assert!(!l.exists("chunks/ab/abc").unwrap());
+            assert!(l.create("chunks/ab/abc", b"first").unwrap(), "{tmpfile}");
+            assert!(!l.create("chunks/ab/abc", b"second").unwrap(), "{tmpfile}");
+            assert_eq!(l.read("chunks/ab/abc").unwrap().unwrap(), b"first");
+            assert!(l.exists("chunks/ab/abc").unwrap());
+            assert_eq!(l.read("chunks/ab/nope").unwrap(), None);
+            assert_eq!(names(&root.path().join("chunks/ab")), ["abc"], "{tmpfile}");
+            assert_eq!(
+                l.dirty.lock().unwrap().iter().cloned().collect::<Vec<_>>(),
+                [root.path().join("chunks/ab")]
+            );
+            assert_eq!(l.take_dirty(), [root.path().join("chunks/ab")]);
+            assert!(l.take_dirty().is_empty());
+        }
+    }
+}

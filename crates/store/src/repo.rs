@@ -685,3 +685,73 @@ fn map_file(file: &std::fs::File, len: u64) -> Option<Bytes> {
     let map = unsafe { memmap2::MmapOptions::new().len(len).populate().map(file) }.ok()?;
     Some(Bytes::from_owner(map))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(repo: &Repo) -> Vec<std::path::PathBuf> {
+        let local = repo.local.as_ref().expect("local repository");
+        let dirs = local.take_dirty();
+        local.give_back(dirs.clone());
+        dirs
+    }
+
+    /// On a local repository a chunk's directory is fsynced at the latest before the next
+    /// document: put_doc runs the pending batch first, on every clone of the handle.
+    #[tokio::test]
+    async fn documents_wait_for_the_chunks_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().display().to_string();
+        let (repo, _) = Repo::init(&url, RepoConfig::default()).await.unwrap();
+        assert!(pending(&repo).is_empty());
+        let clone = repo.clone();
+        let (c, n) = clone.put_chunk(Bytes::from(vec![7u8; 5000])).await.unwrap();
+        assert!(n > 0);
+        let chunk_dir = dir.path().join(c.id.key()).parent().unwrap().to_path_buf();
+        assert_eq!(pending(&repo), [chunk_dir.clone()]);
+        repo.put_doc("docs/a.json", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        assert!(pending(&repo).is_empty());
+        // relying on a chunk that exists already puts its directory in the next batch too
+        let (_, n) = repo.put_chunk(Bytes::from(vec![7u8; 5000])).await.unwrap();
+        assert_eq!(n, 0);
+        assert_eq!(pending(&repo), [chunk_dir]);
+        repo.sync().await.unwrap();
+        assert!(pending(&repo).is_empty());
+        // and the chunk reads back through both paths
+        assert_eq!(repo.get_chunk(&c).await.unwrap().len(), 5000);
+        let remote_path = Repo {
+            local: None,
+            ..repo.clone()
+        };
+        assert_eq!(remote_path.get_chunk(&c).await.unwrap().len(), 5000);
+    }
+
+    #[tokio::test]
+    async fn a_failed_directory_sync_names_the_directory_and_stays_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().display().to_string();
+        let (repo, _) = Repo::init(&url, RepoConfig::default()).await.unwrap();
+        let (c, _) = repo.put_chunk(Bytes::from(vec![1u8; 100])).await.unwrap();
+        let chunk_dir = dir.path().join(c.id.key()).parent().unwrap().to_path_buf();
+        std::fs::remove_dir_all(dir.path().join("chunks")).unwrap();
+        let e = repo.sync().await.unwrap_err();
+        assert!(
+            e.to_string().contains(&chunk_dir.display().to_string()),
+            "{e}"
+        );
+        assert_eq!(pending(&repo), [chunk_dir.clone()]);
+        // and no document is written while it is pending
+        let e = repo
+            .put_doc("docs/b.json", Bytes::from_static(b"{}"))
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains(&chunk_dir.display().to_string()),
+            "{e}"
+        );
+        assert_eq!(repo.get_doc("docs/b.json").await.unwrap(), None);
+    }
+}

@@ -124,7 +124,20 @@ pub fn decode_chunk(id: &ChunkId, body: &[u8]) -> Result<Vec<u8>, String> {
     let data = match body[5] {
         CODEC_RAW => payload.to_vec(),
         CODEC_ZSTD => {
-            zstd::bulk::decompress(payload, len as usize).map_err(|e| format!("zstd: {e}"))?
+            thread_local! {
+                static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+                    const { std::cell::RefCell::new(None) };
+            }
+            // One context per thread, as for compression.
+            DECOMPRESSOR.with(|d| {
+                let mut d = d.borrow_mut();
+                if d.is_none() {
+                    *d = Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?);
+                }
+                let d = d.as_mut().expect("just set");
+                d.decompress(payload, len as usize)
+                    .map_err(|e| format!("zstd: {e}"))
+            })?
         }
         other => return Err(format!("unknown codec {other}")),
     };

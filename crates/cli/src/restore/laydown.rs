@@ -272,13 +272,19 @@ impl LayDown<'_> {
     }
 
     async fn write_file(&self, e: &FileEntry, dest: &Path) -> anyhow::Result<()> {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(dest)
-            .with_context(|| format!("create {}", dest.display()))?;
+        // File creation can be slow (ext4 searches for a free inode, more so right after a
+        // large delete): never on the runtime's threads, which drive every other file.
+        let path = dest.to_path_buf();
+        let file = tokio::task::spawn_blocking(move || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("create {}", path.display()))
+        })
+        .await??;
         let file = Arc::new(file);
         let n = self
             .repo
@@ -292,11 +298,20 @@ impl LayDown<'_> {
                 e.size
             );
         }
-        let f = Arc::clone(&file);
-        tokio::task::spawn_blocking(move || f.sync_all())
-            .await?
-            .with_context(|| format!("fsync {}", dest.display()))?;
-        set_mode_mtime(dest, e)
+        // Mode and mtime through the open descriptor, then one fsync for data and inode.
+        let (mode, mtime) = (e.mode, e.mtime);
+        let path = dest.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            file.set_permissions(std::fs::Permissions::from_mode((mode & 0o777) | 0o600))
+                .with_context(|| format!("chmod {}", path.display()))?;
+            if mtime > 0 {
+                file.set_modified(UNIX_EPOCH + Duration::from_secs(mtime as u64))
+                    .with_context(|| format!("set mtime of {}", path.display()))?;
+            }
+            file.sync_all()
+                .with_context(|| format!("fsync {}", path.display()))
+        })
+        .await?
     }
 
     fn remove_extra(

@@ -500,10 +500,15 @@ impl Repo {
             offsets.push((*c, off));
             off += u64::from(c.len);
         }
+        // One writer at a time per file: concurrent buffered writes to one file contend for
+        // its inode lock, and the kernel spins on it while the holder runs — CPU the other
+        // chunks need for decompression and hashing. A waiter here sleeps instead.
+        let one_writer = Arc::new(std::sync::Mutex::new(()));
         futures::stream::iter(offsets)
             .map(|(chunk, off)| {
                 let file = Arc::clone(&file);
                 let what = what.to_string();
+                let one_writer = Arc::clone(&one_writer);
                 async move {
                     let _permit = self.limiter.acquire().await.expect("limiter never closed");
                     if let Some(local) = &self.local {
@@ -511,16 +516,20 @@ impl Repo {
                         let local = Arc::clone(local);
                         return blocking(move || {
                             let data = local_get(&local, &chunk)?;
+                            let _w = one_writer.lock().unwrap_or_else(|p| p.into_inner());
                             write_at(&file, &data, off)
                                 .map_err(|source| StoreError::Io { key: what, source })
                         })
                         .await;
                     }
                     let data = self.get_chunk(&chunk).await?;
-                    tokio::task::spawn_blocking(move || write_at(&file, &data, off))
-                        .await
-                        .expect("writing does not panic")
-                        .map_err(|source| StoreError::Io { key: what, source })
+                    tokio::task::spawn_blocking(move || {
+                        let _w = one_writer.lock().unwrap_or_else(|p| p.into_inner());
+                        write_at(&file, &data, off)
+                    })
+                    .await
+                    .expect("writing does not panic")
+                    .map_err(|source| StoreError::Io { key: what, source })
                 }
             })
             .buffer_unordered(self.concurrency)

@@ -19,6 +19,8 @@
 #   WAL_MB=1024          WAL to archive and replay in step 3 (0 skips step 3)
 #   REPLAY_ROUNDS=2      replay with pitr and with cp this many times each (order alternating:
 #                        pitr cp, cp pitr, ...); the ratio uses the means
+#   LAYDOWN_ROUNDS=2     lay down with pitr and pgBackRest this many times each (order
+#                        alternating: pitr pgbr, pgbr pitr, ...); the target uses the means
 #   CP_FIRST=0           1: start with cp instead of pitr
 #   DROP_CACHES=1        sync + drop the page cache before every timed step (0, or when the
 #                        kernel refuses: warm the cache with one throwaway pg_basebackup)

@@ -363,21 +363,8 @@ impl Repo {
             .bytes()
             .await
             .map_err(|e| StoreError::backend(&key, e))?;
-        let id = chunk.id;
-        let data = tokio::task::spawn_blocking(move || decode_chunk(&id, &body))
-            .await
-            .expect("decoding does not panic")
-            .map_err(|detail| StoreError::Corrupt {
-                key: key.clone(),
-                detail,
-            })?;
-        if data.len() != chunk.len as usize {
-            return Err(StoreError::Corrupt {
-                key,
-                detail: format!("{} bytes, the reference says {}", data.len(), chunk.len),
-            });
-        }
-        Ok(Bytes::from(data))
+        let chunk = *chunk;
+        blocking(move || decode_checked(&chunk, &body).map(Bytes::from)).await
     }
 
     /// Whether a chunk is present (no content check).
@@ -667,18 +654,22 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 /// Read and check one chunk of a local repository.
 fn local_get(local: &LocalChunks, chunk: &ChunkRef) -> Result<Vec<u8>> {
     let key = chunk.id.key();
-    let body = match local.read(&key) {
-        Ok(Some(b)) => b,
-        Ok(None) => return Err(StoreError::NotFound { key }),
-        Err(source) => return Err(StoreError::Io { key, source }),
-    };
-    let data = decode_chunk(&chunk.id, &body).map_err(|detail| StoreError::Corrupt {
-        key: key.clone(),
+    match local.read(&key) {
+        Ok(Some(body)) => decode_checked(chunk, &body),
+        Ok(None) => Err(StoreError::NotFound { key }),
+        Err(source) => Err(StoreError::Io { key, source }),
+    }
+}
+
+/// Decode a chunk body, checking its hash and its length against the reference.
+fn decode_checked(chunk: &ChunkRef, body: &[u8]) -> Result<Vec<u8>> {
+    let data = decode_chunk(&chunk.id, body).map_err(|detail| StoreError::Corrupt {
+        key: chunk.id.key(),
         detail,
     })?;
     if data.len() != chunk.len as usize {
         return Err(StoreError::Corrupt {
-            key,
+            key: chunk.id.key(),
             detail: format!("{} bytes, the reference says {}", data.len(), chunk.len),
         });
     }

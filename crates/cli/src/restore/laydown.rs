@@ -279,8 +279,13 @@ impl LayDown<'_> {
     async fn write_file(&self, e: &FileEntry, dest: &Path) -> anyhow::Result<()> {
         // File creation can be slow (ext4 searches for a free inode, more so right after a
         // large delete): never on the runtime's threads, which drive every other file.
+        // One creation at a time: creating a file holds its directory's lock while ext4
+        // searches for a free inode, and other creators spin on that lock in the kernel,
+        // burning the CPU the chunks need; waiting here sleeps instead.
+        static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let path = dest.to_path_buf();
         let file = tokio::task::spawn_blocking(move || {
+            let _one = CREATING.lock().unwrap_or_else(|p| p.into_inner());
             std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)

@@ -247,23 +247,13 @@ impl Repo {
     /// The bytes are durable on return; the chunk's name is after [`Repo::sync`] (which every
     /// `put_doc` runs first), so write the document that names it through this handle.
     pub async fn put_chunk(&self, data: Bytes) -> Result<(ChunkRef, u64)> {
-        self.put_chunk_as(None, data).await
-    }
-
-    /// [`Repo::put_chunk`] for a chunk whose SHA-256 the caller computed already (while the
-    /// bytes were arriving, hot in the cache).
-    pub async fn put_hashed_chunk(&self, id: ChunkId, data: Bytes) -> Result<(ChunkRef, u64)> {
-        self.put_chunk_as(Some(id), data).await
-    }
-
-    async fn put_chunk_as(&self, id: Option<ChunkId>, data: Bytes) -> Result<(ChunkRef, u64)> {
         let len = data.len() as u32;
         if let Some(local) = &self.local {
             // One blocking step: hash, look, compress, write.
             let local = Arc::clone(local);
             let level = self.config.compression_level;
             return blocking(move || {
-                let id = id.unwrap_or_else(|| ChunkId::of(&data));
+                let id = ChunkId::of(&data);
                 let key = id.key();
                 let io = |source| StoreError::Io {
                     key: key.clone(),
@@ -281,12 +271,9 @@ impl Repo {
             })
             .await;
         }
-        let (id, data) = match id {
-            Some(id) => (id, data),
-            None => tokio::task::spawn_blocking(move || (ChunkId::of(&data), data))
-                .await
-                .expect("hashing does not panic"),
-        };
+        let (id, data) = tokio::task::spawn_blocking(move || (ChunkId::of(&data), data))
+            .await
+            .expect("hashing does not panic");
         let key = id.key();
         let path = self.backend.path(&key);
         // A HEAD is far cheaper than compressing and uploading a chunk we already have.

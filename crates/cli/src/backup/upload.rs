@@ -1,13 +1,13 @@
 //! Turning byte streams into stored chunks with bounded memory: bytes are cut into
-//! chunk-size pieces, each hashed, compressed and uploaded by its own task, with at most
+//! chunk-size pieces, each hashed, compressed and uploaded by its own task (the receiving
+//! thread only copies: hashing there made it the bottleneck on two cores), with at most
 //! `permits` pieces alive at once. Backpressure reaches the network reader through `push`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use pitr_store::{ChunkId, ChunkRef, Repo};
-use sha2::{Digest, Sha256};
+use pitr_store::{ChunkRef, Repo};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
@@ -41,7 +41,7 @@ impl Uploader {
     }
 
     /// Start storing one chunk; waits while too many are in flight.
-    pub async fn submit(&self, id: ChunkId, data: Bytes) -> JoinHandle<anyhow::Result<ChunkRef>> {
+    pub async fn submit(&self, data: Bytes) -> JoinHandle<anyhow::Result<ChunkRef>> {
         let permit = Arc::clone(&self.permits)
             .acquire_owned()
             .await
@@ -49,7 +49,7 @@ impl Uploader {
         let repo = self.repo.clone();
         let stored = Arc::clone(&self.stored);
         tokio::spawn(async move {
-            let (chunk, n) = repo.put_hashed_chunk(id, data).await?;
+            let (chunk, n) = repo.put_chunk(data).await?;
             stored.fetch_add(n, Ordering::Relaxed);
             drop(permit);
             Ok(chunk)
@@ -60,8 +60,6 @@ impl Uploader {
 /// A file being cut into chunks as its bytes arrive.
 pub struct ChunkedFile {
     buf: BytesMut,
-    /// SHA-256 of `buf` so far, computed as bytes arrive (while they are still in the cache).
-    hasher: Sha256,
     pending: Vec<JoinHandle<anyhow::Result<ChunkRef>>>,
     pub size: u64,
 }
@@ -70,7 +68,6 @@ impl ChunkedFile {
     pub fn new(chunk_size: usize) -> Self {
         ChunkedFile {
             buf: BytesMut::with_capacity(chunk_size),
-            hasher: Sha256::new(),
             pending: Vec::new(),
             size: 0,
         }
@@ -83,12 +80,10 @@ impl ChunkedFile {
             let room = up.chunk_size - self.buf.len();
             let take = room.min(data.len());
             self.buf.extend_from_slice(&data[..take]);
-            self.hasher.update(&data[..take]);
             data = &data[take..];
             if self.buf.len() == up.chunk_size {
                 let full = self.buf.split().freeze();
-                let id = ChunkId(self.hasher.finalize_reset().into());
-                self.pending.push(up.submit(id, full).await);
+                self.pending.push(up.submit(full).await);
                 self.buf.reserve(up.chunk_size);
             }
         }
@@ -98,8 +93,7 @@ impl ChunkedFile {
     pub async fn finish(mut self, up: &Uploader) -> PendingChunks {
         if !self.buf.is_empty() {
             let rest = self.buf.split().freeze();
-            let id = ChunkId(self.hasher.finalize_reset().into());
-            self.pending.push(up.submit(id, rest).await);
+            self.pending.push(up.submit(rest).await);
         }
         PendingChunks(self.pending)
     }

@@ -149,7 +149,6 @@ impl LayDown<'_> {
             .chain(std::iter::once(&m.server_manifest))
             .collect();
         let mut wanted: HashSet<PathBuf> = HashSet::new();
-        let mut dirs: Vec<PathBuf> = vec![self.pgdata.to_path_buf()];
         for e in &all {
             let dest = self.dest(e, &tablespaces)?;
             wanted.insert(dest.clone());
@@ -161,7 +160,6 @@ impl LayDown<'_> {
                         std::fs::Permissions::from_mode(e.mode & 0o777 | 0o700),
                     )
                     .with_context(|| format!("chmod {}", dest.display()))?;
-                    dirs.push(dest);
                 }
                 FileKind::File => {
                     if let Some(parent) = dest.parent() {
@@ -234,14 +232,10 @@ impl LayDown<'_> {
             .try_collect::<Vec<()>>()
             .await?;
         progress.finish();
-        let roots: Vec<&Path> = std::iter::once(self.pgdata)
-            .chain(tablespaces.values().map(PathBuf::as_path))
+        let roots: Vec<PathBuf> = std::iter::once(self.pgdata.to_path_buf())
+            .chain(tablespaces.values().cloned())
             .collect();
-        tokio::task::spawn_blocking({
-            let roots: Vec<PathBuf> = roots.iter().map(|p| p.to_path_buf()).collect();
-            move || sync_filesystems(&roots)
-        })
-        .await??;
+        tokio::task::spawn_blocking(move || sync_filesystems(&roots)).await??;
         Ok(LayDownStats {
             files: nfiles,
             bytes_fetched: fetched.into_inner(),
@@ -277,11 +271,10 @@ impl LayDown<'_> {
     }
 
     async fn write_file(&self, e: &FileEntry, dest: &Path) -> anyhow::Result<()> {
-        // File creation can be slow (ext4 searches for a free inode, more so right after a
-        // large delete): never on the runtime's threads, which drive every other file.
-        // One creation at a time: creating a file holds its directory's lock while ext4
-        // searches for a free inode, and other creators spin on that lock in the kernel,
-        // burning the CPU the chunks need; waiting here sleeps instead.
+        // Creating a file can be slow (ext4 searches for a free inode, more so right after a
+        // large delete, holding the directory's lock): on a blocking thread, never the
+        // runtime's, and one creation at a time, because other creators would spin on that
+        // lock in the kernel, burning the CPU the chunks need; waiting here sleeps instead.
         static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let path = dest.to_path_buf();
         let file = tokio::task::spawn_blocking(move || {

@@ -252,24 +252,7 @@ impl Repo {
             // One blocking step: hash, look, compress, write.
             let local = Arc::clone(local);
             let level = self.config.compression_level;
-            return blocking(move || {
-                let id = ChunkId::of(&data);
-                let key = id.key();
-                let io = |source| StoreError::Io {
-                    key: key.clone(),
-                    source,
-                };
-                if local.exists(&key).map_err(io)? {
-                    return Ok((ChunkRef { id, len }, 0));
-                }
-                let body = encode_chunk(&data, level);
-                let created = local.create(&key, &body).map_err(io)?;
-                Ok((
-                    ChunkRef { id, len },
-                    if created { body.len() as u64 } else { 0 },
-                ))
-            })
-            .await;
+            return blocking(move || local_put(&local, &data, level, true)).await;
         }
         let (id, data) = tokio::task::spawn_blocking(move || (ChunkId::of(&data), data))
             .await
@@ -296,19 +279,7 @@ impl Repo {
         let level = self.config.compression_level;
         if let Some(local) = &self.local {
             let local = Arc::clone(local);
-            return blocking(move || {
-                let id = ChunkId::of(&data);
-                let body = encode_chunk(&data, level);
-                let key = id.key();
-                let created = local
-                    .create(&key, &body)
-                    .map_err(|source| StoreError::Io { key, source })?;
-                Ok((
-                    ChunkRef { id, len },
-                    if created { body.len() as u64 } else { 0 },
-                ))
-            })
-            .await;
+            return blocking(move || local_put(&local, &data, level, false)).await;
         }
         let (id, body) =
             tokio::task::spawn_blocking(move || (ChunkId::of(&data), encode_chunk(&data, level)))
@@ -636,6 +607,30 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f)
         .await
         .expect("repository I/O does not panic")
+}
+
+/// Hash, look for (with `look_first`), compress and write one chunk of a local repository.
+fn local_put(
+    local: &LocalChunks,
+    data: &[u8],
+    level: i32,
+    look_first: bool,
+) -> Result<(ChunkRef, u64)> {
+    let chunk = ChunkRef {
+        id: ChunkId::of(data),
+        len: data.len() as u32,
+    };
+    let key = chunk.id.key();
+    let io = |source| StoreError::Io {
+        key: key.clone(),
+        source,
+    };
+    if look_first && local.exists(&key).map_err(io)? {
+        return Ok((chunk, 0));
+    }
+    let body = encode_chunk(data, level);
+    let created = local.create(&key, &body).map_err(io)?;
+    Ok((chunk, if created { body.len() as u64 } else { 0 }))
 }
 
 /// Read and check one chunk of a local repository.

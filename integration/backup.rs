@@ -507,7 +507,8 @@ fn backup_authenticates_and_reports_auth_errors() {
 }
 
 /// TLS: a server with ssl=on (self-signed certificate made here) and a `hostssl`-only entry
-/// accepts a backup with sslmode=require and refuses one without TLS; verify-full accepts the
+/// accepts a backup with sslmode=require and refuses one without TLS; sslmode=prefer falls
+/// back to plain TCP where TLS is refused (a `hostnossl`-only entry); verify-full accepts the
 /// server's certificate as its own root (as libpq does, the setup PostgreSQL's documentation
 /// describes) and rejects a certificate it does not trust.
 #[test]
@@ -547,10 +548,12 @@ fn backup_over_tls() {
         .hba(
             "local all postgres trust\n\
              local replication postgres trust\n\
-             hostssl replication pitr_tls 127.0.0.1/32 scram-sha-256\n",
+             hostssl replication pitr_tls 127.0.0.1/32 scram-sha-256\n\
+             hostnossl replication pitr_plain 127.0.0.1/32 scram-sha-256\n",
         )
         .init();
     pg.psql("create role pitr_tls login replication password 'tls secret'");
+    pg.psql("create role pitr_plain login replication password 'plain secret'");
     let conn = |mode: &str| {
         format!(
             "host=127.0.0.1 port={} user=pitr_tls password='tls secret' sslmode={mode}",
@@ -570,6 +573,26 @@ fn backup_over_tls() {
         backup_with(&pitr, &conn("disable"), None),
         &["pitr_tls"],
         "sslmode=disable against a hostssl-only entry",
+    );
+    // sslmode=prefer, as libpq: the server takes TLS, then refuses this user over it
+    // (hostnossl only); the client tries again without TLS and gets in. require does not.
+    let plain = |mode: &str| {
+        format!(
+            "host=127.0.0.1 port={} user=pitr_plain password='plain secret' sslmode={mode}",
+            pg.port()
+        )
+    };
+    let id = backup_ok(
+        backup_with(&pitr, &plain("prefer"), None),
+        &pg,
+        "sslmode=prefer against a hostnossl-only entry",
+    );
+    pitr.listed_backup(&id);
+    assert_backup_fails(
+        &pitr,
+        backup_with(&pitr, &plain("require"), None),
+        &["pitr_plain"],
+        "sslmode=require against a hostnossl-only entry",
     );
     // A certificate the client does not trust is refused...
     assert_backup_fails(

@@ -109,9 +109,28 @@ impl ReplicationClient {
         }
     }
 
+    /// As libpq with sslmode=prefer (and allow): when the TLS handshake fails, or the server
+    /// refuses the connection once TLS is up (a `hostnossl`-only pg_hba.conf entry, say),
+    /// try once more without TLS.
     async fn connect_inner(config: &ConnConfig) -> Result<ReplicationClient, Error> {
+        match Self::connect_once(config).await {
+            Err((e, true)) if config.sslmode == SslMode::Prefer => {
+                tracing::debug!("{e}; sslmode=prefer: trying again without TLS");
+                let mut plain = config.clone();
+                plain.sslmode = SslMode::Disable;
+                Self::connect_once(&plain).await.map_err(|(e, _)| e)
+            }
+            other => other.map_err(|(e, _)| e),
+        }
+    }
+
+    /// One connection attempt; on failure also whether TLS had been tried.
+    async fn connect_once(config: &ConnConfig) -> Result<ReplicationClient, (Error, bool)> {
         let target = config.target();
-        let stream = open_stream(config, &target).await?;
+        let stream = open_stream(config, &target).await.map_err(|e| {
+            let tls_failed = matches!(e, Error::Tls { .. });
+            (e, tls_failed)
+        })?;
         let conn = Connection::new(stream, target);
         let mut client = ReplicationClient {
             conn,
@@ -122,7 +141,10 @@ impl ReplicationClient {
             user: config.user.clone(),
             authentication: "trust",
         };
-        client.startup(config).await?;
+        if let Err(e) = client.startup(config).await {
+            let tls = client.conn.is_tls();
+            return Err((e, tls));
+        }
         tracing::debug!(
             target = %client.conn.target,
             user = %config.user,

@@ -129,25 +129,46 @@ fn default_concurrency() -> usize {
         .unwrap_or(16)
 }
 
+/// `config.json`'s bytes as a configuration this pitr can use.
+fn parse_config(url: &str, body: &[u8]) -> Result<RepoConfig> {
+    let config: RepoConfig = serde_json::from_slice(body).map_err(|e| StoreError::Corrupt {
+        key: CONFIG_KEY.into(),
+        detail: e.to_string(),
+    })?;
+    validate(url, &config)?;
+    Ok(config)
+}
+
+fn validate(url: &str, config: &RepoConfig) -> Result<()> {
+    config
+        .validate()
+        .map_err(|detail| StoreError::ConfigMismatch {
+            url: url.to_string(),
+            detail,
+        })
+}
+
 impl Repo {
-    /// Create the repository at `url`. Running it again with the same settings is fine.
-    pub async fn init(url: &str, config: RepoConfig) -> Result<(Repo, InitOutcome)> {
-        config
-            .validate()
-            .map_err(|detail| StoreError::ConfigMismatch {
-                url: url.to_string(),
-                detail,
-            })?;
-        let backend = Backend::connect(url, true)?;
-        let body = serde_json::to_vec_pretty(&config).expect("config serializes");
-        let repo = Repo {
+    fn new(backend: Backend, config: RepoConfig) -> Repo {
+        let local = backend
+            .local_root
+            .clone()
+            .map(|root| Arc::new(LocalChunks::new(root)));
+        Repo {
             backend,
-            config: config.clone(),
+            config,
             concurrency: default_concurrency(),
             limiter: Arc::new(Semaphore::new(default_concurrency())),
-            local: None,
-        };
-        let repo = repo.with_local_fast_path();
+            local,
+        }
+    }
+
+    /// Create the repository at `url`. Running it again with the same settings is fine.
+    pub async fn init(url: &str, config: RepoConfig) -> Result<(Repo, InitOutcome)> {
+        validate(url, &config)?;
+        let backend = Backend::connect(url, true)?;
+        let body = serde_json::to_vec_pretty(&config).expect("config serializes");
+        let repo = Repo::new(backend, config.clone());
         match repo.put_doc(CONFIG_KEY, body.into()).await? {
             DocWrite::Created => Ok((repo, InitOutcome::Created)),
             DocWrite::Exists(existing) => {
@@ -181,14 +202,7 @@ impl Repo {
     /// Open an existing repository, reading its configuration.
     pub async fn open(url: &str) -> Result<Repo> {
         let backend = Backend::connect(url, false)?;
-        let mut repo = Repo {
-            backend,
-            config: RepoConfig::default(),
-            concurrency: default_concurrency(),
-            limiter: Arc::new(Semaphore::new(default_concurrency())),
-            local: None,
-        }
-        .with_local_fast_path();
+        let mut repo = Repo::new(backend, RepoConfig::default());
         let body = match repo.get_doc(CONFIG_KEY).await? {
             Some(b) => b,
             None => {
@@ -197,28 +211,8 @@ impl Repo {
                 })
             }
         };
-        let config: RepoConfig =
-            serde_json::from_slice(&body).map_err(|e| StoreError::Corrupt {
-                key: CONFIG_KEY.into(),
-                detail: e.to_string(),
-            })?;
-        config
-            .validate()
-            .map_err(|detail| StoreError::ConfigMismatch {
-                url: url.to_string(),
-                detail,
-            })?;
-        repo.config = config;
+        repo.config = parse_config(url, &body)?;
         Ok(repo)
-    }
-
-    fn with_local_fast_path(mut self) -> Self {
-        self.local = self
-            .backend
-            .local_root
-            .clone()
-            .map(|root| Arc::new(LocalChunks::new(root)));
-        self
     }
 
     pub fn config(&self) -> &RepoConfig {

@@ -554,12 +554,14 @@ fn backup_over_tls() {
         .init();
     pg.psql("create role pitr_tls login replication password 'tls secret'");
     pg.psql("create role pitr_plain login replication password 'plain secret'");
-    let conn = |mode: &str| {
+    let conn_as = |user: &str, password: &str, mode: &str| {
         format!(
-            "host=127.0.0.1 port={} user=pitr_tls password='tls secret' sslmode={mode}",
+            "host=127.0.0.1 port={} user={user} password='{password}' sslmode={mode}",
             pg.port()
         )
     };
+    let conn = |mode: &str| conn_as("pitr_tls", "tls secret", mode);
+    let plain = |mode: &str| conn_as("pitr_plain", "plain secret", mode);
 
     let id = backup_ok(
         backup_with(&pitr, &conn("require"), None),
@@ -576,12 +578,6 @@ fn backup_over_tls() {
     );
     // sslmode=prefer, as libpq: the server takes TLS, then refuses this user over it
     // (hostnossl only); the client tries again without TLS and gets in. require does not.
-    let plain = |mode: &str| {
-        format!(
-            "host=127.0.0.1 port={} user=pitr_plain password='plain secret' sslmode={mode}",
-            pg.port()
-        )
-    };
     let id = backup_ok(
         backup_with(&pitr, &plain("prefer"), None),
         &pg,

@@ -10,7 +10,7 @@
 //! removed, as `object_store` does.
 //!
 //! The directory entries made by those links become durable when the directories are
-//! fsynced: that is batched, and happens in `Repo::sync`, which the repository runs before
+//! fsynced: that is batched in [`LocalChunks::sync_dirs`], which `Repo::sync` runs before
 //! every document write (a document is what makes chunks reachable).
 
 use std::collections::HashSet;
@@ -24,12 +24,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+use futures::StreamExt;
+
 #[derive(Debug)]
 pub(crate) struct LocalChunks {
     root: PathBuf,
-    /// Directories holding entries this handle linked or relied on, not fsynced yet
-    /// (`Repo::sync` fsyncs them in parallel: each fsync may wait for a journal commit, and
-    /// concurrent ones share it).
+    /// Directories holding entries this handle linked or relied on, not fsynced yet.
     dirty: Mutex<HashSet<PathBuf>>,
     syncing: tokio::sync::Mutex<()>,
     /// Cleared the first time `O_TMPFILE` (or linking it through /proc) is not available.
@@ -198,24 +198,45 @@ impl LocalChunks {
         }
     }
 
-    /// Take the directories that need an fsync; the caller holds [`Self::syncing`] while it
-    /// syncs them and gives back the ones that failed.
-    pub fn take_dirty(&self) -> Vec<PathBuf> {
-        self.dirty.lock().expect("dirty set lock").drain().collect()
+    /// Fsync every directory this handle linked into (or found a chunk in) since the last
+    /// call, `concurrency` at a time: each fsync may wait for a journal commit, and
+    /// concurrent ones share it. One sync at a time, so a second caller waits for one under
+    /// way instead of returning before the entries it depends on are durable. Directories
+    /// that fail stay pending; the first failure is returned with its directory.
+    pub async fn sync_dirs(&self, concurrency: usize) -> Result<(), (PathBuf, io::Error)> {
+        let _one_at_a_time = self.syncing.lock().await;
+        let dirs: Vec<PathBuf> = self.dirty.lock().expect("dirty set lock").drain().collect();
+        let failed: Vec<(PathBuf, io::Error)> = futures::stream::iter(dirs)
+            .map(|dir| async move {
+                let d = dir.clone();
+                tokio::task::spawn_blocking(move || fsync_dir(&d))
+                    .await
+                    .expect("fsync does not panic")
+                    .err()
+                    .map(|e| (dir, e))
+            })
+            .buffer_unordered(concurrency.max(1))
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        let mut failed = failed.into_iter();
+        let Some(first) = failed.next() else {
+            return Ok(());
+        };
+        let mut dirty = self.dirty.lock().expect("dirty set lock");
+        dirty.insert(first.0.clone());
+        dirty.extend(failed.map(|(d, _)| d));
+        Err(first)
     }
 
-    pub fn give_back(&self, dirs: impl IntoIterator<Item = PathBuf>) {
-        self.dirty.lock().expect("dirty set lock").extend(dirs);
-    }
-
-    /// Serializes syncs, so a second caller waits for a sync already under way instead of
-    /// returning before the entries it depends on are durable.
-    pub fn syncing(&self) -> &tokio::sync::Mutex<()> {
-        &self.syncing
+    /// Directories waiting for [`Self::sync_dirs`].
+    #[cfg(test)]
+    pub fn pending(&self) -> Vec<PathBuf> {
+        self.dirty.lock().unwrap().iter().cloned().collect()
     }
 }
 
-pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
+fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -253,12 +274,7 @@ mod tests {
             assert!(l.exists("chunks/ab/abc").unwrap());
             assert_eq!(l.read("chunks/ab/nope").unwrap(), None);
             assert_eq!(names(&root.path().join("chunks/ab")), ["abc"], "{tmpfile}");
-            assert_eq!(
-                l.dirty.lock().unwrap().iter().cloned().collect::<Vec<_>>(),
-                [root.path().join("chunks/ab")]
-            );
-            assert_eq!(l.take_dirty(), [root.path().join("chunks/ab")]);
-            assert!(l.take_dirty().is_empty());
+            assert_eq!(l.pending(), [root.path().join("chunks/ab")]);
         }
     }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::chunk::{decode_chunk, encode_chunk, ChunkId};
-use crate::local::{fsync_dir, LocalChunks};
+use crate::local::LocalChunks;
 use crate::{Backend, Result, StoreError};
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -339,9 +339,10 @@ impl Repo {
     }
 
     /// Split `len` bytes of `file` into chunks and store them, `concurrency` chunks at a time,
-    /// assuming they are new (WAL). Returns once every chunk is durable. The file must not shrink meanwhile (WAL segments
-    /// marked ready never do): it is memory-mapped, which saves a copy and the page faults of
-    /// fresh read buffers.
+    /// assuming they are new (WAL). Durability as for [`Repo::put_chunk`]: the bytes on
+    /// return, the names by the `put_doc` that names them. The file must not shrink meanwhile
+    /// (WAL segments marked ready never do): it is memory-mapped, which saves a copy and the
+    /// page faults of fresh read buffers.
     pub async fn put_file(
         &self,
         file: Arc<std::fs::File>,
@@ -384,7 +385,6 @@ impl Repo {
             raw_bytes: len,
             ..Default::default()
         };
-        self.sync().await?;
         for (chunk, stored) in results {
             summary.chunks.push(chunk);
             summary.stored_bytes += stored;
@@ -455,20 +455,12 @@ impl Repo {
                         let local = Arc::clone(local);
                         return blocking(move || {
                             let data = local_get(&local, &chunk)?;
-                            let _w = one_writer.lock().unwrap_or_else(|p| p.into_inner());
-                            write_at(&file, &data, off)
-                                .map_err(|source| StoreError::Io { key: what, source })
+                            write_at(&one_writer, &file, &data, off, what)
                         })
                         .await;
                     }
                     let data = self.get_chunk(&chunk).await?;
-                    tokio::task::spawn_blocking(move || {
-                        let _w = one_writer.lock().unwrap_or_else(|p| p.into_inner());
-                        write_at(&file, &data, off)
-                    })
-                    .await
-                    .expect("writing does not panic")
-                    .map_err(|source| StoreError::Io { key: what, source })
+                    blocking(move || write_at(&one_writer, &file, &data, off, what)).await
                 }
             })
             .buffer_unordered(self.concurrency)
@@ -519,32 +511,13 @@ impl Repo {
         let Some(local) = &self.local else {
             return Ok(());
         };
-        let _one_at_a_time = local.syncing().lock().await;
-        let dirs = local.take_dirty();
-        let results: Vec<_> = futures::stream::iter(dirs)
-            .map(|dir| async move {
-                let d = dir.clone();
-                let r = tokio::task::spawn_blocking(move || fsync_dir(&d))
-                    .await
-                    .expect("fsync does not panic");
-                (dir, r)
+        local
+            .sync_dirs(self.concurrency)
+            .await
+            .map_err(|(dir, source)| StoreError::Io {
+                key: dir.display().to_string(),
+                source,
             })
-            .buffer_unordered(self.concurrency)
-            .collect()
-            .await;
-        let mut failed = None;
-        let mut pending = Vec::new();
-        for (dir, r) in results {
-            if let Err(source) = r {
-                failed.get_or_insert((dir.display().to_string(), source));
-                pending.push(dir);
-            }
-        }
-        local.give_back(pending);
-        match failed {
-            Some((key, source)) => Err(StoreError::Io { key, source }),
-            None => Ok(()),
-        }
     }
 
     /// Read a document; `None` when absent.
@@ -580,11 +553,20 @@ impl Repo {
     }
 }
 
-/// Write `data` at `off` and start its writeback now, so the disk works while the rest of
-/// the file is still being fetched and the caller's final fsync has little left to wait for.
-fn write_at(file: &std::fs::File, data: &[u8], off: u64) -> std::io::Result<()> {
+/// Write `data` at `off` of `file` (named `what` in errors), holding the file's one-writer
+/// lock, and start its writeback now, so the disk works while the rest of the file is still
+/// being fetched and the caller's final sync has little left to wait for.
+fn write_at(
+    one_writer: &std::sync::Mutex<()>,
+    file: &std::fs::File,
+    data: &[u8],
+    off: u64,
+    what: String,
+) -> Result<()> {
     use std::os::fd::AsRawFd;
-    file.write_all_at(data, off)?;
+    let _w = one_writer.lock().unwrap_or_else(|p| p.into_inner());
+    file.write_all_at(data, off)
+        .map_err(|source| StoreError::Io { key: what, source })?;
     // SAFETY: a plain syscall on an open descriptor; failure only means no early writeback.
     unsafe {
         libc::sync_file_range(
@@ -667,10 +649,7 @@ mod tests {
     use super::*;
 
     fn pending(repo: &Repo) -> Vec<std::path::PathBuf> {
-        let local = repo.local.as_ref().expect("local repository");
-        let dirs = local.take_dirty();
-        local.give_back(dirs.clone());
-        dirs
+        repo.local.as_ref().expect("local repository").pending()
     }
 
     /// On a local repository a chunk's directory is fsynced at the latest before the next

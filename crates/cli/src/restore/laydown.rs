@@ -385,7 +385,7 @@ fn set_mode_mtime(dest: &Path, e: &FileEntry) -> anyhow::Result<()> {
 /// Make everything written below `roots` durable: one `syncfs` per filesystem they are on
 /// (Linux reports writeback errors of the filesystem through it since 5.8), as PostgreSQL's
 /// `recovery_init_sync_method = syncfs` does.
-pub fn sync_filesystems(roots: &[PathBuf]) -> anyhow::Result<()> {
+fn sync_filesystems(roots: &[PathBuf]) -> anyhow::Result<()> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
     let mut done = HashSet::new();

@@ -632,8 +632,24 @@ fn backup_dedups_and_survives_sigkill() {
     let chunks_dir = pitr.repo().join("chunks");
     let first = pitr.backup(&pg, &["--checkpoint", "fast"]);
     let chunks_after_first = tree_size(&chunks_dir);
-    let second = pitr.backup(&pg, &["--checkpoint", "fast"]);
+    let mut cmd = pitr.backup_cmd(&pg, &["--checkpoint", "fast"]);
+    let out = output(&mut cmd);
+    let second = backup_id_of(&cmd, &out, &pg);
     let chunks_after_second = tree_size(&chunks_dir);
+    // Unchanged chunks are recognised by their fingerprint in the first backup's manifest,
+    // without a SHA-256 pass: the log line says how many.
+    let (recognised, total) = recognised_chunks(&stderr_of(&out)).unwrap_or_else(|| {
+        panic!(
+            "no recognised-chunks count in the log\n{}",
+            describe(&cmd, &out)
+        )
+    });
+    assert!(
+        total > 100 && recognised * 10 >= total * 9,
+        "the second backup of an unchanged cluster recognised only {recognised} of {total} \
+         chunks by fingerprint\n{}",
+        describe(&cmd, &out)
+    );
     let (b1, b2) = (pitr.listed_backup(&first), pitr.listed_backup(&second));
     let stored1 = b1["stored_bytes"].as_u64().unwrap_or(0);
     let stored2 = b2["stored_bytes"].as_u64().unwrap_or(u64::MAX);
@@ -659,6 +675,16 @@ fn backup_dedups_and_survives_sigkill() {
         "chunks/ grew by {} bytes during the second backup, which reports stored_bytes {stored2}",
         chunks_after_second - chunks_after_first
     );
+
+    // After changes, a backup that takes most chunks by fingerprint still holds exactly the
+    // server's bytes: pg_verifybackup checks every laid-down file against the server's manifest.
+    pg.pgbench(&["-n", "-t", "300", "-c", "2"]);
+    let third = pitr.backup(&pg, &["--checkpoint", "fast"]);
+    let restored = dir.path().join("third");
+    restore_immediate(&pitr, &third, &restored, &[]);
+    if let Err(e) = verifybackup(&restored, &[]) {
+        panic!("backup {third}, taken after changes on top of {second}: {e}");
+    }
 
     // A slow backup (server-side rate limit) into a fresh repository, killed once it has
     // stored chunks and the server has sent a good part of the data.
@@ -763,6 +789,16 @@ fn backup_dedups_and_survives_sigkill() {
         junk.is_empty(),
         "a killed backup should leave at most unreferenced chunks (SPEC.md), found {junk:?}"
     );
+}
+
+/// `(recognised, total)` from the backup's "N of M chunks recognised" log line.
+fn recognised_chunks(log: &str) -> Option<(u64, u64)> {
+    let line = log.lines().find(|l| l.contains("chunks recognised"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let of = words.iter().position(|w| *w == "of")?;
+    let n = words.get(of.checked_sub(1)?)?.parse().ok()?;
+    let m = words.get(of + 1)?.parse().ok()?;
+    Some((n, m))
 }
 
 /// PostgreSQL 16, 17, 18 (the binaries .ci/run installs, listed in PITR_EXTRA_PG_BINDIRS) as

@@ -76,6 +76,48 @@ impl<'de> serde::Deserialize<'de> for ChunkId {
     }
 }
 
+/// The BLAKE3 of a chunk's bytes: a second name, as collision-resistant as the SHA-256 ID but
+/// several times cheaper to take, kept beside each chunk of a backup so that the next backup
+/// recognises an unchanged chunk without hashing it with SHA-256 again. Never a key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    pub fn of(data: &[u8]) -> Self {
+        Fingerprint(*blake3::hash(data).as_bytes())
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({})", hex::encode(self.0))
+    }
+}
+
+impl serde::Serialize for Fingerprint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Fingerprint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let mut out = [0u8; 32];
+        if s.len() != 64 || s.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(serde::de::Error::custom(format!(
+                "{s:?} is not a fingerprint (64 lowercase hex digits)"
+            )));
+        }
+        hex::decode_to_slice(&s, &mut out).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a fingerprint (64 lowercase hex digits)"
+            ))
+        })?;
+        Ok(Fingerprint(out))
+    }
+}
+
 /// Encode a chunk body: zstd at `level`, or raw when compression does not pay.
 pub fn encode_chunk(data: &[u8], level: i32) -> Vec<u8> {
     let mut out = Vec::with_capacity(CHUNK_HEADER_LEN + data.len() / 4);

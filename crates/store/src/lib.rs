@@ -12,8 +12,10 @@ mod local;
 mod repo;
 
 pub use backend::Backend;
-pub use chunk::{decode_chunk, encode_chunk, ChunkId, CHUNK_HEADER_LEN};
+pub use chunk::{decode_chunk, encode_chunk, ChunkId, Fingerprint, CHUNK_HEADER_LEN};
 pub use error::StoreError;
-pub use repo::{ChunkRef, DocWrite, InitOutcome, PutSummary, Repo, RepoConfig, FORMAT_VERSION};
+pub use repo::{
+    ChunkRef, DocWrite, InitOutcome, KnownChunk, PutSummary, Repo, RepoConfig, FORMAT_VERSION,
+};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

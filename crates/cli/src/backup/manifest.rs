@@ -1,7 +1,7 @@
 //! The backup manifest, `backups/<id>.json`: everything needed to lay a backup down again.
 //! A backup exists exactly when this document exists; it is written last, create-only.
 
-use pitr_store::{ChunkRef, Repo};
+use pitr_store::{ChunkRef, Fingerprint, Repo};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -26,6 +26,10 @@ pub struct FileEntry {
     pub mtime: i64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<ChunkRef>,
+    /// BLAKE3 of each chunk, in the same order: how the next backup recognises an unchanged
+    /// chunk cheaply. Absent in manifests written before pitr kept them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fingerprints: Vec<Fingerprint>,
     /// SHA-256 over the file's chunk IDs in order: one value for the whole file, derived
     /// from hashes already taken (each chunk ID is the SHA-256 of its bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]

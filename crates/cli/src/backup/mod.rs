@@ -13,13 +13,15 @@ use pitr_pg::{Lsn, TimelineId, WalFileName};
 use pitr_protocol::{
     BackupEvent, BaseBackupOptions, CheckpointMode, ConnConfig, ReplicationClient, WalEvent,
 };
-use pitr_store::{DocWrite, Repo};
+use std::sync::Arc;
+
+use pitr_store::{DocWrite, KnownChunk, Repo};
 use tokio::sync::watch;
 
 use manifest::{chunks_hash, Tablespace};
 pub use manifest::{BackupManifest, FileEntry, FileKind};
 use tar::{EntryKind, TarEvent, TarHeader, TarParser};
-use upload::{ChunkedFile, PendingChunks, Uploader};
+use upload::{ChunkedFile, KnownFiles, PendingChunks, Uploader};
 
 use crate::cli::{BackupArgs, Checkpoint, ListArgs};
 use crate::progress::Progress;
@@ -35,7 +37,7 @@ impl PendingEntry {
     async fn resolve(self) -> anyhow::Result<FileEntry> {
         let mut entry = self.entry;
         if let Some(p) = self.chunks {
-            entry.chunks = p.wait().await?;
+            (entry.chunks, entry.fingerprints) = p.wait().await?;
             entry.hash = Some(chunks_hash(&entry.chunks));
         }
         Ok(entry)
@@ -55,6 +57,7 @@ fn entry_from(h: &TarHeader, tablespace: Option<u32>) -> FileEntry {
         size: h.size,
         mtime: h.mtime,
         chunks: Vec::new(),
+        fingerprints: Vec::new(),
         hash: None,
         link: (h.kind == EntryKind::Symlink).then(|| h.link_target.clone()),
     }
@@ -101,7 +104,8 @@ impl ArchiveSink {
             match act {
                 Act::Start(h) => {
                     let entry = entry_from(&h, self.tablespace);
-                    self.current = Some((entry, ChunkedFile::new(up.chunk_size())));
+                    let file = up.file(&(self.tablespace, entry.path.clone()));
+                    self.current = Some((entry, file));
                 }
                 Act::Data(d) => {
                     let (_, file) = self.current.as_mut().context("tar data outside an entry")?;
@@ -150,7 +154,7 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<()> {
     let slot = format!("pitr_backup_{}", std::process::id());
     wal_client.create_temporary_physical_slot(&slot).await?;
 
-    let up = Uploader::new(repo.clone());
+    let up = Uploader::new(repo.clone(), known_files(&repo).await);
     let start_time = chrono::Utc::now();
     let id = start_time.format("%Y%m%dT%H%M%SZ").to_string();
     let label = args.label.clone().unwrap_or_else(|| format!("pitr {id}"));
@@ -177,6 +181,12 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<()> {
         conn.target(),
         system.system_identifier
     );
+    if up.known_files() > 0 {
+        tracing::info!(
+            "backup {id}: unchanged chunks of {} files recognised from the previous backup",
+            up.known_files()
+        );
+    }
     let mut stream = main.base_backup(&options).await?;
     let (start_lsn, timeline) = match stream.next().await? {
         Some(BackupEvent::Start { lsn, timeline }) => (lsn, timeline),
@@ -239,7 +249,7 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<()> {
                 if let Some((prev, s)) = sink.take() {
                     s.finish(&prev)?;
                 }
-                manifest_file = Some(ChunkedFile::new(up.chunk_size()));
+                manifest_file = Some(up.new_file());
             }
             BackupEvent::ManifestData(bytes) => {
                 let m = manifest_file
@@ -276,6 +286,7 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<()> {
             size: manifest_size,
             mtime: chrono::Utc::now().timestamp(),
             chunks: Vec::new(),
+            fingerprints: Vec::new(),
             hash: None,
             link: None,
         },
@@ -329,15 +340,65 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<()> {
         }
     }
     let id = manifest.id.clone();
+    let chunks: usize = manifest.files.iter().map(|f| f.chunks.len()).sum();
     tracing::info!(
-        "backup {id} committed: {} files, {} MiB, {} MiB new in the repository, {:.1} s",
+        "backup {id} committed: {} files, {} MiB, {} MiB new in the repository, {} of {chunks} \
+         chunks recognised unchanged by fingerprint, {:.1} s",
         manifest.files.len(),
         manifest.size_bytes >> 20,
         manifest.stored_bytes >> 20,
+        up.recognised_chunks(),
         started.elapsed().as_secs_f64()
     );
     println!("{id}");
     Ok(())
+}
+
+/// The chunks and fingerprints of the newest backup's files. A backup that cannot be read
+/// only costs speed: this one then hashes every chunk with SHA-256.
+async fn known_files(repo: &Repo) -> KnownFiles {
+    let newest = match repo.list("backups/").await {
+        Ok(keys) => keys
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| k.ends_with(".json"))
+            .max(),
+        Err(e) => {
+            tracing::warn!("cannot list earlier backups ({e}); every chunk will be hashed");
+            return KnownFiles::new();
+        }
+    };
+    let Some(key) = newest else {
+        return KnownFiles::new();
+    };
+    let manifest = match repo.get_doc(&key).await {
+        Ok(Some(body)) => {
+            serde_json::from_slice::<BackupManifest>(&body).map_err(|e| e.to_string())
+        }
+        Ok(None) => Err("gone".to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let manifest = match manifest {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!("cannot read {key} ({e}); every chunk will be hashed");
+            return KnownFiles::new();
+        }
+    };
+    manifest
+        .files
+        .into_iter()
+        .filter(|f| !f.chunks.is_empty() && f.fingerprints.len() == f.chunks.len())
+        .map(|f| {
+            let known: Arc<[KnownChunk]> = f
+                .chunks
+                .iter()
+                .zip(&f.fingerprints)
+                .map(|(&chunk, &fingerprint)| KnownChunk { chunk, fingerprint })
+                .collect();
+            ((f.tablespace, f.path), known)
+        })
+        .collect()
 }
 
 /// Stream WAL from the segment holding `start` until the backup's end position arrives on
@@ -355,7 +416,7 @@ async fn stream_wal(
     let seg = u64::from(seg_size);
     let mut pos = Lsn(start.0 - start.0 % seg);
     let mut stream = client.start_replication(Some(&slot), pos, timeline).await?;
-    let mut current = ChunkedFile::new(up.chunk_size());
+    let mut current = up.new_file();
     let mut done: Vec<PendingEntry> = Vec::new();
     let segment_entry = |pos: Lsn, size: u64| FileEntry {
         path: format!(
@@ -368,6 +429,7 @@ async fn stream_wal(
         size,
         mtime: chrono::Utc::now().timestamp(),
         chunks: Vec::new(),
+        fingerprints: Vec::new(),
         hash: None,
         link: None,
     };
@@ -391,7 +453,7 @@ async fn stream_wal(
                         data = &data[take..];
                         pos = Lsn(pos.0 + take as u64);
                         if pos.0 % seg == 0 {
-                            let file = std::mem::replace(&mut current, ChunkedFile::new(up.chunk_size()));
+                            let file = std::mem::replace(&mut current, up.new_file());
                             done.push(PendingEntry {
                                 entry: segment_entry(Lsn(pos.0 - seg), seg),
                                 chunks: Some(file.finish(&up).await),

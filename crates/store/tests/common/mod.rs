@@ -8,7 +8,9 @@ use std::io::Write;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pitr_store::{ChunkId, ChunkRef, DocWrite, InitOutcome, Repo, RepoConfig, StoreError};
+use pitr_store::{
+    ChunkId, ChunkRef, DocWrite, Fingerprint, InitOutcome, KnownChunk, Repo, RepoConfig, StoreError,
+};
 
 pub async fn suite(url: &str) -> Repo {
     let (repo, outcome) = Repo::init(url, RepoConfig::default()).await.unwrap();
@@ -27,6 +29,7 @@ pub async fn suite(url: &str) -> Repo {
     );
     assert_eq!(repo.get_chunk(&r1).await.unwrap(), data);
     assert!(repo.has_chunk(&r1.id).await.unwrap());
+    known_chunks(&repo, r1).await;
 
     let missing = ChunkRef {
         id: ChunkId::of(b"never stored"),
@@ -133,4 +136,66 @@ pub fn walk(dir: &std::path::Path) -> Vec<String> {
         }
     }
     out
+}
+
+/// `put_backup_chunk` takes a known chunk only when the fingerprint and length match and the
+/// chunk is stored; otherwise the bytes are hashed and stored as usual. `stored` holds other
+/// bytes than `decoy` so that taking the shortcut is visible in the returned ID.
+pub async fn known_chunks(repo: &Repo, stored: ChunkRef) {
+    let decoy = Bytes::from(vec![42u8; stored.len as usize]);
+    let decoy_fp = Fingerprint::of(&decoy);
+    let known = |chunk, fingerprint| Some(KnownChunk { chunk, fingerprint });
+
+    // Same fingerprint and length, chunk present: the known chunk, nothing hashed or written.
+    let b = repo
+        .put_backup_chunk(decoy.clone(), known(stored, decoy_fp))
+        .await
+        .unwrap();
+    assert_eq!(
+        (b.chunk, b.fingerprint, b.stored, b.recognised),
+        (stored, decoy_fp, 0, true),
+        "known chunk taken"
+    );
+
+    // Different fingerprint: the bytes' own chunk.
+    let other_fp = Fingerprint::of(b"something else");
+    let b = repo
+        .put_backup_chunk(decoy.clone(), known(stored, other_fp))
+        .await
+        .unwrap();
+    assert_eq!(b.chunk.id, ChunkId::of(&decoy), "changed bytes are hashed");
+    assert_eq!((b.fingerprint, b.recognised), (decoy_fp, false));
+    assert!(b.stored > 0, "changed bytes are stored");
+
+    // Same fingerprint, other length: not taken.
+    let short = ChunkRef {
+        len: stored.len - 1,
+        ..stored
+    };
+    let b = repo
+        .put_backup_chunk(decoy.clone(), known(short, decoy_fp))
+        .await
+        .unwrap();
+    assert_eq!(
+        (b.chunk.id, b.stored, b.recognised),
+        (ChunkId::of(&decoy), 0, false)
+    );
+
+    // Same fingerprint but the known chunk is gone from the repository: stored again.
+    let missing = Bytes::from(vec![43u8; 1000]);
+    let gone = ChunkRef {
+        id: ChunkId::of(b"never stored either"),
+        len: 1000,
+    };
+    let b = repo
+        .put_backup_chunk(missing.clone(), known(gone, Fingerprint::of(&missing)))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.chunk.id,
+        ChunkId::of(&missing),
+        "a missing known chunk is not named"
+    );
+    assert!(b.stored > 0 && !b.recognised);
+    assert_eq!(repo.get_chunk(&b.chunk).await.unwrap(), missing);
 }

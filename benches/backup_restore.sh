@@ -24,6 +24,10 @@
 #   CP_FIRST=0           1: start with cp instead of pitr
 #   DROP_CACHES=1        sync + drop the page cache before every timed step (0, or when the
 #                        kernel refuses: warm the cache with one throwaway pg_basebackup)
+#                        Warm runs on an ext4 without a journal (this VM's): ext4 then skips
+#                        inodes deleted in the last 60-360 s, so a warm run started within ~6 min
+#                        of a previous run's cleanup pays that scan on every file it creates
+#                        (pitr's chunks, pgBackRest's files); leave a pause between warm runs
 #   VERIFY_LAYDOWN=1     pg_verifybackup -n on pitr's lay-down (untimed)
 #   PITR_BIN=...         pitr binary (default <repo>/target/release/pitr, built if missing);
 #                        a private copy in the work dir is what runs

@@ -311,11 +311,8 @@ impl Repo {
             .await
             .expect("hashing does not panic");
         if let Some(k) = same(&fp) {
-            let key = k.chunk.id.key();
-            match self.store().head(&self.backend.path(&key)).await {
-                Ok(_) => return Ok(done(k.chunk, fp, 0, true)),
-                Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(StoreError::backend(key, e)),
+            if self.has_chunk(&k.chunk.id).await? {
+                return Ok(done(k.chunk, fp, 0, true));
             }
         }
         let (chunk, n) = self.put_chunk_remote(data, len).await?;
@@ -326,13 +323,9 @@ impl Repo {
         let (id, data) = tokio::task::spawn_blocking(move || (ChunkId::of(&data), data))
             .await
             .expect("hashing does not panic");
-        let key = id.key();
-        let path = self.backend.path(&key);
         // A HEAD is far cheaper than compressing and uploading a chunk we already have.
-        match self.store().head(&path).await {
-            Ok(_) => return Ok((ChunkRef { id, len }, 0)),
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(StoreError::backend(key, e)),
+        if self.has_chunk(&id).await? {
+            return Ok((ChunkRef { id, len }, 0));
         }
         let level = self.config.compression_level;
         let body = tokio::task::spawn_blocking(move || encode_chunk(&data, level))

@@ -529,3 +529,83 @@ pub async fn list(url: &str, args: ListArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pitr_store::{ChunkId, ChunkRef, Fingerprint, RepoConfig};
+
+    fn file(path: &str, chunks: &[&[u8]], fingerprints: bool) -> serde_json::Value {
+        let refs: Vec<ChunkRef> = chunks
+            .iter()
+            .map(|c| ChunkRef {
+                id: ChunkId::of(c),
+                len: c.len() as u32,
+            })
+            .collect();
+        let fps: Vec<Fingerprint> = if fingerprints {
+            chunks.iter().map(|c| Fingerprint::of(c)).collect()
+        } else {
+            Vec::new()
+        };
+        serde_json::json!({"path": path, "kind": "file", "mode": 384, "size": 3, "mtime": 0,
+                           "chunks": refs, "fingerprints": fps})
+    }
+
+    async fn put_manifest(repo: &Repo, id: &str, files: Vec<serde_json::Value>) {
+        let server = serde_json::json!({"path": "backup_manifest", "kind": "file", "mode": 384,
+                                        "size": 0, "mtime": 0});
+        let m = serde_json::json!({
+            "format_version": 1, "id": id, "label": id,
+            "start_time": "2026-11-26T00:00:00Z", "stop_time": "2026-11-26T00:00:01Z",
+            "start_lsn": "0/2000028", "stop_lsn": "0/2000100", "timeline": 1,
+            "system_identifier": "1", "pg_version": "15.18", "pg_version_num": 150018,
+            "size_bytes": 3, "stored_bytes": 3,
+            "wal_start": "000000010000000000000002", "wal_stop": "000000010000000000000002",
+            "files": files, "tablespaces": [], "wal": [], "server_manifest": server,
+        });
+        let body = serde_json::to_vec(&m).unwrap();
+        repo.put_doc(&BackupManifest::key(id), body.into())
+            .await
+            .unwrap();
+    }
+
+    /// The newest manifest's fingerprints are what the next backup compares with; files of a
+    /// manifest without them (written before pitr kept them) are simply not known.
+    #[tokio::test]
+    async fn known_files_come_from_the_newest_manifest_with_fingerprints() {
+        let (repo, _) = Repo::init("memory://", RepoConfig::default())
+            .await
+            .unwrap();
+        assert!(
+            known_files(&repo).await.is_empty(),
+            "no backups, nothing known"
+        );
+
+        put_manifest(
+            &repo,
+            "20261126T000000Z",
+            vec![file("base/1/1", &[b"old"], true)],
+        )
+        .await;
+        put_manifest(
+            &repo,
+            "20261126T000100Z",
+            vec![
+                file("base/1/2", &[b"abc", b"def"], true),
+                file("base/1/3", &[b"ghi"], false),
+            ],
+        )
+        .await;
+        let known = known_files(&repo).await;
+        assert_eq!(
+            known.len(),
+            1,
+            "only the newest backup's files with fingerprints"
+        );
+        let k = &known[&(None, "base/1/2".to_string())];
+        assert_eq!(k.len(), 2);
+        assert_eq!(k[1].chunk.id, ChunkId::of(b"def"));
+        assert_eq!(k[1].fingerprint, Fingerprint::of(b"def"));
+    }
+}

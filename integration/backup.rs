@@ -655,7 +655,8 @@ fn backup_dedups_and_survives_sigkill() {
     let stored2 = b2["stored_bytes"].as_u64().unwrap_or(u64::MAX);
     eprintln!(
         "dedup: first backup stored {stored1} bytes ({chunks_after_first} in chunks/), second \
-         {stored2} bytes ({} in chunks/); size_bytes {} / {}",
+         {stored2} bytes ({} in chunks/, {recognised} of {total} chunks recognised by \
+         fingerprint); size_bytes {} / {}",
         chunks_after_second - chunks_after_first,
         b1["size_bytes"],
         b2["size_bytes"]

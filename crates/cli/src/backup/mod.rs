@@ -6,6 +6,7 @@ mod manifest;
 pub mod tar;
 mod upload;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -13,8 +14,6 @@ use pitr_pg::{Lsn, TimelineId, WalFileName};
 use pitr_protocol::{
     BackupEvent, BaseBackupOptions, CheckpointMode, ConnConfig, ReplicationClient, WalEvent,
 };
-use std::sync::Arc;
-
 use pitr_store::{DocWrite, KnownChunk, Repo};
 use tokio::sync::watch;
 
@@ -183,7 +182,7 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<()> {
     );
     if up.known_files() > 0 {
         tracing::info!(
-            "backup {id}: unchanged chunks of {} files recognised from the previous backup",
+            "backup {id}: comparing {} files with the previous backup's chunk fingerprints",
             up.known_files()
         );
     }

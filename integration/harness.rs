@@ -274,10 +274,12 @@ impl TestDir {
 // The pitr binary and its repository
 // ---------------------------------------------------------------------------------------------
 
-/// A `pitr` binary bound to one file repository.
+/// A `pitr` binary bound to one repository (a directory, or a URL with the environment its
+/// backend needs).
 pub struct Pitr {
     bin: PathBuf,
     repo: PathBuf,
+    env: Vec<(&'static str, String)>,
 }
 
 impl Pitr {
@@ -289,7 +291,20 @@ impl Pitr {
         Pitr {
             bin: dir.pitr_bin(),
             repo,
+            env: Vec::new(),
         }
+    }
+
+    /// A repository at `url` (e.g. `s3://bucket/prefix`), every command run with `env`,
+    /// created with `pitr init`.
+    pub fn init_url(dir: &TestDir, url: &str, env: Vec<(&'static str, String)>) -> Pitr {
+        let pitr = Pitr {
+            bin: dir.pitr_bin(),
+            repo: PathBuf::from(url),
+            env,
+        };
+        pitr.run(["init"]);
+        pitr
     }
 
     /// A repository at `<dir>/<name>`, created with `pitr init`.
@@ -312,6 +327,15 @@ impl Pitr {
     pub fn bare_command(&self) -> Command {
         let mut cmd = unprivileged(&self.bin);
         cmd.env_remove("PITR_REPO").env_remove("PITR_CONFIG");
+        if !self.env.is_empty() {
+            // The backend's settings are the test's alone: none of the caller's may leak in.
+            for (key, _) in std::env::vars_os() {
+                if key.to_string_lossy().starts_with("AWS_") {
+                    cmd.env_remove(key);
+                }
+            }
+            cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        }
         cmd
     }
 

@@ -8,3 +8,5 @@ mod backup;
 mod harness;
 mod quickstart;
 mod restore;
+#[path = "../crates/store/tests/s3server/mod.rs"]
+mod s3server;

@@ -10,3 +10,4 @@ mod quickstart;
 mod restore;
 #[path = "../crates/store/tests/s3server/mod.rs"]
 mod s3server;
+mod verify;

@@ -63,8 +63,17 @@ pub enum Command {
     List(ListArgs),
     /// Build a data directory that recovers to a point in time (or the end of the archive)
     Restore(RestoreArgs),
+    /// Re-read and re-hash every chunk the backups and archived WAL name; check WAL continuity
+    Verify(VerifyArgs),
     /// Remove restore-wal's prefetch spool (recovery_end_command)
     SpoolClean(SpoolCleanArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Only this backup (and the archived WAL of its timeline from its start on)
+    #[arg(long)]
+    pub backup: Option<String>,
 }
 
 #[derive(Args, Debug)]

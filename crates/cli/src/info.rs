@@ -55,19 +55,7 @@ struct TimelineInfo {
 pub async fn info(url: &str, args: InfoArgs) -> anyhow::Result<()> {
     let repo = Repo::open(url).await?;
     let sysid = repo_system_identifier(&repo).await?;
-    let keys = repo.list("wal/").await?;
-    let refs: Vec<WalRef> = futures::stream::iter(keys.into_iter().filter_map(|(k, _)| {
-        let name = k.rsplit('/').next()?.strip_suffix(".json")?;
-        name.parse::<WalFileName>().ok()
-    }))
-    .map(|name| {
-        let repo = repo.clone();
-        async move { WalRef::load(&repo, &name).await }
-    })
-    .buffered(32)
-    .try_filter_map(|r| async move { Ok(r) })
-    .try_collect()
-    .await?;
+    let refs = load_wal_refs(&repo).await?;
     let stored_bytes = repo.list("chunks/").await?.iter().map(|(_, s)| s).sum();
     let backups = BackupManifest::list(&repo).await?;
     let wal = summarize(&refs);
@@ -91,6 +79,33 @@ pub async fn info(url: &str, args: InfoArgs) -> anyhow::Result<()> {
         print_text(&info);
     }
     Ok(())
+}
+
+/// Every WAL ref of the repository.
+pub(crate) async fn load_wal_refs(repo: &Repo) -> anyhow::Result<Vec<WalRef>> {
+    let keys = repo.list("wal/").await?;
+    futures::stream::iter(keys.into_iter().filter_map(|(k, _)| {
+        let name = k.rsplit('/').next()?.strip_suffix(".json")?;
+        name.parse::<WalFileName>().ok()
+    }))
+    .map(|name| {
+        let repo = repo.clone();
+        async move { WalRef::load(&repo, &name).await }
+    })
+    .buffered(32)
+    .try_filter_map(|r| async move { Ok(r) })
+    .try_collect()
+    .await
+}
+
+/// Missing segment ranges, `(timeline, first missing, last missing)`, between the first and
+/// the last archived segment of each timeline.
+pub(crate) fn wal_gaps(refs: &[WalRef]) -> Vec<(u32, String, String)> {
+    summarize(refs)
+        .timelines
+        .into_iter()
+        .flat_map(|t| t.gaps.into_iter().map(move |[a, b]| (t.timeline, a, b)))
+        .collect()
 }
 
 fn summarize(refs: &[WalRef]) -> WalInfo {

@@ -9,6 +9,7 @@ mod logging;
 mod progress;
 mod restore;
 mod restore_wal;
+mod verify;
 mod walref;
 
 use std::process::ExitCode;
@@ -73,6 +74,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Backup(args) => backup::backup(&repo_url, args).await,
             Command::List(args) => backup::list(&repo_url, args).await,
             Command::Restore(args) => restore::restore(&repo_url, args).await,
+            Command::Verify(args) => verify::verify(&repo_url, args).await,
             Command::SpoolClean(args) => restore_wal::clean_spool(&args.pg_wal),
         }
     })

@@ -418,8 +418,8 @@ class Bench:
         first = None
         for i in range(self.a.laydown_rounds):
             for make in ((pitr, pgbr) if i % 2 == 0 else (pgbr, pitr)):
-                tool, cmd, name = make(laydown(f"{make.__name__}-{i + 1}"))
                 d = laydown(f"{make.__name__}-{i + 1}")
+                tool, cmd, name = make(d)
                 dirs.append(d)
                 self.restore_row(tool, cmd, d, f"{name}-{i + 1}")
                 if name == "pitr-restore" and first is None:

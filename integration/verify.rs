@@ -1,17 +1,12 @@
 //! `pitr verify`: clean on a healthy repository (whole, and `--backup ID`); a corrupt chunk of
 //! a backup and a missing archived segment are each named on stdout with a non-zero exit.
 
-use std::time::Duration;
-
-use crate::harness::{describe, output, stdout_of, PgCluster, Pitr, TestDir};
-
-const ARCHIVE_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::harness::{describe, output, stdout_of, PgCluster, Pitr, TestDir, ARCHIVE_TIMEOUT};
 
 #[test]
 fn verify_names_corrupt_chunks_and_wal_gaps() {
     let dir = TestDir::new();
-    let pitr = Pitr::new(&dir, "repo");
-    pitr.run(["init"]);
+    let pitr = Pitr::init(&dir, "repo");
     let pg = PgCluster::builder().archive_to(&pitr).init();
     pg.pgbench(&["-i", "-q", "-s", "1"]);
     let id = pitr.backup(&pg, &["--checkpoint", "fast"]);

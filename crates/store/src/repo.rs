@@ -256,24 +256,20 @@ impl Repo {
         &self.backend.store
     }
 
-    /// Store one chunk. Returns its reference and the bytes written (0 when it already existed).
-    /// The bytes are durable on return; the chunk's name is after [`Repo::sync`] (which every
-    /// `put_doc` runs first), so write the document that names it through this handle.
+    /// Store one chunk, nothing known about it: [`Repo::put_backup_chunk`] without its
+    /// fingerprint. Returns its reference and the bytes written (0 when it already existed).
     pub async fn put_chunk(&self, data: Bytes) -> Result<(ChunkRef, u64)> {
-        let len = data.len() as u32;
-        if let Some(local) = &self.local {
-            // One blocking step: hash, look, compress, write.
-            let local = Arc::clone(local);
-            let level = self.config.compression_level;
-            return blocking(move || local_put(&local, &data, level, true)).await;
-        }
-        self.put_chunk_remote(data, len).await
+        let b = self.put_backup_chunk(data, None).await?;
+        Ok((b.chunk, b.stored))
     }
 
     /// Store one chunk of a backup and take its fingerprint. When `known` (the chunk an earlier
     /// backup had at the same place) has the same fingerprint and length and is still in the
     /// repository, it is the answer without a SHA-256 pass: on an unchanged cluster that pass
-    /// was half of a backup's CPU. Otherwise as [`Repo::put_chunk`].
+    /// was half of a backup's CPU. Otherwise the bytes are hashed with SHA-256, looked up,
+    /// and compressed and written only when new. The bytes are durable on return; the chunk's
+    /// name is after [`Repo::sync`] (which every `put_doc` runs first), so write the document
+    /// that names it through this handle.
     pub async fn put_backup_chunk(
         &self,
         data: Bytes,
@@ -407,7 +403,7 @@ impl Repo {
     }
 
     /// Split `len` bytes of `file` into chunks and store them, `concurrency` chunks at a time,
-    /// assuming they are new (WAL). Durability as for [`Repo::put_chunk`]: the bytes on
+    /// assuming they are new (WAL). Durability as for [`Repo::put_backup_chunk`]: the bytes on
     /// return, the names by the `put_doc` that names them. The file must not shrink meanwhile
     /// (WAL segments marked ready never do): it is memory-mapped, which saves a copy and the
     /// page faults of fresh read buffers.

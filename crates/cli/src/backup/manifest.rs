@@ -88,23 +88,39 @@ impl BackupManifest {
         format!("backups/{id}.json")
     }
 
+    /// The keys of every backup manifest in the repository.
+    async fn keys(repo: &Repo) -> anyhow::Result<Vec<String>> {
+        let keys = repo.list("backups/").await?.into_iter().map(|(k, _)| k);
+        Ok(keys.filter(|k| k.ends_with(".json")).collect())
+    }
+
+    /// The manifest at `key`, if it is there.
+    async fn load(repo: &Repo, key: &str) -> anyhow::Result<Option<BackupManifest>> {
+        use anyhow::Context;
+        let Some(body) = repo.get_doc(key).await? else {
+            return Ok(None);
+        };
+        let m = serde_json::from_slice(&body).with_context(|| format!("parse {key}"))?;
+        Ok(Some(m))
+    }
+
     /// Every backup in the repository, oldest first.
     pub async fn list(repo: &Repo) -> anyhow::Result<Vec<BackupManifest>> {
-        use anyhow::Context;
         let mut out = Vec::new();
-        for (key, _) in repo.list("backups/").await? {
-            if !key.ends_with(".json") {
-                continue;
-            }
-            let Some(body) = repo.get_doc(&key).await? else {
-                continue;
-            };
-            let m: BackupManifest =
-                serde_json::from_slice(&body).with_context(|| format!("parse {key}"))?;
-            out.push(m);
+        for key in Self::keys(repo).await? {
+            out.extend(Self::load(repo, &key).await?);
         }
         out.sort_by(|a, b| a.start_time.cmp(&b.start_time).then(a.id.cmp(&b.id)));
         Ok(out)
+    }
+
+    /// The newest backup (IDs are start times, so the greatest key), without reading the
+    /// others.
+    pub async fn newest(repo: &Repo) -> anyhow::Result<Option<BackupManifest>> {
+        match Self::keys(repo).await?.into_iter().max() {
+            Some(key) => Self::load(repo, &key).await,
+            None => Ok(None),
+        }
     }
 
     /// The summary `pitr list --json` prints.

@@ -356,31 +356,11 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<()> {
 /// The chunks and fingerprints of the newest backup's files. A backup that cannot be read
 /// only costs speed: this one then hashes every chunk with SHA-256.
 async fn known_files(repo: &Repo) -> KnownFiles {
-    let newest = match repo.list("backups/").await {
-        Ok(keys) => keys
-            .into_iter()
-            .map(|(k, _)| k)
-            .filter(|k| k.ends_with(".json"))
-            .max(),
+    let manifest = match BackupManifest::newest(repo).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return KnownFiles::new(),
         Err(e) => {
-            tracing::warn!("cannot list earlier backups ({e}); every chunk will be hashed");
-            return KnownFiles::new();
-        }
-    };
-    let Some(key) = newest else {
-        return KnownFiles::new();
-    };
-    let manifest = match repo.get_doc(&key).await {
-        Ok(Some(body)) => {
-            serde_json::from_slice::<BackupManifest>(&body).map_err(|e| e.to_string())
-        }
-        Ok(None) => Err("gone".to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    let manifest = match manifest {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::warn!("cannot read {key} ({e}); every chunk will be hashed");
+            tracing::warn!("cannot read the newest backup ({e:#}); every chunk will be hashed");
             return KnownFiles::new();
         }
     };

@@ -1,33 +1,44 @@
-//! `pitr`: WAL archiving and point-in-time recovery for PostgreSQL. This file is the one place
-//! where errors become exit statuses; each command lives in its own module.
+//! `pitr`: WAL archiving and point-in-time recovery for PostgreSQL. The binary parses
+//! arguments, sets up logging and progress, runs one command from `commands/`, and is the one
+//! place where errors become exit statuses ([`exit_status`]).
 
-mod archive;
-mod backup;
 mod cli;
-mod info;
+mod commands;
 mod logging;
 mod progress;
-mod restore;
-mod restore_wal;
-mod verify;
-mod walref;
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use pitr_core::Failure;
 
 use cli::{Cli, Command};
 
-/// restore_command: any status above 125 makes PostgreSQL stop recovery instead of treating
-/// the file as missing and ending recovery early at the wrong point.
-const EXIT_RECOVERY_FATAL: u8 = 255;
-/// restore_command: "not in the archive".
-const EXIT_NOT_FOUND: u8 = 1;
+/// Exit statuses: the one table (the README's command table mirrors it).
+mod exit {
+    /// Any failure of a command other than restore-wal.
+    pub const FAILURE: u8 = 1;
+    /// Bad arguments (clap's usage errors), except for restore-wal.
+    pub const USAGE: u8 = 2;
+    /// restore_command: "not in the archive".
+    pub const NOT_ARCHIVED: u8 = 1;
+    /// restore_command: any status above 125 makes PostgreSQL stop recovery instead of
+    /// treating the file as missing and ending recovery early at the wrong point.
+    pub const RECOVERY_FATAL: u8 = 255;
+}
+
+/// The exit status for a failure of a command (`restore_wal`: the restore_command contract).
+fn exit_status(failure: Failure, restore_wal: bool) -> u8 {
+    match (failure, restore_wal) {
+        (Failure::NotArchived, true) => exit::NOT_ARCHIVED,
+        (_, true) => exit::RECOVERY_FATAL,
+        (_, false) => exit::FAILURE,
+    }
+}
 
 fn main() -> ExitCode {
     keep_freed_memory();
     let restore_wal = std::env::args().any(|a| a == "restore-wal");
-    let failure = if restore_wal { EXIT_RECOVERY_FATAL } else { 1 };
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -36,7 +47,8 @@ fn main() -> ExitCode {
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
                     ExitCode::SUCCESS
                 }
-                _ => ExitCode::from(if restore_wal { failure } else { 2 }),
+                _ if restore_wal => ExitCode::from(exit::RECOVERY_FATAL),
+                _ => ExitCode::from(exit::USAGE),
             };
         }
     };
@@ -46,16 +58,17 @@ fn main() -> ExitCode {
     match outcome {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(err)) => {
-            if restore_wal && err.downcast_ref::<restore_wal::NotArchived>().is_some() {
+            let failure = Failure::of(&err);
+            if restore_wal && failure == Failure::NotArchived {
                 tracing::info!("{err:#}");
-                return ExitCode::from(EXIT_NOT_FOUND);
+            } else {
+                tracing::error!("{err:#}");
             }
-            tracing::error!("{err:#}");
-            ExitCode::from(failure)
+            ExitCode::from(exit_status(failure, restore_wal))
         }
         Err(_) => {
             tracing::error!("internal error (panic); see the message above");
-            ExitCode::from(failure)
+            ExitCode::from(exit_status(Failure::Fatal, restore_wal))
         }
     }
 }
@@ -67,15 +80,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Init(args) => archive::init(&repo_url, args).await,
-            Command::ArchiveWal(args) => archive::archive_wal(&repo_url, args).await,
-            Command::RestoreWal(args) => restore_wal::restore_wal(&repo_url, args).await,
-            Command::Info(args) => info::info(&repo_url, args).await,
-            Command::Backup(args) => backup::backup(&repo_url, args).await,
-            Command::List(args) => backup::list(&repo_url, args).await,
-            Command::Restore(args) => restore::restore(&repo_url, args).await,
-            Command::Verify(args) => verify::verify(&repo_url, args).await,
-            Command::SpoolClean(args) => restore_wal::clean_spool(&args.pg_wal),
+            Command::Init(args) => commands::init::run(&repo_url, args).await,
+            Command::ArchiveWal(args) => commands::archive_wal::run(&repo_url, args).await,
+            Command::RestoreWal(args) => commands::restore_wal::run(&repo_url, args).await,
+            Command::Info(args) => commands::info::run(&repo_url, args).await,
+            Command::Backup(args) => commands::backup::run(&repo_url, args).await,
+            Command::List(args) => commands::list::run(&repo_url, args).await,
+            Command::Restore(args) => commands::restore::run(&repo_url, args).await,
+            Command::Verify(args) => commands::verify::run(&repo_url, args).await,
+            Command::SpoolClean(args) => commands::spool_clean::run(args),
         }
     })
 }

@@ -1,5 +1,6 @@
 //! Progress for long operations: a bar (bytes, rate, ETA) on a terminal, a log line every
-//! tenth of the way otherwise (systemd timers, cron, CI).
+//! tenth of the way otherwise (systemd timers, cron, CI). The core reports through
+//! [`pitr_core::Reporter`]; this is how the binary shows it.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,6 +11,15 @@ static QUIET: AtomicBool = AtomicBool::new(false);
 /// `-q`: no bars, no progress lines.
 pub fn set_quiet(quiet: bool) {
     QUIET.store(quiet, Ordering::Relaxed);
+}
+
+/// The binary's [`pitr_core::Reporter`].
+pub struct Shown;
+
+impl pitr_core::Reporter for Shown {
+    fn start(&self, what: String, total: u64) -> Box<dyn pitr_core::Progress> {
+        Box::new(Progress::new(what, total))
+    }
 }
 
 pub struct Progress {
@@ -49,24 +59,6 @@ impl Progress {
         }
     }
 
-    pub fn set_total(&self, total: u64) {
-        self.total.store(total, Ordering::Relaxed);
-        self.next_log.store(total / 10, Ordering::Relaxed);
-        if let Some(b) = &self.bar {
-            b.set_length(total);
-        }
-    }
-
-    pub fn add(&self, n: u64) {
-        let done = self.done.fetch_add(n, Ordering::Relaxed) + n;
-        self.report(done);
-    }
-
-    pub fn set(&self, done: u64) {
-        self.done.store(done, Ordering::Relaxed);
-        self.report(done);
-    }
-
     fn report(&self, done: u64) {
         if let Some(b) = &self.bar {
             b.set_position(done);
@@ -98,8 +90,28 @@ impl Progress {
             eta
         );
     }
+}
 
-    pub fn finish(&self) {
+impl pitr_core::Progress for Progress {
+    fn set_total(&self, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+        self.next_log.store(total / 10, Ordering::Relaxed);
+        if let Some(b) = &self.bar {
+            b.set_length(total);
+        }
+    }
+
+    fn add(&self, n: u64) {
+        let done = self.done.fetch_add(n, Ordering::Relaxed) + n;
+        self.report(done);
+    }
+
+    fn set(&self, done: u64) {
+        self.done.store(done, Ordering::Relaxed);
+        self.report(done);
+    }
+
+    fn finish(&self) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }

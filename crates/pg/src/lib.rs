@@ -4,6 +4,7 @@
 mod control;
 mod history;
 mod lsn;
+mod serde_impls;
 mod walname;
 mod walpage;
 mod walrecords;

@@ -48,6 +48,11 @@ mod tests {
         assert_eq!(lsn.0, 0x16_B374_D848);
         assert_eq!(lsn.to_string(), "16/B374D848");
         assert_eq!(Lsn(0).to_string(), "0/0");
+        // the same form in documents
+        assert_eq!(serde_json::to_string(&lsn).unwrap(), "\"16/B374D848\"");
+        let back: Lsn = serde_json::from_str("\"16/B374D848\"").unwrap();
+        assert_eq!(back, lsn);
+        assert!(serde_json::from_str::<Lsn>("\"16\"").is_err());
     }
 
     #[test]

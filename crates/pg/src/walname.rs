@@ -15,7 +15,7 @@ impl fmt::Display for TimelineId {
 }
 
 /// What kind of file a WAL file name denotes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum WalFileKind {
     Segment,
     Partial,
@@ -25,8 +25,9 @@ pub enum WalFileKind {
 }
 
 /// A validated WAL file name. The segment's position is kept as PostgreSQL's (log, seg) pair,
-/// which only becomes a segment number once the segment size is known.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// which only becomes a segment number once the segment size is known. Ordered as the names
+/// sort (the name is the first field), which is PostgreSQL's archiving order on a timeline.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct WalFileName {
     name: String,
     kind: WalFileKind,
@@ -192,5 +193,15 @@ mod tests {
         assert_eq!(parsed.segment_number(16 << 20), Some(0x105));
         let big = WalFileName::segment(TimelineId(1), 3, 1 << 30);
         assert_eq!(big.as_str(), "000000010000000000000003");
+        // documents keep names as strings and timelines as numbers, and refuse bad ones
+        assert_eq!(
+            serde_json::to_string(&n).unwrap(),
+            "\"000000030000000100000005\""
+        );
+        let back: WalFileName = serde_json::from_str("\"000000030000000100000005\"").unwrap();
+        assert_eq!(back, n);
+        assert!(serde_json::from_str::<WalFileName>("\"../etc\"").is_err());
+        assert_eq!(serde_json::to_string(&TimelineId(3)).unwrap(), "3");
+        assert!(serde_json::from_str::<TimelineId>("0").is_err());
     }
 }

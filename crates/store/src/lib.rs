@@ -8,6 +8,7 @@
 mod backend;
 mod chunk;
 mod error;
+pub mod keys;
 mod local;
 mod repo;
 

@@ -2,139 +2,47 @@
 //! store — files cut into chunks as the tar stream arrives, the WAL of the backup streamed on
 //! a second connection, the manifest written last.
 
-mod manifest;
+mod sink;
 pub mod tar;
 mod upload;
+mod wal;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use pitr_pg::{Lsn, TimelineId, WalFileName};
+use pitr_pg::{Lsn, WalFileName};
 use pitr_protocol::{
-    BackupEvent, BaseBackupOptions, CheckpointMode, ConnConfig, ReplicationClient, WalEvent,
+    BackupEvent, BaseBackupOptions, CheckpointMode, ConnConfig, ReplicationClient,
 };
 use pitr_store::{DocWrite, KnownChunk, Repo};
 use tokio::sync::watch;
 
-use manifest::{chunks_hash, Tablespace};
-pub use manifest::{BackupManifest, FileEntry, FileKind};
-use tar::{EntryKind, TarEvent, TarHeader, TarParser};
-use upload::{ChunkedFile, KnownFiles, PendingChunks, Uploader};
+use sink::{ArchiveSink, PendingEntry};
+use upload::{ChunkedFile, KnownFiles, Uploader};
 
-use crate::cli::{BackupArgs, Checkpoint, ListArgs};
-use crate::progress::Progress;
-use crate::walref::claim_cluster;
+use crate::progress::Reporter;
+use crate::repofile::{claim_cluster, BackupManifest, FileEntry, FileKind, Tablespace};
 
-/// A manifest entry whose chunks may still be uploading.
-struct PendingEntry {
-    entry: FileEntry,
-    chunks: Option<PendingChunks>,
+/// `pitr backup`.
+pub struct BackupRequest {
+    /// libpq connection string or URL; the PG* environment fills in the rest.
+    pub dbname: Option<String>,
+    pub checkpoint: CheckpointMode,
+    /// Backup label (default "pitr <id>").
+    pub label: Option<String>,
+    /// Server-side rate limit in kB/s.
+    pub max_rate: Option<u32>,
 }
 
-impl PendingEntry {
-    async fn resolve(self) -> anyhow::Result<FileEntry> {
-        let mut entry = self.entry;
-        if let Some(p) = self.chunks {
-            (entry.chunks, entry.fingerprints) = p.wait().await?;
-            entry.hash = Some(chunks_hash(&entry.chunks));
-        }
-        Ok(entry)
-    }
-}
-
-fn entry_from(h: &TarHeader, tablespace: Option<u32>) -> FileEntry {
-    FileEntry {
-        path: h.path.clone(),
-        tablespace,
-        kind: match h.kind {
-            EntryKind::File => FileKind::File,
-            EntryKind::Directory => FileKind::Directory,
-            EntryKind::Symlink => FileKind::Symlink,
-        },
-        mode: h.mode & 0o7777,
-        size: h.size,
-        mtime: h.mtime,
-        chunks: Vec::new(),
-        fingerprints: Vec::new(),
-        hash: None,
-        link: (h.kind == EntryKind::Symlink).then(|| h.link_target.clone()),
-    }
-}
-
-enum Act<'a> {
-    Start(TarHeader),
-    Data(&'a [u8]),
-    End,
-}
-
-/// Receives one tablespace's tar stream and turns it into manifest entries.
-struct ArchiveSink {
-    tablespace: Option<u32>,
-    parser: TarParser,
-    current: Option<(FileEntry, ChunkedFile)>,
-}
-
-impl ArchiveSink {
-    fn new(tablespace: Option<u32>) -> Self {
-        ArchiveSink {
-            tablespace,
-            parser: TarParser::default(),
-            current: None,
-        }
-    }
-
-    async fn feed(
-        &mut self,
-        data: &[u8],
-        up: &Uploader,
-        out: &mut Vec<PendingEntry>,
-    ) -> anyhow::Result<()> {
-        let mut acts = Vec::new();
-        self.parser.feed(data, |e| {
-            acts.push(match e {
-                TarEvent::Entry(h) => Act::Start(h),
-                TarEvent::Data(d) => Act::Data(d),
-                TarEvent::EntryEnd => Act::End,
-            });
-            Ok(())
-        })?;
-        for act in acts {
-            match act {
-                Act::Start(h) => {
-                    let entry = entry_from(&h, self.tablespace);
-                    let file = up.file(&(self.tablespace, entry.path.clone()));
-                    self.current = Some((entry, file));
-                }
-                Act::Data(d) => {
-                    let (_, file) = self.current.as_mut().context("tar data outside an entry")?;
-                    file.push(up, d).await;
-                }
-                Act::End => {
-                    let (entry, file) = self.current.take().context("tar entry end twice")?;
-                    let chunks = (entry.kind == FileKind::File).then_some(file);
-                    let chunks = match chunks {
-                        Some(f) => Some(f.finish(up).await),
-                        None => None,
-                    };
-                    out.push(PendingEntry { entry, chunks });
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn finish(&self, name: &str) -> anyhow::Result<()> {
-        self.parser
-            .finish()
-            .with_context(|| format!("archive {name}"))?;
-        Ok(())
-    }
-}
-
-pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<()> {
+/// Take a base backup of the server `args` names into `repo`; returns the committed manifest.
+pub async fn backup(
+    repo: &Repo,
+    args: BackupRequest,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<BackupManifest> {
     let started = Instant::now();
-    let repo = Repo::open(url).await?;
+    let repo = repo.clone();
     let conn = ConnConfig::parse(args.dbname.as_deref().unwrap_or(""))?;
     let mut main = ReplicationClient::connect(&conn)
         .await
@@ -160,10 +68,7 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<()> {
     let options = BaseBackupOptions {
         label: label.clone(),
         progress: true,
-        checkpoint: match args.checkpoint {
-            Checkpoint::Fast => CheckpointMode::Fast,
-            Checkpoint::Spread => CheckpointMode::Spread,
-        },
+        checkpoint: args.checkpoint,
         wait: false,
         manifest: true,
         tablespace_map: true,
@@ -172,7 +77,7 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<()> {
     };
     tracing::info!(
         "backup {id}: {} checkpoint on {} (system {})",
-        if args.checkpoint == Checkpoint::Fast {
+        if args.checkpoint == CheckpointMode::Fast {
             "fast"
         } else {
             "spread"
@@ -193,7 +98,7 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<()> {
     };
     tracing::info!("backup {id}: started at {start_lsn} on timeline {timeline}");
     let (end_tx, end_rx) = watch::channel(None::<Lsn>);
-    let wal_task = tokio::spawn(stream_wal(
+    let wal_task = tokio::spawn(wal::stream_wal(
         wal_client,
         slot,
         start_lsn,
@@ -208,7 +113,7 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<()> {
     let mut sink: Option<(String, ArchiveSink)> = None;
     let mut manifest_file: Option<ChunkedFile> = None;
     let mut total_estimate = 0u64;
-    let progress = Progress::new(format!("backup {id}"), 0);
+    let progress = reporter.start(format!("backup {id}"), 0);
     let stop_lsn = loop {
         let Some(event) = stream.next().await? else {
             bail!("BASE_BACKUP ended without its end position");
@@ -306,16 +211,16 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<()> {
         label,
         start_time,
         stop_time: chrono::Utc::now(),
-        start_lsn: start_lsn.to_string(),
-        stop_lsn: stop_lsn.to_string(),
-        timeline: timeline.0,
-        system_identifier: system.system_identifier.to_string(),
+        start_lsn,
+        stop_lsn,
+        timeline,
+        system_identifier: system.system_identifier,
         pg_version,
         pg_version_num,
         size_bytes,
         stored_bytes: up.stored_bytes(),
-        wal_start: name_of(start_lsn).to_string(),
-        wal_stop: name_of(Lsn(stop_lsn.0.saturating_sub(1).max(start_lsn.0))).to_string(),
+        wal_start: name_of(start_lsn),
+        wal_stop: name_of(Lsn(stop_lsn.0.saturating_sub(1).max(start_lsn.0))),
         files,
         tablespaces,
         wal,
@@ -349,8 +254,7 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<()> {
         up.recognised_chunks(),
         started.elapsed().as_secs_f64()
     );
-    println!("{id}");
-    Ok(())
+    Ok(manifest)
 }
 
 /// The chunks and fingerprints of the newest backup's files. A backup that cannot be read
@@ -378,135 +282,6 @@ async fn known_files(repo: &Repo) -> KnownFiles {
             ((f.tablespace, f.path), known)
         })
         .collect()
-}
-
-/// Stream WAL from the segment holding `start` until the backup's end position arrives on
-/// `end`, storing whole segments (the last one zero-padded, as pg_basebackup does) as files
-/// of this backup only — never under the archive's names.
-async fn stream_wal(
-    mut client: ReplicationClient,
-    slot: String,
-    start: Lsn,
-    timeline: TimelineId,
-    seg_size: u32,
-    mut end: watch::Receiver<Option<Lsn>>,
-    up: Uploader,
-) -> anyhow::Result<Vec<FileEntry>> {
-    let seg = u64::from(seg_size);
-    let mut pos = Lsn(start.0 - start.0 % seg);
-    let mut stream = client.start_replication(Some(&slot), pos, timeline).await?;
-    let mut current = up.new_file();
-    let mut done: Vec<PendingEntry> = Vec::new();
-    let segment_entry = |pos: Lsn, size: u64| FileEntry {
-        path: format!(
-            "pg_wal/{}",
-            WalFileName::segment(timeline, pos.0 / seg, seg_size)
-        ),
-        tablespace: None,
-        kind: FileKind::File,
-        mode: 0o600,
-        size,
-        mtime: chrono::Utc::now().timestamp(),
-        chunks: Vec::new(),
-        fingerprints: Vec::new(),
-        hash: None,
-        link: None,
-    };
-    loop {
-        if let Some(end) = *end.borrow() {
-            if pos >= end {
-                break;
-            }
-        }
-        tokio::select! {
-            event = stream.next() => match event? {
-                Some(WalEvent::XLogData { start, data }) => {
-                    if start != pos {
-                        bail!("WAL stream jumped from {pos} to {start}");
-                    }
-                    let mut data = &data[..];
-                    while !data.is_empty() {
-                        let room = (seg - pos.0 % seg) as usize;
-                        let take = room.min(data.len());
-                        current.push(&up, &data[..take]).await;
-                        data = &data[take..];
-                        pos = Lsn(pos.0 + take as u64);
-                        if pos.0 % seg == 0 {
-                            let file = std::mem::replace(&mut current, up.new_file());
-                            done.push(PendingEntry {
-                                entry: segment_entry(Lsn(pos.0 - seg), seg),
-                                chunks: Some(file.finish(&up).await),
-                            });
-                            stream.send_status(pos, pos, Lsn(0), false).await?;
-                        }
-                    }
-                }
-                Some(WalEvent::Keepalive { .. }) => {}
-                Some(WalEvent::EndOfTimeline { next_tli, .. }) => {
-                    bail!("timeline switched to {next_tli} during the backup (at {pos}); take the backup again")
-                }
-                None => bail!("WAL stream ended at {pos}, before the backup's end"),
-            },
-            changed = end.changed() => {
-                if changed.is_err() {
-                    bail!("backup ended before its WAL was complete");
-                }
-            }
-        }
-    }
-    stream.finish().await?;
-    let _ = client.close().await;
-    if pos.0 % seg != 0 {
-        let seg_start = Lsn(pos.0 - pos.0 % seg);
-        let zeros = vec![0u8; up.chunk_size()];
-        let mut left = seg - pos.0 % seg;
-        while left > 0 {
-            let n = left.min(zeros.len() as u64) as usize;
-            current.push(&up, &zeros[..n]).await;
-            left -= n as u64;
-        }
-        done.push(PendingEntry {
-            entry: segment_entry(seg_start, seg),
-            chunks: Some(current.finish(&up).await),
-        });
-    }
-    let mut out = Vec::with_capacity(done.len());
-    for d in done {
-        out.push(d.resolve().await?);
-    }
-    Ok(out)
-}
-
-pub async fn list(url: &str, args: ListArgs) -> anyhow::Result<()> {
-    let repo = Repo::open(url).await?;
-    let backups = BackupManifest::list(&repo).await?;
-    if args.json {
-        let list: Vec<_> = backups.iter().map(BackupManifest::summary).collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
-        return Ok(());
-    }
-    if backups.is_empty() {
-        println!("no backups in {}", repo.url());
-        return Ok(());
-    }
-    println!(
-        "{:<17} {:<20} {:<20} {:>12} {:>12} {:>4}  wal",
-        "id", "start", "stop", "size MiB", "new MiB", "tli"
-    );
-    for b in &backups {
-        println!(
-            "{:<17} {:<20} {:<20} {:>12} {:>12} {:>4}  {}..{}",
-            b.id,
-            b.start_time.format("%Y-%m-%d %H:%M:%S"),
-            b.stop_time.format("%Y-%m-%d %H:%M:%S"),
-            b.size_bytes >> 20,
-            b.stored_bytes >> 20,
-            b.timeline,
-            b.wal_start,
-            b.wal_stop
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

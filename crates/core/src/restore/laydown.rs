@@ -14,8 +14,8 @@ use futures::{StreamExt, TryStreamExt};
 use pitr_store::Repo;
 use serde::Serialize;
 
-use crate::backup::{BackupManifest, FileEntry, FileKind};
-use crate::progress::Progress;
+use crate::progress::Reporter;
+use crate::repofile::{BackupManifest, FileEntry, FileKind};
 
 #[derive(Debug, Default, Serialize)]
 pub struct LayDownStats {
@@ -34,6 +34,7 @@ pub struct LayDown<'a> {
     /// Tablespace OID → directory, for remapped tablespaces.
     pub remap: &'a HashMap<u32, PathBuf>,
     pub delta: bool,
+    pub reporter: &'a dyn Reporter,
 }
 
 fn is_empty_dir(p: &Path) -> anyhow::Result<bool> {
@@ -141,13 +142,7 @@ impl LayDown<'_> {
         for dir in tablespaces.values() {
             make_dir(dir)?;
         }
-        let m = self.manifest;
-        let all: Vec<&FileEntry> = m
-            .files
-            .iter()
-            .chain(m.wal.iter())
-            .chain(std::iter::once(&m.server_manifest))
-            .collect();
+        let all: Vec<&FileEntry> = self.manifest.all_files().collect();
         let mut wanted: HashSet<PathBuf> = HashSet::new();
         for e in &all {
             let dest = self.dest(e, &tablespaces)?;
@@ -203,7 +198,9 @@ impl LayDown<'_> {
         let fetched = AtomicU64::new(0);
         let reused = AtomicU64::new(0);
         let files_reused = AtomicUsize::new(0);
-        let progress = Progress::new(format!("restore {}", self.manifest.id), total);
+        let progress = self
+            .reporter
+            .start(format!("restore {}", self.manifest.id), total);
         let files: Vec<(&FileEntry, PathBuf)> = all
             .iter()
             .filter(|e| e.kind == FileKind::File)

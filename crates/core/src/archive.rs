@@ -7,18 +7,22 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use pitr_pg::{LongPageHeader, WalFileKind, WalFileName, LONG_PAGE_HEADER_LEN};
-use pitr_store::{DocWrite, InitOutcome, Repo, RepoConfig, FORMAT_VERSION};
+use pitr_store::{DocWrite, InitOutcome, Repo, RepoConfig};
 
-use crate::cli::{ArchiveWalArgs, InitArgs};
-use crate::walref::{claim_cluster, SourceFingerprint, WalRef};
+use crate::repofile::{claim_cluster, SourceFingerprint, WalRef};
 
-pub async fn init(url: &str, args: InitArgs) -> anyhow::Result<()> {
-    let config = RepoConfig {
-        format_version: FORMAT_VERSION,
-        chunk_size: args.chunk_size,
-        wal_chunk_size: args.wal_chunk_size,
-        compression_level: args.compression_level,
-    };
+/// `pitr archive-wal PATH NAME`.
+pub struct ArchiveWalRequest {
+    /// The WAL file (`%p`), relative to the data directory, which is the working directory.
+    pub path: PathBuf,
+    /// Its name (`%f`).
+    pub name: WalFileName,
+    /// Also push up to this many upcoming ready segments in parallel.
+    pub lookahead: usize,
+}
+
+/// Create the repository at `url` with `config` (again with the same settings is fine).
+pub async fn init(url: &str, config: RepoConfig) -> anyhow::Result<()> {
     let (_, outcome) = Repo::init(url, config).await?;
     match outcome {
         InitOutcome::Created => tracing::info!("created repository {url}"),
@@ -113,7 +117,7 @@ async fn archive_one(repo: &Repo, wal: &WalFile) -> anyhow::Result<Archived> {
     }
     let summary = repo.put_file(Arc::clone(&wal.file), wal.len, &what).await?;
     let walref = WalRef {
-        name: wal.name.to_string(),
+        name: wal.name.clone(),
         size: wal.len,
         segment_size: wal.header.map(|h| h.segment_size),
         system_identifier: wal.system_identifier(),
@@ -142,10 +146,9 @@ async fn archive_one(repo: &Repo, wal: &WalFile) -> anyhow::Result<Archived> {
     }
 }
 
-pub async fn archive_wal(url: &str, args: ArchiveWalArgs) -> anyhow::Result<()> {
+pub async fn archive_wal(url: &str, req: ArchiveWalRequest) -> anyhow::Result<()> {
     let started = Instant::now();
-    let name: WalFileName = args.name.parse()?;
-    let wal = WalFile::open(&args.path, name)?;
+    let wal = WalFile::open(&req.path, req.name)?;
     // archive_command runs in the data directory: its pg_control names the cluster.
     let control = pitr_pg::read_system_identifier(Path::new("."))?;
     if let (Some(ours), Some(file)) = (control, wal.system_identifier()) {
@@ -161,7 +164,7 @@ pub async fn archive_wal(url: &str, args: ArchiveWalArgs) -> anyhow::Result<()> 
         claim_cluster(&repo, sysid, &format!("WAL file {}", wal.name)).await?;
     }
 
-    let ahead = ready_after(&args.path, &wal, args.lookahead);
+    let ahead = ready_after(&req.path, &wal, req.lookahead);
     let pushers: Vec<_> = ahead
         .into_iter()
         .map(|(path, name)| {
@@ -215,10 +218,10 @@ fn ready_after(path: &Path, wal: &WalFile, limit: usize) -> Vec<(PathBuf, WalFil
             let f = e.file_name();
             let stem = f.to_str()?.strip_suffix(".ready")?;
             let n: WalFileName = stem.parse().ok()?;
-            (n.kind() == WalFileKind::Segment && n.as_str() > wal.name.as_str()).then_some(n)
+            (n.kind() == WalFileKind::Segment && n > wal.name).then_some(n)
         })
         .collect();
-    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.sort();
     names.truncate(limit);
     names
         .into_iter()

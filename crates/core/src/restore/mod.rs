@@ -2,60 +2,72 @@
 //! target — optionally starting it and waiting until it got there.
 
 mod laydown;
-mod plan;
+pub mod plan;
 mod start;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use pitr_store::Repo;
 
-use crate::cli::{RestoreArgs, TargetAction};
-pub use laydown::sync_dir;
+use crate::index::ArchiveIndex;
+use crate::progress::Reporter;
+use crate::repofile::BackupManifest;
+use crate::time::format_pg_time;
 use laydown::LayDown;
-pub use plan::{format_pg_time, parse_time, Target, TimelineChoice};
+pub use laydown::{sync_dir, LayDownStats};
+pub use plan::{Plan, Target, TimelineChoice};
+pub use start::{pg_bindir, RecoveryOutcome};
 
-fn target_of(args: &RestoreArgs) -> anyhow::Result<Target> {
-    let mut targets = Vec::new();
-    if let Some(t) = &args.target_time {
-        targets.push(Target::Time(parse_time(t)?));
-    }
-    if let Some(l) = &args.target_lsn {
-        targets.push(Target::Lsn(l.parse()?));
-    }
-    if let Some(x) = args.target_xid {
-        targets.push(Target::Xid(x));
-    }
-    if let Some(n) = &args.target_name {
-        targets.push(Target::Name(n.clone()));
-    }
-    if args.target_immediate {
-        targets.push(Target::Immediate);
-    }
-    match targets.len() {
-        0 => Ok(Target::End),
-        1 => Ok(targets.remove(0)),
-        _ => bail!("give at most one of --target-time, --target-lsn, --target-xid, --target-name, --target-immediate"),
-    }
+/// What the server does once recovery reached the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetAction {
+    Promote,
+    Pause,
+    Shutdown,
 }
 
-fn parse_remap(items: &[String]) -> anyhow::Result<HashMap<u32, PathBuf>> {
-    let mut out = HashMap::new();
-    for item in items {
-        let (oid, dir) = item
-            .split_once('=')
-            .with_context(|| format!("--tablespace-map {item:?}: expected OID=DIR"))?;
-        let oid: u32 = oid.parse().with_context(|| {
-            format!("--tablespace-map {item:?}: {oid:?} is not a tablespace OID")
-        })?;
-        let dir = PathBuf::from(dir);
-        if !dir.is_absolute() {
-            bail!("--tablespace-map {item:?}: the directory must be an absolute path");
-        }
-        out.insert(oid, dir);
-    }
-    Ok(out)
+/// `pitr restore`.
+pub struct RestoreRequest {
+    /// The data directory to create (empty or absent unless `delta`).
+    pub pgdata: PathBuf,
+    pub target: Target,
+    /// A record exactly at the target is already past it.
+    pub exclusive: bool,
+    pub timeline: TimelineChoice,
+    pub action: TargetAction,
+    /// Backup to restore (default: the newest that finished before the target).
+    pub backup: Option<String>,
+    /// Reuse files already in the data directory when their content matches.
+    pub delta: bool,
+    /// Tablespace OID → directory, for relocated tablespaces.
+    pub remap: HashMap<u32, PathBuf>,
+    /// Plan only; change nothing.
+    pub dry_run: bool,
+    /// Start PostgreSQL and wait until recovery reached the target.
+    pub start: Option<StartOptions>,
+}
+
+/// `restore --start`.
+#[derive(Clone, Debug, Default)]
+pub struct StartOptions {
+    /// Port to run the server on (default: the restored configuration's).
+    pub port: Option<u16>,
+    /// Stop the server once recovery is done.
+    pub stop_after: bool,
+    /// Extra server settings, NAME=VALUE.
+    pub pg_options: Vec<String>,
+}
+
+/// What a restore did: the plan, and unless it was a dry run, the lay-down and (with
+/// `--start`) where recovery stopped.
+pub struct RestoreReport {
+    pub plan: Plan,
+    /// The data directory, absolute.
+    pub pgdata: PathBuf,
+    pub stats: Option<LayDownStats>,
+    pub recovery: Option<RecoveryOutcome>,
 }
 
 /// Quote one shell word if it needs it.
@@ -78,10 +90,9 @@ fn conf_value(s: &str) -> String {
 /// Recovery settings, appended to postgresql.auto.conf after removing any earlier ones.
 fn recovery_settings(
     repo_url: &str,
-    target: &Target,
-    args: &RestoreArgs,
-    backup_id: &str,
+    args: &RestoreRequest,
 ) -> anyhow::Result<Vec<(String, String)>> {
+    let target = &args.target;
     let exe = std::env::current_exe().context("find the pitr binary's own path")?;
     let exe = exe.canonicalize().unwrap_or(exe);
     let command = format!(
@@ -112,22 +123,21 @@ fn recovery_settings(
     if !matches!(target, Target::End | Target::Immediate) {
         out.push((
             "recovery_target_inclusive".into(),
-            (!args.target_exclusive).to_string(),
+            (!args.exclusive).to_string(),
         ));
     }
     out.push((
         "recovery_target_timeline".into(),
-        conf_value(&args.target_timeline),
+        conf_value(&args.timeline.to_string()),
     ));
     if target != &Target::End {
-        let action = match args.target_action {
+        let action = match args.action {
             TargetAction::Promote => "promote",
             TargetAction::Pause => "pause",
             TargetAction::Shutdown => "shutdown",
         };
         out.push(("recovery_target_action".into(), conf_value(action)));
     }
-    let _ = backup_id;
     Ok(out)
 }
 
@@ -199,61 +209,52 @@ fn rewrite_tablespace_map(pgdata: &Path, remap: &HashMap<u32, PathBuf>) -> anyho
     write_durably(&path, out.as_bytes(), 0o600)
 }
 
-pub async fn restore(repo_url: &str, args: RestoreArgs) -> anyhow::Result<()> {
-    let target = target_of(&args)?;
-    let timeline: TimelineChoice = args
-        .target_timeline
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!("--target-timeline {e}"))?;
-    let remap = parse_remap(&args.tablespace_map)?;
-    let repo = Repo::open(repo_url).await?;
+/// Plan the restore, and unless it is a dry run lay the backup down, configure recovery and
+/// (with `start`) run it.
+pub async fn restore(
+    repo: &Repo,
+    args: RestoreRequest,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<RestoreReport> {
+    let backups = BackupManifest::list(repo).await?;
+    // The archive counted in the segment size of the backup the plan will most likely use
+    // (every backup of one cluster has the same).
+    let seg_size = backups.last().map_or(
+        pitr_pg::DEFAULT_WAL_SEGMENT_SIZE,
+        BackupManifest::segment_size,
+    );
+    let index = ArchiveIndex::list(repo, seg_size).await?;
     let plan = plan::plan(
-        &repo,
+        repo.url(),
+        &backups,
+        &index,
+        &plan::RepoArchive(repo),
         plan::PlanRequest {
-            target: &target,
-            exclusive: args.target_exclusive,
+            target: &args.target,
+            exclusive: args.exclusive,
             backup_id: args.backup.as_deref(),
-            timeline: &timeline,
+            timeline: &args.timeline,
         },
     )
     .await?;
     let pgdata = std::path::absolute(&args.pgdata)
         .with_context(|| format!("resolve {}", args.pgdata.display()))?;
     let lay = LayDown {
-        repo: &repo,
+        repo,
         manifest: &plan.manifest,
         pgdata: &pgdata,
-        remap: &remap,
+        remap: &args.remap,
         delta: args.delta,
+        reporter,
     };
     lay.check_targets()?;
     if args.dry_run {
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&plan)?);
-        } else {
-            println!(
-                "backup:    {} (stopped {} at {})",
-                plan.backup,
-                format_pg_time(&plan.backup_stop_time),
-                plan.backup_stop_lsn
-            );
-            println!("target:    {}", plan.target);
-            println!(
-                "timeline:  {} (path {:?})",
-                plan.timeline, plan.timeline_path
-            );
-            match &plan.wal {
-                Some(w) => println!(
-                    "wal:       {} .. {} ({} segments in the archive)",
-                    w.first,
-                    w.last.as_deref().unwrap_or("-"),
-                    w.count
-                ),
-                None => println!("wal:       only the backup's own"),
-            }
-            println!("into:      {}", pgdata.display());
-        }
-        return Ok(());
+        return Ok(RestoreReport {
+            plan,
+            pgdata,
+            stats: None,
+            recovery: None,
+        });
     }
     tracing::info!(
         "restore backup {} into {} for {}",
@@ -262,8 +263,8 @@ pub async fn restore(repo_url: &str, args: RestoreArgs) -> anyhow::Result<()> {
         plan.target
     );
     let stats = lay.run().await?;
-    rewrite_tablespace_map(&pgdata, &remap)?;
-    let settings = recovery_settings(repo.url(), &target, &args, &plan.backup)?;
+    rewrite_tablespace_map(&pgdata, &args.remap)?;
+    let settings = recovery_settings(repo.url(), &args)?;
     write_recovery_conf(
         &pgdata,
         &settings,
@@ -281,23 +282,16 @@ pub async fn restore(repo_url: &str, args: RestoreArgs) -> anyhow::Result<()> {
         stats.bytes_reused >> 20,
         stats.seconds
     );
-    if args.start {
-        let outcome = start::start_and_wait(&pgdata, &plan.manifest, &args).await?;
-        if args.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(
-                    &serde_json::json!({"restore": stats, "recovery": outcome})
-                )?
-            );
-        } else {
-            println!("{outcome}");
+    let recovery = match &args.start {
+        Some(opts) => {
+            Some(start::start_and_wait(&pgdata, &plan.manifest, args.action, opts).await?)
         }
-    } else if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"restore": stats, "plan": plan}))?
-        );
-    }
-    Ok(())
+        None => None,
+    };
+    Ok(RestoreReport {
+        plan,
+        pgdata,
+        stats: Some(stats),
+        recovery,
+    })
 }

@@ -2,39 +2,44 @@
 //! (each read decompresses and re-hashes, so a missing or corrupt chunk is reported with its
 //! key), and check that the archived WAL of each timeline has no missing segment.
 //!
-//! Each problem is one line on stdout, naming the object and who needs it; the exit status is
-//! non-zero when there is any. A chunk shared by many files is read once and reported under
-//! the first file that names it.
+//! Each problem is one line naming the object and who needs it. A chunk shared by many files
+//! is read once and reported under the first file that names it.
 
 use std::collections::HashMap;
 
 use anyhow::bail;
 use futures::StreamExt;
-use pitr_pg::WalFileName;
 use pitr_store::{ChunkId, ChunkRef, Repo};
 
-use crate::backup::BackupManifest;
-use crate::cli::VerifyArgs;
-use crate::info::{load_wal_refs, wal_gaps};
-use crate::walref::WalRef;
+use crate::index::ArchiveIndex;
+use crate::repofile::{load_wal_refs, BackupManifest};
 
-pub async fn verify(url: &str, args: VerifyArgs) -> anyhow::Result<()> {
-    let repo = Repo::open(url).await?;
-    let mut backups = BackupManifest::list(&repo).await?;
-    let mut refs = load_wal_refs(&repo).await?;
-    if let Some(id) = &args.backup {
+/// `pitr verify`: everything, or one backup and the archived WAL that carries it forward.
+#[derive(Default)]
+pub struct VerifyRequest {
+    pub backup: Option<String>,
+}
+
+pub struct VerifyReport {
+    pub backups: usize,
+    pub wal_files: usize,
+    /// Bytes of the distinct chunks read.
+    pub bytes: u64,
+    /// One line per problem, sorted chunk problems first, then missing segments.
+    pub problems: Vec<String>,
+}
+
+pub async fn verify(repo: &Repo, req: VerifyRequest) -> anyhow::Result<VerifyReport> {
+    let mut backups = BackupManifest::list(repo).await?;
+    let mut refs = load_wal_refs(repo).await?;
+    if let Some(id) = &req.backup {
         backups.retain(|b| &b.id == id);
         let Some(b) = backups.first() else {
             bail!("no backup {id} in {}", repo.url());
         };
         // The archived WAL that can carry this backup forward: its timeline, from its start.
         let (tli, start) = (b.timeline, b.wal_start.clone());
-        refs.retain(|r| {
-            r.name
-                .parse::<WalFileName>()
-                .is_ok_and(|n| n.timeline().0 == tli)
-                && r.name >= start
-        });
+        refs.retain(|r| r.name.timeline() == tli && r.name >= start);
     }
 
     let mut chunks: HashMap<ChunkId, (ChunkRef, String)> = HashMap::new();
@@ -44,7 +49,7 @@ pub async fn verify(url: &str, args: VerifyArgs) -> anyhow::Result<()> {
         }
     };
     for b in &backups {
-        for f in b.files.iter().chain(&b.wal).chain([&b.server_manifest]) {
+        for f in b.all_files() {
             name(&f.chunks, &|| format!("backup {} file {}", b.id, f.path));
         }
     }
@@ -73,37 +78,24 @@ pub async fn verify(url: &str, args: VerifyArgs) -> anyhow::Result<()> {
         .collect()
         .await;
     problems.sort();
-    problems.extend(gap_problems(&refs));
-
-    for p in &problems {
-        println!("{p}");
-    }
-    if !problems.is_empty() {
-        bail!(
-            "verify found {} problem{} in {}",
-            problems.len(),
-            if problems.len() == 1 { "" } else { "s" },
-            repo.url()
-        );
-    }
-    println!(
-        "verified {} backups and {} archived WAL files ({} MiB of chunks): no problems",
-        backups.len(),
-        refs.len(),
-        bytes >> 20
-    );
-    Ok(())
-}
-
-fn gap_problems(refs: &[WalRef]) -> Vec<String> {
-    wal_gaps(refs)
-        .into_iter()
-        .map(|(tli, first, last)| {
-            if first == last {
-                format!("archived WAL on timeline {tli}: segment {first} is missing")
-            } else {
-                format!("archived WAL on timeline {tli}: segments {first} to {last} are missing")
-            }
-        })
-        .collect()
+    problems.extend(ArchiveIndex::of_refs(&refs).gaps().into_iter().map(|g| {
+        let tli = g.timeline;
+        if g.first == g.last {
+            format!(
+                "archived WAL on timeline {tli}: segment {} is missing",
+                g.first
+            )
+        } else {
+            format!(
+                "archived WAL on timeline {tli}: segments {} to {} are missing",
+                g.first, g.last
+            )
+        }
+    }));
+    Ok(VerifyReport {
+        backups: backups.len(),
+        wal_files: refs.len(),
+        bytes,
+        problems,
+    })
 }

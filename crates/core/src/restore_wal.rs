@@ -12,18 +12,25 @@ use std::os::unix::process::CommandExt;
 use pitr_pg::{WalFileKind, WalFileName};
 use pitr_store::{Repo, StoreError};
 
-use crate::cli::RestoreWalArgs;
-use crate::walref::WalRef;
+use crate::error::NotArchived;
+use crate::repofile::WalRef;
 
-/// The one error that means "this file is not in the archive" (exit 1).
-#[derive(Debug, thiserror::Error)]
-#[error("{0} is not in the archive")]
-pub struct NotArchived(pub String);
+/// `pitr restore-wal NAME DEST`.
+pub struct RestoreWalRequest {
+    /// The WAL file wanted (`%f`).
+    pub name: WalFileName,
+    /// Where to write it (`%p`).
+    pub dest: PathBuf,
+    /// Segments to fetch ahead into the spool (0: none).
+    pub prefetch: usize,
+    /// Run as the prefetch worker: `name` is the segment just served, `dest` the spool.
+    pub prefetch_worker: bool,
+}
 
 const ATTEMPTS: u32 = 4;
 
-pub async fn restore_wal(url: &str, args: RestoreWalArgs) -> anyhow::Result<()> {
-    let name: WalFileName = args.name.parse()?;
+pub async fn restore_wal(url: &str, args: RestoreWalRequest) -> anyhow::Result<()> {
+    let name = args.name;
     if args.prefetch_worker {
         return prefetch_worker(url, &name, &args.dest, args.prefetch).await;
     }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-use crate::backup::BackupManifest;
-use crate::cli::{RestoreArgs, TargetAction};
+use super::{StartOptions, TargetAction};
+use crate::repofile::BackupManifest;
 
 #[derive(Debug, Default, Serialize)]
 pub struct RecoveryOutcome {
@@ -72,7 +72,8 @@ fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
 pub async fn start_and_wait(
     pgdata: &Path,
     manifest: &BackupManifest,
-    args: &RestoreArgs,
+    action: TargetAction,
+    args: &StartOptions,
 ) -> anyhow::Result<RecoveryOutcome> {
     if unsafe_is_root() {
         bail!("--start: PostgreSQL refuses to run as root; run pitr restore as the database owner (e.g. runuser -u postgres --)");
@@ -84,7 +85,7 @@ pub async fn start_and_wait(
     if let Some(p) = args.port {
         opts.push_str(&format!(" -p {p}"));
     }
-    for o in &args.pg_option {
+    for o in &args.pg_options {
         opts.push_str(&format!(" -c {o}"));
     }
     let status = Command::new(bindir.join("pg_ctl"))
@@ -186,12 +187,7 @@ pub async fn start_and_wait(
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     outcome.state = done.to_string();
-    if args.stop_after
-        && matches!(
-            args.target_action,
-            TargetAction::Promote | TargetAction::Pause
-        )
-    {
+    if args.stop_after && matches!(action, TargetAction::Promote | TargetAction::Pause) {
         stop(&bindir, pgdata)?;
         outcome.state.push_str("; stopped (--stop-after)");
     }

@@ -1,7 +1,9 @@
 //! The backup manifest, `backups/<id>.json`: everything needed to lay a backup down again.
 //! A backup exists exactly when this document exists; it is written last, create-only.
 
-use pitr_store::{ChunkRef, Fingerprint, Repo};
+use anyhow::Context;
+use pitr_pg::{Lsn, TimelineId, WalFileName};
+use pitr_store::{keys, ChunkRef, Fingerprint, Repo};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -60,18 +62,19 @@ pub struct BackupManifest {
     pub label: String,
     pub start_time: chrono::DateTime<chrono::Utc>,
     pub stop_time: chrono::DateTime<chrono::Utc>,
-    pub start_lsn: String,
-    pub stop_lsn: String,
-    pub timeline: u32,
-    pub system_identifier: String,
+    pub start_lsn: Lsn,
+    pub stop_lsn: Lsn,
+    pub timeline: TimelineId,
+    #[serde(with = "super::u64_string")]
+    pub system_identifier: u64,
     pub pg_version: String,
     pub pg_version_num: u32,
     /// Bytes of data files as the server sent them.
     pub size_bytes: u64,
     /// Bytes of new chunks this backup added to the repository.
     pub stored_bytes: u64,
-    pub wal_start: String,
-    pub wal_stop: String,
+    pub wal_start: WalFileName,
+    pub wal_stop: WalFileName,
     pub files: Vec<FileEntry>,
     pub tablespaces: Vec<Tablespace>,
     /// WAL streamed during the backup: `pg_wal/<segment>` files belonging to this backup only.
@@ -85,18 +88,17 @@ pub struct BackupManifest {
 
 impl BackupManifest {
     pub fn key(id: &str) -> String {
-        format!("backups/{id}.json")
+        keys::backup(id)
     }
 
     /// The keys of every backup manifest in the repository.
     async fn keys(repo: &Repo) -> anyhow::Result<Vec<String>> {
-        let keys = repo.list("backups/").await?.into_iter().map(|(k, _)| k);
+        let keys = repo.list(keys::BACKUPS).await?.into_iter().map(|(k, _)| k);
         Ok(keys.filter(|k| k.ends_with(".json")).collect())
     }
 
     /// The manifest at `key`, if it is there.
     async fn load(repo: &Repo, key: &str) -> anyhow::Result<Option<BackupManifest>> {
-        use anyhow::Context;
         let Some(body) = repo.get_doc(key).await? else {
             return Ok(None);
         };
@@ -123,6 +125,22 @@ impl BackupManifest {
         }
     }
 
+    /// The WAL segment size of the backed-up cluster (its streamed segments' size).
+    pub fn segment_size(&self) -> u32 {
+        self.wal
+            .first()
+            .map_or(pitr_pg::DEFAULT_WAL_SEGMENT_SIZE, |w| w.size as u32)
+    }
+
+    /// Every file the lay-down writes: data files, the backup's own WAL, the server's
+    /// backup_manifest.
+    pub fn all_files(&self) -> impl Iterator<Item = &FileEntry> {
+        self.files
+            .iter()
+            .chain(&self.wal)
+            .chain(std::iter::once(&self.server_manifest))
+    }
+
     /// The summary `pitr list --json` prints.
     pub fn summary(&self) -> serde_json::Value {
         serde_json::json!({
@@ -133,7 +151,7 @@ impl BackupManifest {
             "start_lsn": self.start_lsn,
             "stop_lsn": self.stop_lsn,
             "timeline": self.timeline,
-            "system_identifier": self.system_identifier,
+            "system_identifier": self.system_identifier.to_string(),
             "pg_version": self.pg_version,
             "size_bytes": self.size_bytes,
             "stored_bytes": self.stored_bytes,

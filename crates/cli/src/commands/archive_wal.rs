@@ -1,0 +1,14 @@
+//! `pitr archive-wal PATH NAME`: archive_command.
+
+use pitr_core::archive::ArchiveWalRequest;
+
+use crate::cli::ArchiveWalArgs;
+
+pub async fn run(url: &str, args: ArchiveWalArgs) -> anyhow::Result<()> {
+    let req = ArchiveWalRequest {
+        name: args.name.parse()?,
+        path: args.path,
+        lookahead: args.lookahead,
+    };
+    pitr_core::archive::archive_wal(url, req).await
+}

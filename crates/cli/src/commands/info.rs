@@ -1,0 +1,71 @@
+//! `pitr info [--json]`: the repository summary.
+
+use pitr_core::info::Info;
+use pitr_store::Repo;
+
+use crate::cli::InfoArgs;
+
+pub async fn run(url: &str, args: InfoArgs) -> anyhow::Result<()> {
+    let repo = Repo::open(url).await?;
+    let info = pitr_core::info::info(&repo).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        print_text(&info);
+    }
+    Ok(())
+}
+
+fn print_text(info: &Info) {
+    println!("repository:  {}", info.repository);
+    if let Some(s) = &info.system_identifier {
+        println!("system:      {s}");
+    }
+    println!(
+        "chunks:      {} bytes stored (chunk size {}, zstd level {})",
+        info.stored_bytes, info.chunk_size, info.compression_level
+    );
+    println!("backups:     {}", info.backups.len());
+    for b in &info.backups {
+        println!(
+            "  {}  {} .. {}  {} MiB ({} MiB new)",
+            b["id"].as_str().unwrap_or(""),
+            b["start_time"].as_str().unwrap_or(""),
+            b["stop_time"].as_str().unwrap_or(""),
+            b["size_bytes"].as_u64().unwrap_or(0) >> 20,
+            b["stored_bytes"].as_u64().unwrap_or(0) >> 20,
+        );
+    }
+    if let (Some(from), Some(to)) = (info.recoverable_from, info.recoverable_to) {
+        println!("recoverable: {} .. {}", from.to_rfc3339(), to.to_rfc3339());
+    }
+    let w = &info.wal;
+    println!(
+        "wal:         {} files, {} bytes raw, {} bytes stored",
+        w.files, w.raw_bytes, w.stored_bytes
+    );
+    if let (Some(n), Some(t)) = (&w.last_archived, &w.last_archived_at) {
+        println!("last:        {n} at {}", t.to_rfc3339());
+    }
+    for t in &w.timelines {
+        println!(
+            "timeline {}:  {} .. {} ({} segments{})",
+            t.timeline,
+            t.first,
+            t.last,
+            t.segments,
+            if t.gaps.is_empty() {
+                String::new()
+            } else {
+                format!(", {} gaps", t.gaps.len())
+            }
+        );
+        for [a, b] in &t.gaps {
+            println!("  missing:   {a} .. {b}");
+        }
+    }
+    if !w.history_files.is_empty() {
+        let names: Vec<&str> = w.history_files.iter().map(|n| n.as_str()).collect();
+        println!("history:     {}", names.join(", "));
+    }
+}

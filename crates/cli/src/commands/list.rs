@@ -1,0 +1,38 @@
+//! `pitr list [--json]`: backups, oldest first.
+
+use pitr_core::repofile::BackupManifest;
+use pitr_store::Repo;
+
+use crate::cli::ListArgs;
+
+pub async fn run(url: &str, args: ListArgs) -> anyhow::Result<()> {
+    let repo = Repo::open(url).await?;
+    let backups = BackupManifest::list(&repo).await?;
+    if args.json {
+        let list: Vec<_> = backups.iter().map(BackupManifest::summary).collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    if backups.is_empty() {
+        println!("no backups in {}", repo.url());
+        return Ok(());
+    }
+    println!(
+        "{:<17} {:<20} {:<20} {:>12} {:>12} {:>4}  wal",
+        "id", "start", "stop", "size MiB", "new MiB", "tli"
+    );
+    for b in &backups {
+        println!(
+            "{:<17} {:<20} {:<20} {:>12} {:>12} {:>4}  {}..{}",
+            b.id,
+            b.start_time.format("%Y-%m-%d %H:%M:%S"),
+            b.stop_time.format("%Y-%m-%d %H:%M:%S"),
+            b.size_bytes >> 20,
+            b.stored_bytes >> 20,
+            b.timeline.0,
+            b.wal_start,
+            b.wal_stop
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! `pitr restore`: arguments to a restore request, and the plan, lay-down and recovery
+//! outcome as text or JSON.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use pitr_core::restore::{RestoreReport, RestoreRequest, StartOptions, Target, TargetAction};
+use pitr_core::time::{format_pg_time, parse_time};
+use pitr_store::Repo;
+
+use crate::cli::{self, RestoreArgs};
+use crate::progress::Shown;
+
+pub async fn run(url: &str, args: RestoreArgs) -> anyhow::Result<()> {
+    let json = args.json;
+    let req = request(args)?;
+    let repo = Repo::open(url).await?;
+    let report = pitr_core::restore::restore(&repo, req, &Shown).await?;
+    print(&report, json)
+}
+
+fn request(args: RestoreArgs) -> anyhow::Result<RestoreRequest> {
+    let target = target_of(&args)?;
+    let timeline = args
+        .target_timeline
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--target-timeline {e}"))?;
+    let remap = parse_remap(&args.tablespace_map)?;
+    Ok(RestoreRequest {
+        pgdata: args.pgdata,
+        target,
+        exclusive: args.target_exclusive,
+        timeline,
+        action: match args.target_action {
+            cli::TargetAction::Promote => TargetAction::Promote,
+            cli::TargetAction::Pause => TargetAction::Pause,
+            cli::TargetAction::Shutdown => TargetAction::Shutdown,
+        },
+        backup: args.backup,
+        delta: args.delta,
+        remap,
+        dry_run: args.dry_run,
+        start: args.start.then_some(StartOptions {
+            port: args.port,
+            stop_after: args.stop_after,
+            pg_options: args.pg_option,
+        }),
+    })
+}
+
+fn target_of(args: &RestoreArgs) -> anyhow::Result<Target> {
+    let mut targets = Vec::new();
+    if let Some(t) = &args.target_time {
+        targets.push(Target::Time(parse_time(t)?));
+    }
+    if let Some(l) = &args.target_lsn {
+        targets.push(Target::Lsn(l.parse()?));
+    }
+    if let Some(x) = args.target_xid {
+        targets.push(Target::Xid(x));
+    }
+    if let Some(n) = &args.target_name {
+        targets.push(Target::Name(n.clone()));
+    }
+    if args.target_immediate {
+        targets.push(Target::Immediate);
+    }
+    match targets.len() {
+        0 => Ok(Target::End),
+        1 => Ok(targets.remove(0)),
+        _ => bail!("give at most one of --target-time, --target-lsn, --target-xid, --target-name, --target-immediate"),
+    }
+}
+
+fn parse_remap(items: &[String]) -> anyhow::Result<HashMap<u32, PathBuf>> {
+    let mut out = HashMap::new();
+    for item in items {
+        let (oid, dir) = item
+            .split_once('=')
+            .with_context(|| format!("--tablespace-map {item:?}: expected OID=DIR"))?;
+        let oid: u32 = oid.parse().with_context(|| {
+            format!("--tablespace-map {item:?}: {oid:?} is not a tablespace OID")
+        })?;
+        let dir = PathBuf::from(dir);
+        if !dir.is_absolute() {
+            bail!("--tablespace-map {item:?}: the directory must be an absolute path");
+        }
+        out.insert(oid, dir);
+    }
+    Ok(out)
+}
+
+fn print(report: &RestoreReport, json: bool) -> anyhow::Result<()> {
+    let plan = &report.plan;
+    let Some(stats) = &report.stats else {
+        // --dry-run
+        if json {
+            println!("{}", serde_json::to_string_pretty(plan)?);
+            return Ok(());
+        }
+        println!(
+            "backup:    {} (stopped {} at {})",
+            plan.backup,
+            format_pg_time(&plan.backup_stop_time),
+            plan.backup_stop_lsn
+        );
+        println!("target:    {}", plan.target);
+        let path: Vec<u32> = plan.timeline_path.iter().map(|t| t.0).collect();
+        println!("timeline:  {} (path {:?})", plan.timeline, path);
+        match &plan.wal {
+            Some(w) => println!(
+                "wal:       {} .. {} ({} segments in the archive)",
+                w.first,
+                w.last.as_ref().map_or("-", |l| l.as_str()),
+                w.count
+            ),
+            None => println!("wal:       only the backup's own"),
+        }
+        println!("into:      {}", report.pgdata.display());
+        return Ok(());
+    };
+    match &report.recovery {
+        Some(outcome) if json => println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"restore": stats, "recovery": outcome})
+            )?
+        ),
+        Some(outcome) => println!("{outcome}"),
+        None if json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"restore": stats, "plan": plan}))?
+        ),
+        None => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! `pitr restore-wal NAME DEST`: restore_command.
+
+use pitr_core::restore_wal::RestoreWalRequest;
+
+use crate::cli::RestoreWalArgs;
+
+pub async fn run(url: &str, args: RestoreWalArgs) -> anyhow::Result<()> {
+    let req = RestoreWalRequest {
+        name: args.name.parse()?,
+        dest: args.dest,
+        prefetch: args.prefetch,
+        prefetch_worker: args.prefetch_worker,
+    };
+    pitr_core::restore_wal::restore_wal(url, req).await
+}

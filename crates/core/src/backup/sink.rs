@@ -1,0 +1,114 @@
+//! Turning BASE_BACKUP's tar streams into manifest entries: each file's bytes go to the
+//! chunk writer as they arrive; an entry is complete once its chunks are stored.
+
+use anyhow::Context;
+
+use super::tar::{EntryKind, TarEvent, TarHeader, TarParser};
+use super::upload::{ChunkedFile, PendingChunks, Uploader};
+use crate::repofile::{chunks_hash, FileEntry, FileKind};
+
+/// A manifest entry whose chunks may still be uploading.
+pub(super) struct PendingEntry {
+    pub entry: FileEntry,
+    pub chunks: Option<PendingChunks>,
+}
+
+impl PendingEntry {
+    pub async fn resolve(self) -> anyhow::Result<FileEntry> {
+        let mut entry = self.entry;
+        if let Some(p) = self.chunks {
+            (entry.chunks, entry.fingerprints) = p.wait().await?;
+            entry.hash = Some(chunks_hash(&entry.chunks));
+        }
+        Ok(entry)
+    }
+}
+
+fn entry_from(h: &TarHeader, tablespace: Option<u32>) -> FileEntry {
+    FileEntry {
+        path: h.path.clone(),
+        tablespace,
+        kind: match h.kind {
+            EntryKind::File => FileKind::File,
+            EntryKind::Directory => FileKind::Directory,
+            EntryKind::Symlink => FileKind::Symlink,
+        },
+        mode: h.mode & 0o7777,
+        size: h.size,
+        mtime: h.mtime,
+        chunks: Vec::new(),
+        fingerprints: Vec::new(),
+        hash: None,
+        link: (h.kind == EntryKind::Symlink).then(|| h.link_target.clone()),
+    }
+}
+
+enum Act<'a> {
+    Start(TarHeader),
+    Data(&'a [u8]),
+    End,
+}
+
+/// Receives one tablespace's tar stream and turns it into manifest entries.
+pub(super) struct ArchiveSink {
+    tablespace: Option<u32>,
+    parser: TarParser,
+    current: Option<(FileEntry, ChunkedFile)>,
+}
+
+impl ArchiveSink {
+    pub fn new(tablespace: Option<u32>) -> Self {
+        ArchiveSink {
+            tablespace,
+            parser: TarParser::default(),
+            current: None,
+        }
+    }
+
+    pub async fn feed(
+        &mut self,
+        data: &[u8],
+        up: &Uploader,
+        out: &mut Vec<PendingEntry>,
+    ) -> anyhow::Result<()> {
+        let mut acts = Vec::new();
+        self.parser.feed(data, |e| {
+            acts.push(match e {
+                TarEvent::Entry(h) => Act::Start(h),
+                TarEvent::Data(d) => Act::Data(d),
+                TarEvent::EntryEnd => Act::End,
+            });
+            Ok(())
+        })?;
+        for act in acts {
+            match act {
+                Act::Start(h) => {
+                    let entry = entry_from(&h, self.tablespace);
+                    let file = up.file(&(self.tablespace, entry.path.clone()));
+                    self.current = Some((entry, file));
+                }
+                Act::Data(d) => {
+                    let (_, file) = self.current.as_mut().context("tar data outside an entry")?;
+                    file.push(up, d).await;
+                }
+                Act::End => {
+                    let (entry, file) = self.current.take().context("tar entry end twice")?;
+                    let chunks = (entry.kind == FileKind::File).then_some(file);
+                    let chunks = match chunks {
+                        Some(f) => Some(f.finish(up).await),
+                        None => None,
+                    };
+                    out.push(PendingEntry { entry, chunks });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn finish(&self, name: &str) -> anyhow::Result<()> {
+        self.parser
+            .finish()
+            .with_context(|| format!("archive {name}"))?;
+        Ok(())
+    }
+}

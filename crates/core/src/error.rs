@@ -1,0 +1,26 @@
+//! The failures a caller must tell apart. Everything else is an `anyhow::Error` whose message
+//! names the object; the binary maps these to exit statuses in its one table.
+
+/// "This file is not in the archive": for restore_command, the normal end of recovery.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} is not in the archive")]
+pub struct NotArchived(pub String);
+
+/// How a failed command should end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The WAL file asked for is not archived (restore-wal).
+    NotArchived,
+    /// Anything else: bad input, a damaged or unreachable repository, a server error.
+    Fatal,
+}
+
+impl Failure {
+    pub fn of(err: &anyhow::Error) -> Failure {
+        if err.downcast_ref::<NotArchived>().is_some() {
+            Failure::NotArchived
+        } else {
+            Failure::Fatal
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! `pitr info`: what the repository holds — backups, archived WAL per timeline, gaps, last
+//! archive time, bytes raw vs stored. Computed here, printed by the binary.
+
+use pitr_pg::WalFileName;
+use pitr_store::{keys, Repo};
+use serde::Serialize;
+
+use crate::index::{ArchiveIndex, TimelineSummary};
+use crate::repofile::{load_wal_refs, repo_system_identifier, BackupManifest};
+
+#[derive(Serialize)]
+pub struct Info {
+    pub repository: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_identifier: Option<String>,
+    pub chunk_size: u32,
+    pub compression_level: i32,
+    /// Every chunk body in the repository.
+    pub stored_bytes: u64,
+    pub backups: Vec<serde_json::Value>,
+    /// From the end of the earliest backup to the last archived WAL.
+    pub recoverable_from: Option<chrono::DateTime<chrono::Utc>>,
+    pub recoverable_to: Option<chrono::DateTime<chrono::Utc>>,
+    pub wal: WalInfo,
+}
+
+#[derive(Serialize, Default)]
+pub struct WalInfo {
+    pub timelines: Vec<TimelineSummary>,
+    pub history_files: Vec<WalFileName>,
+    pub files: usize,
+    pub last_archived: Option<WalFileName>,
+    pub last_archived_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Bytes of the archived files as PostgreSQL wrote them.
+    pub raw_bytes: u64,
+    /// Bytes of new chunks archiving added.
+    pub stored_bytes: u64,
+}
+
+pub async fn info(repo: &Repo) -> anyhow::Result<Info> {
+    let sysid = repo_system_identifier(repo).await?;
+    let refs = load_wal_refs(repo).await?;
+    let stored_bytes = repo.list(keys::CHUNKS).await?.iter().map(|(_, s)| s).sum();
+    let backups = BackupManifest::list(repo).await?;
+    let index = ArchiveIndex::of_refs(&refs);
+    let wal = WalInfo {
+        timelines: index.timelines(),
+        history_files: index.history_files().cloned().collect(),
+        files: refs.len(),
+        last_archived: index.last_segment().cloned(),
+        // Look-ahead stores later segments before earlier ones finish, so "when" is the
+        // latest archive time of any file.
+        last_archived_at: refs.iter().map(|r| r.archived_at).max(),
+        raw_bytes: refs.iter().map(|r| r.size).sum(),
+        stored_bytes: refs.iter().map(|r| r.stored_bytes).sum(),
+    };
+    let recoverable_from = backups.first().map(|b| b.stop_time);
+    Ok(Info {
+        repository: repo.url().to_string(),
+        system_identifier: sysid.map(|s| s.to_string()),
+        chunk_size: repo.config().chunk_size,
+        compression_level: repo.config().compression_level,
+        stored_bytes,
+        backups: backups.iter().map(BackupManifest::summary).collect(),
+        recoverable_from,
+        recoverable_to: recoverable_from
+            .and(wal.last_archived_at)
+            .max(recoverable_from),
+        wal,
+    })
+}

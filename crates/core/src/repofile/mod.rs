@@ -1,0 +1,41 @@
+//! The repository's documents (docs/format.md), one module each: what is stored, how it is
+//! parsed back, and where it lives. Chunks and `config.json` belong to `pitr-store`.
+
+pub mod cluster;
+pub mod manifest;
+pub mod walref;
+
+pub use cluster::{claim_cluster, repo_system_identifier};
+pub use manifest::{chunks_hash, BackupManifest, FileEntry, FileKind, Tablespace};
+pub use walref::{load_wal_refs, SourceFingerprint, WalRef};
+
+/// u64 system identifiers exceed JSON's safe integer range: documents keep them as strings.
+pub(crate) mod u64_string {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+
+    /// The same for an optional value.
+    pub mod opt {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+            match v {
+                Some(v) => s.collect_str(v),
+                None => s.serialize_none(),
+            }
+        }
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+            let s: Option<String> = Option::deserialize(d)?;
+            s.map(|s| s.parse().map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! WAL refs, `wal/<timeline>/<name>.json`: one per archived file (segment, `.partial`,
+//! `.history`, `.backup`), naming its chunks. Written by archive-wal once every chunk is
+//! durable, create-only.
+
+use anyhow::Context;
+use futures::{StreamExt, TryStreamExt};
+use pitr_pg::WalFileName;
+use pitr_store::{keys, ChunkRef, Repo};
+use serde::{Deserialize, Serialize};
+
+/// Identity of the source file when it was archived. A later call for the same name whose
+/// file still has this identity is the same file (PostgreSQL never changes a segment once it
+/// is marked `.ready`), so it need not be re-read.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceFingerprint {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+impl SourceFingerprint {
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        SourceFingerprint {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WalRef {
+    pub name: WalFileName,
+    pub size: u64,
+    /// WAL segment size of the cluster, from the long page header (segments only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_size: Option<u32>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "super::u64_string::opt"
+    )]
+    pub system_identifier: Option<u64>,
+    /// When archive-wal stored it; bounds the commit times the file can hold.
+    pub archived_at: chrono::DateTime<chrono::Utc>,
+    /// Bytes of new chunks this file added to the repository.
+    pub stored_bytes: u64,
+    pub chunks: Vec<ChunkRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceFingerprint>,
+}
+
+impl WalRef {
+    pub fn key(name: &WalFileName) -> String {
+        keys::wal_ref(&name.as_str()[..8], name.as_str())
+    }
+
+    /// The WAL file name a listed key of `wal/` stands for, if it is a ref's key.
+    pub fn name_of_key(key: &str) -> Option<WalFileName> {
+        key.rsplit('/').next()?.strip_suffix(".json")?.parse().ok()
+    }
+
+    pub fn same_content(&self, chunks: &[ChunkRef], size: u64) -> bool {
+        self.size == size && self.chunks == chunks
+    }
+
+    pub async fn load(repo: &Repo, name: &WalFileName) -> anyhow::Result<Option<WalRef>> {
+        let key = Self::key(name);
+        let Some(body) = repo.get_doc(&key).await? else {
+            return Ok(None);
+        };
+        let r = serde_json::from_slice(&body).with_context(|| format!("parse {key}"))?;
+        Ok(Some(r))
+    }
+}
+
+/// Every WAL ref of the repository, in key order.
+pub async fn load_wal_refs(repo: &Repo) -> anyhow::Result<Vec<WalRef>> {
+    let keys = repo.list(keys::WAL).await?;
+    futures::stream::iter(
+        keys.into_iter()
+            .filter_map(|(k, _)| WalRef::name_of_key(&k)),
+    )
+    .map(|name| {
+        let repo = repo.clone();
+        async move { WalRef::load(&repo, &name).await }
+    })
+    .buffered(32)
+    .try_filter_map(|r| async move { Ok(r) })
+    .try_collect()
+    .await
+}

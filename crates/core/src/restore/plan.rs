@@ -1,0 +1,586 @@
+//! Restore planning, before anything touches disk: which backup, which timeline path, and
+//! whether the archive holds every WAL segment between the backup and the target.
+//!
+//! [`plan`] is a function of the backups, the [`ArchiveIndex`] and what an [`ArchiveReader`]
+//! answers (history files, archive times and commit times of segments): the repository is
+//! one reader ([`RepoArchive`]), a test's fixture another.
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
+use pitr_pg::{parse_history, timeline_path, HistoryEntry, Lsn, TimelineId, WalFileName};
+use pitr_store::Repo;
+use serde::Serialize;
+
+use crate::index::ArchiveIndex;
+use crate::repofile::{BackupManifest, WalRef};
+use crate::time::format_pg_time;
+
+/// What recovery should stop at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Replay all archived WAL.
+    End,
+    Immediate,
+    Time(DateTime<Utc>),
+    Lsn(Lsn),
+    Xid(u64),
+    Name(String),
+}
+
+impl Target {
+    pub fn describe(&self) -> String {
+        match self {
+            Target::End => "end of archived WAL".into(),
+            Target::Immediate => "consistency point of the backup".into(),
+            Target::Time(t) => format!("time {}", format_pg_time(t)),
+            Target::Lsn(l) => format!("LSN {l}"),
+            Target::Xid(x) => format!("transaction {x}"),
+            Target::Name(n) => format!("restore point {n:?}"),
+        }
+    }
+}
+
+/// Which timeline recovery should follow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TimelineChoice {
+    Latest,
+    Current,
+    Id(u32),
+}
+
+impl std::str::FromStr for TimelineChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "latest" => Ok(TimelineChoice::Latest),
+            "current" => Ok(TimelineChoice::Current),
+            n => n
+                .parse::<u32>()
+                .ok()
+                .filter(|&n| n > 0)
+                .map(TimelineChoice::Id)
+                .ok_or_else(|| format!("{s:?}: expected latest, current or a timeline number")),
+        }
+    }
+}
+
+impl std::fmt::Display for TimelineChoice {
+    /// As `recovery_target_timeline` takes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TimelineChoice::Latest => f.write_str("latest"),
+            TimelineChoice::Current => f.write_str("current"),
+            TimelineChoice::Id(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SegmentNeed {
+    pub first: WalFileName,
+    pub last: Option<WalFileName>,
+    pub count: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub backup: String,
+    pub backup_stop_time: DateTime<Utc>,
+    pub backup_stop_lsn: Lsn,
+    pub target: String,
+    pub timeline: TimelineId,
+    pub timeline_path: Vec<TimelineId>,
+    pub wal: Option<SegmentNeed>,
+    pub recoverable_from: DateTime<Utc>,
+    pub recoverable_to: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub manifest: BackupManifest,
+}
+
+/// What the planner needs to read from the archive beyond its listing.
+#[allow(async_fn_in_trait)] // used generically, never as a trait object
+pub trait ArchiveReader {
+    /// The parsed history file of timeline `tli` (> 1).
+    async fn history(&self, tli: TimelineId) -> anyhow::Result<Vec<HistoryEntry>>;
+    /// When archived segment `name` was stored.
+    async fn archived_at(&self, name: &WalFileName) -> anyhow::Result<DateTime<Utc>>;
+    /// The commit, abort and restore-point times (µs since the Unix epoch) in segment `name`.
+    async fn record_times(&self, name: &WalFileName, segment_size: u32)
+        -> anyhow::Result<Vec<i64>>;
+}
+
+/// The archive of a repository.
+pub struct RepoArchive<'a>(pub &'a Repo);
+
+impl ArchiveReader for RepoArchive<'_> {
+    async fn history(&self, tli: TimelineId) -> anyhow::Result<Vec<HistoryEntry>> {
+        let name: WalFileName = format!("{:08X}.history", tli.0).parse()?;
+        let r = WalRef::load(self.0, &name)
+            .await?
+            .with_context(|| format!("timeline {tli}: {name} is not in the archive"))?;
+        let bytes = self.0.get_bytes(&r.chunks).await?;
+        let text = String::from_utf8(bytes).with_context(|| format!("{name} is not text"))?;
+        parse_history(&text).with_context(|| format!("parse {name}"))
+    }
+
+    async fn archived_at(&self, name: &WalFileName) -> anyhow::Result<DateTime<Utc>> {
+        let r = WalRef::load(self.0, name)
+            .await?
+            .context("segment vanished")?;
+        Ok(r.archived_at)
+    }
+
+    async fn record_times(
+        &self,
+        name: &WalFileName,
+        segment_size: u32,
+    ) -> anyhow::Result<Vec<i64>> {
+        let r = WalRef::load(self.0, name)
+            .await?
+            .context("segment vanished")?;
+        let bytes = self.0.get_bytes(&r.chunks).await?;
+        let start = name.start_lsn(segment_size).context("a segment")?;
+        let records = pitr_pg::timed_records(&bytes, start)
+            .with_context(|| format!("read the records of {name}"))?;
+        Ok(records.iter().map(|r| r.unix_micros).collect())
+    }
+}
+
+pub struct PlanRequest<'a> {
+    pub target: &'a Target,
+    /// `--target-exclusive`: a record exactly at a time target is already past it.
+    pub exclusive: bool,
+    pub backup_id: Option<&'a str>,
+    pub timeline: &'a TimelineChoice,
+}
+
+/// Plan a restore from the repository at `repo_url` holding `backups` (oldest first) and the
+/// archive `index` (counted in the chosen backup's segment size).
+pub async fn plan(
+    repo_url: &str,
+    backups: &[BackupManifest],
+    index: &ArchiveIndex,
+    archive: &impl ArchiveReader,
+    req: PlanRequest<'_>,
+) -> anyhow::Result<Plan> {
+    let manifest = choose_backup(repo_url, backups, &req)?;
+    let earliest = backups[0].stop_time;
+    let (stop_lsn, start_lsn) = (manifest.stop_lsn, manifest.start_lsn);
+    let backup_tli = manifest.timeline;
+    if let Target::Time(t) = req.target {
+        if *t <= manifest.stop_time {
+            bail!(
+                "target time {} is before backup {} finished ({}); choose an earlier backup or a later time",
+                format_pg_time(t),
+                manifest.id,
+                format_pg_time(&manifest.stop_time)
+            );
+        }
+    }
+    if let Target::Lsn(l) = req.target {
+        if *l < stop_lsn {
+            bail!(
+                "target LSN {l} is before backup {} reached consistency at {stop_lsn}",
+                manifest.id
+            );
+        }
+    }
+    let seg_size = index.segment_size();
+
+    // The timeline to follow, and the path of timelines that leads to it.
+    let target_tli = match req.timeline {
+        TimelineChoice::Current => backup_tli,
+        TimelineChoice::Id(n) => TimelineId(*n),
+        TimelineChoice::Latest => index
+            .newest_timeline()
+            .map_or(backup_tli, |t| t.max(backup_tli)),
+    };
+    let history = if target_tli.0 == 1 {
+        Vec::new()
+    } else {
+        archive.history(target_tli).await?
+    };
+    let path = timeline_path(target_tli, &history);
+    let on_path = path.iter().find(|(t, _, _)| *t == backup_tli);
+    match on_path {
+        None => bail!(
+            "backup {} is on timeline {backup_tli}, which is not an ancestor of target timeline {target_tli}",
+            manifest.id
+        ),
+        Some((_, _, Some(end))) if *end < stop_lsn => bail!(
+            "timeline {target_tli} forked from timeline {backup_tli} at {end}, before backup {} was consistent at {stop_lsn}",
+            manifest.id
+        ),
+        _ => {}
+    }
+
+    // Segments recovery will ask for: from the backup's stop segment (the backup carries its
+    // own WAL before that) up to the target.
+    let tli_for = |segno: u64| -> TimelineId {
+        path.iter()
+            .rev()
+            .find(|(_, begin, _)| begin.segment_number(seg_size) <= segno)
+            .map_or(backup_tli, |(t, _, _)| *t)
+    };
+    let name = |segno: u64| index.segment_name(tli_for(segno), segno);
+    let first = stop_lsn.0.saturating_sub(1).max(start_lsn.0) / u64::from(seg_size);
+    let has = |segno: u64| index.has_segment(tli_for(segno), segno);
+    // The newest archived segment on the path.
+    let last_on_path = path
+        .iter()
+        .filter_map(|(t, begin, end)| {
+            let segs = index.segments(*t)?;
+            let lo = begin.segment_number(seg_size);
+            let hi = end.map_or(u64::MAX, |e| e.segment_number(seg_size));
+            segs.range(lo..=hi).next_back().copied()
+        })
+        .max();
+
+    let mut recoverable_to = None;
+    let wal = match req.target {
+        Target::Immediate => None,
+        _ => {
+            let end = match req.target {
+                Target::Lsn(l) => Some(l.0 / u64::from(seg_size)),
+                _ => None,
+            };
+            let mut segno = first;
+            let mut stop_found = false;
+            let mut count = 0;
+            let mut last = None;
+            let last_archived = last_on_path.unwrap_or(0);
+            loop {
+                if end.is_some_and(|e| segno > e) {
+                    break;
+                }
+                if !has(segno) {
+                    if end.is_some() || segno <= last_archived {
+                        bail!(
+                            "WAL segment {} is missing from the archive: recovery from backup {} cannot get past it (needed for {})",
+                            name(segno),
+                            manifest.id,
+                            req.target.describe()
+                        );
+                    }
+                    break;
+                }
+                count += 1;
+                last = Some(segno);
+                if let Target::Time(t) = req.target {
+                    let seg_name = name(segno);
+                    let archived_at = archive.archived_at(&seg_name).await?;
+                    recoverable_to = Some(archived_at);
+                    // A segment archived before the target cannot hold the record recovery
+                    // stops at; one archived after it may (the archiver can lag), so read it.
+                    if archived_at > *t
+                        && holds_stop_record(archive, &seg_name, seg_size, t, req.exclusive).await?
+                    {
+                        stop_found = true;
+                        break;
+                    }
+                }
+                segno += 1;
+            }
+            if let (Target::Time(t), false) = (req.target, stop_found) {
+                if recoverable_to.is_some_and(|r| r > *t) {
+                    bail!(
+                        "archived WAL up to {} holds no commit, abort or restore point after {}: recovery could not stop there yet; wait for more WAL to be archived (or use --target-lsn)",
+                        last.map_or("-".to_string(), |s| name(s).to_string()),
+                        format_pg_time(t)
+                    );
+                }
+            }
+            if let Target::Time(t) = req.target {
+                if recoverable_to.is_none_or(|r| r <= *t) {
+                    bail!(
+                        "target time {} is after the last archived WAL ({}): the recoverable window is {} .. {}",
+                        format_pg_time(t),
+                        recoverable_to.map_or("none".into(), |r| format_pg_time(&r)),
+                        format_pg_time(&earliest),
+                        recoverable_to.map_or("none".into(), |r| format_pg_time(&r)),
+                    );
+                }
+            }
+            Some(SegmentNeed {
+                first: name(first),
+                last: last.map(name),
+                count,
+            })
+        }
+    };
+    Ok(Plan {
+        backup: manifest.id.clone(),
+        backup_stop_time: manifest.stop_time,
+        backup_stop_lsn: manifest.stop_lsn,
+        target: req.target.describe(),
+        timeline: target_tli,
+        timeline_path: path.iter().map(|(t, _, _)| *t).collect(),
+        wal,
+        recoverable_from: earliest,
+        recoverable_to,
+        manifest: manifest.clone(),
+    })
+}
+
+/// The backup a restore starts from: the one asked for, else the newest that finished before
+/// the target.
+fn choose_backup<'a>(
+    repo_url: &str,
+    backups: &'a [BackupManifest],
+    req: &PlanRequest<'_>,
+) -> anyhow::Result<&'a BackupManifest> {
+    let Some(earliest) = backups.first() else {
+        bail!("repository {repo_url} holds no backups: run `pitr backup` first");
+    };
+    Ok(match (req.backup_id, req.target) {
+        (Some(id), _) => backups.iter().find(|b| b.id == id).with_context(|| {
+            format!(
+                "no backup {id} in {repo_url} (have: {})",
+                backups
+                    .iter()
+                    .map(|b| b.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?,
+        (None, Target::Time(t)) => backups.iter().rev().find(|b| b.stop_time < *t).with_context(|| {
+            format!(
+                "target time {} is before the earliest backup finished ({}): the recoverable window starts there",
+                format_pg_time(t),
+                format_pg_time(&earliest.stop_time)
+            )
+        })?,
+        (None, Target::Lsn(l)) => backups.iter().rev().find(|b| b.stop_lsn <= *l).with_context(|| {
+            format!(
+                "target LSN {l} is before the end of the earliest backup ({})",
+                earliest.stop_lsn
+            )
+        })?,
+        (None, _) => backups.last().expect("not empty"),
+    })
+}
+
+/// Whether the archived segment holds a commit, abort or restore point past `target`.
+async fn holds_stop_record(
+    archive: &impl ArchiveReader,
+    name: &WalFileName,
+    seg_size: u32,
+    target: &DateTime<Utc>,
+    exclusive: bool,
+) -> anyhow::Result<bool> {
+    let t = target.timestamp_micros();
+    Ok(archive
+        .record_times(name, seg_size)
+        .await?
+        .iter()
+        .any(|&micros| micros > t || (exclusive && micros == t)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    const SEG: u32 = pitr_pg::DEFAULT_WAL_SEGMENT_SIZE;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    /// A backup of timeline 1 from `start` to `stop` (LSNs), finished at `stop_time`.
+    fn backup(id: &str, start: &str, stop: &str, stop_time: &str) -> BackupManifest {
+        let start: Lsn = start.parse().unwrap();
+        let seg = |l: Lsn| WalFileName::segment(TimelineId(1), l.segment_number(SEG), SEG);
+        let server = serde_json::json!({"path": "backup_manifest", "kind": "file", "mode": 384,
+                                        "size": 0, "mtime": 0});
+        serde_json::from_value(serde_json::json!({
+            "format_version": 1, "id": id, "label": id,
+            "start_time": "2026-11-26T00:00:00Z", "stop_time": stop_time,
+            "start_lsn": start, "stop_lsn": stop, "timeline": 1,
+            "system_identifier": "1", "pg_version": "15.18", "pg_version_num": 150018,
+            "size_bytes": 0, "stored_bytes": 0,
+            "wal_start": seg(start), "wal_stop": seg(start),
+            "files": [], "tablespaces": [], "wal": [], "server_manifest": server,
+        }))
+        .unwrap()
+    }
+
+    /// An archive in memory: when each segment was archived and the commit times it holds.
+    #[derive(Default)]
+    struct Fixture {
+        segments: HashMap<String, (DateTime<Utc>, Vec<DateTime<Utc>>)>,
+        histories: HashMap<u32, String>,
+    }
+
+    impl Fixture {
+        fn segment(&mut self, name: &str, archived: &str, commits: &[&str]) -> &mut Self {
+            let commits = commits.iter().map(|c| at(c)).collect();
+            self.segments.insert(name.into(), (at(archived), commits));
+            self
+        }
+
+        fn index(&self) -> ArchiveIndex {
+            let mut index = ArchiveIndex::new(SEG);
+            for name in self.segments.keys() {
+                index.insert(&name.parse().unwrap());
+            }
+            for tli in self.histories.keys() {
+                index.insert(&format!("{tli:08X}.history").parse().unwrap());
+            }
+            index
+        }
+    }
+
+    impl ArchiveReader for Fixture {
+        async fn history(&self, tli: TimelineId) -> anyhow::Result<Vec<HistoryEntry>> {
+            let text = self.histories.get(&tli.0).context("no history")?;
+            Ok(parse_history(text)?)
+        }
+        async fn archived_at(&self, name: &WalFileName) -> anyhow::Result<DateTime<Utc>> {
+            Ok(self.segments[name.as_str()].0)
+        }
+        async fn record_times(&self, name: &WalFileName, _: u32) -> anyhow::Result<Vec<i64>> {
+            let commits = &self.segments[name.as_str()].1;
+            Ok(commits.iter().map(DateTime::timestamp_micros).collect())
+        }
+    }
+
+    async fn plan_for(
+        backups: &[BackupManifest],
+        archive: &Fixture,
+        target: Target,
+        timeline: TimelineChoice,
+    ) -> anyhow::Result<Plan> {
+        let req = PlanRequest {
+            target: &target,
+            exclusive: false,
+            backup_id: None,
+            timeline: &timeline,
+        };
+        plan("memory://t", backups, &archive.index(), archive, req).await
+    }
+
+    fn two_backups() -> Vec<BackupManifest> {
+        vec![
+            backup("b1", "0/2000028", "0/2000100", "2026-11-26T10:00:00Z"),
+            backup("b2", "0/4000028", "0/4000100", "2026-11-26T12:00:00Z"),
+        ]
+    }
+
+    #[test]
+    fn timeline_choice() {
+        assert_eq!("latest".parse(), Ok(TimelineChoice::Latest));
+        assert_eq!("3".parse(), Ok(TimelineChoice::Id(3)));
+        assert!("0".parse::<TimelineChoice>().is_err());
+    }
+
+    /// A time target takes the newest backup that finished before it, and the WAL from that
+    /// backup up to the first segment holding a commit past the target.
+    #[tokio::test]
+    async fn a_time_target_uses_the_newest_backup_before_it_and_the_wal_up_to_it() {
+        let mut a = Fixture::default();
+        a.segment(
+            "000000010000000000000004",
+            "2026-11-26T12:10:00Z",
+            &["2026-11-26T12:05:00Z"],
+        )
+        .segment(
+            "000000010000000000000005",
+            "2026-11-26T12:30:00Z",
+            &["2026-11-26T12:25:00Z"],
+        )
+        .segment("000000010000000000000006", "2026-11-26T13:00:00Z", &[]);
+        let target = Target::Time(at("2026-11-26T12:20:00Z"));
+        let p = plan_for(&two_backups(), &a, target, TimelineChoice::Latest)
+            .await
+            .unwrap();
+        assert_eq!(p.backup, "b2");
+        let wal = p.wal.unwrap();
+        assert_eq!(wal.first.as_str(), "000000010000000000000004");
+        assert_eq!(
+            wal.last.map(|l| l.to_string()).as_deref(),
+            Some("000000010000000000000005"),
+            "the scan stops at the segment whose commit is past the target"
+        );
+        assert_eq!(wal.count, 2);
+
+        // before the second backup finished: the first one
+        let early = Target::Time(at("2026-11-26T11:00:00Z"));
+        a.segment(
+            "000000010000000000000002",
+            "2026-11-26T11:30:00Z",
+            &["2026-11-26T11:10:00Z"],
+        )
+        .segment("000000010000000000000003", "2026-11-26T11:40:00Z", &[]);
+        let p = plan_for(&two_backups(), &a, early, TimelineChoice::Latest)
+            .await
+            .unwrap();
+        assert_eq!(p.backup, "b1");
+        // and before any backup finished: refused, naming the window's start
+        let e = plan_for(
+            &two_backups(),
+            &a,
+            Target::Time(at("2026-11-26T09:00:00Z")),
+            TimelineChoice::Latest,
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("before the earliest backup"), "{e}");
+    }
+
+    /// A segment missing between the backup and the target refuses the plan, naming it.
+    #[tokio::test]
+    async fn a_missing_segment_before_the_target_is_refused() {
+        let mut a = Fixture::default();
+        a.segment("000000010000000000000004", "2026-11-26T12:10:00Z", &[])
+            .segment("000000010000000000000006", "2026-11-26T12:30:00Z", &[]);
+        let e = plan_for(
+            &two_backups(),
+            &a,
+            Target::Lsn("0/6000000".parse().unwrap()),
+            TimelineChoice::Latest,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("000000010000000000000005 is missing"),
+            "{e}"
+        );
+        // replaying to the end stops at the gap only when nothing after it is archived
+        let e = plan_for(&two_backups(), &a, Target::End, TimelineChoice::Latest)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("000000010000000000000005"), "{e}");
+    }
+
+    /// `latest` follows the newest timeline through its history file: segments after the
+    /// switch point come from the new timeline.
+    #[tokio::test]
+    async fn the_latest_timeline_is_followed_through_its_history() {
+        let mut a = Fixture::default();
+        a.segment("000000010000000000000004", "2026-11-26T12:10:00Z", &[])
+            .segment("000000010000000000000005", "2026-11-26T12:20:00Z", &[])
+            .segment("000000020000000000000005", "2026-11-26T12:30:00Z", &[])
+            .segment("000000020000000000000006", "2026-11-26T12:40:00Z", &[]);
+        a.histories
+            .insert(2, "1\t0/5000100\tno recovery target specified\n".into());
+        let p = plan_for(&two_backups(), &a, Target::End, TimelineChoice::Latest)
+            .await
+            .unwrap();
+        assert_eq!(p.timeline, TimelineId(2));
+        assert_eq!(p.timeline_path, [TimelineId(1), TimelineId(2)]);
+        let wal = p.wal.unwrap();
+        assert_eq!(
+            wal.last.map(|l| l.to_string()).as_deref(),
+            Some("000000020000000000000006")
+        );
+        assert_eq!(wal.count, 3);
+        // `current` stays on the backup's timeline
+        let p = plan_for(&two_backups(), &a, Target::End, TimelineChoice::Current)
+            .await
+            .unwrap();
+        assert_eq!(p.timeline, TimelineId(1));
+    }
+}

@@ -4,8 +4,8 @@
 
 mod manifest;
 pub mod tar;
-mod upload;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,17 +14,22 @@ use pitr_pg::{Lsn, TimelineId, WalFileName};
 use pitr_protocol::{
     BackupEvent, BaseBackupOptions, CheckpointMode, ConnConfig, ReplicationClient, WalEvent,
 };
-use pitr_store::{DocWrite, KnownChunk, Repo};
+use pitr_store::{ChunkedFile, DocWrite, KnownChunk, PendingChunks, Repo, Uploader};
 use tokio::sync::watch;
 
 use manifest::{chunks_hash, Tablespace};
 pub use manifest::{BackupManifest, FileEntry, FileKind};
 use tar::{EntryKind, TarEvent, TarHeader, TarParser};
-use upload::{ChunkedFile, KnownFiles, PendingChunks, Uploader};
 
 use crate::cli::{BackupArgs, Checkpoint, ListArgs};
 use crate::progress::Progress;
 use crate::walref::claim_cluster;
+
+/// Where a file lives in a backup: tablespace OID (none for the data directory) and path.
+type FileKey = (Option<u32>, String);
+
+/// The chunks of the previous backup's files, with their fingerprints, by file.
+type KnownFiles = HashMap<FileKey, Arc<[KnownChunk]>>;
 
 /// A manifest entry whose chunks may still be uploading.
 struct PendingEntry {
@@ -88,6 +93,7 @@ impl ArchiveSink {
         &mut self,
         data: &[u8],
         up: &Uploader,
+        known: &KnownFiles,
         out: &mut Vec<PendingEntry>,
     ) -> anyhow::Result<()> {
         let mut acts = Vec::new();
@@ -103,7 +109,8 @@ impl ArchiveSink {
             match act {
                 Act::Start(h) => {
                     let entry = entry_from(&h, self.tablespace);
-                    let file = up.file(&(self.tablespace, entry.path.clone()));
+                    let key = (self.tablespace, entry.path.clone());
+                    let file = up.file(known.get(&key).cloned());
                     self.current = Some((entry, file));
                 }
                 Act::Data(d) => {
@@ -153,7 +160,8 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<()> {
     let slot = format!("pitr_backup_{}", std::process::id());
     wal_client.create_temporary_physical_slot(&slot).await?;
 
-    let up = Uploader::new(repo.clone(), known_files(&repo).await);
+    let known = known_files(&repo).await;
+    let up = Uploader::new(repo.clone());
     let start_time = chrono::Utc::now();
     let id = start_time.format("%Y%m%dT%H%M%SZ").to_string();
     let label = args.label.clone().unwrap_or_else(|| format!("pitr {id}"));
@@ -180,10 +188,10 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<()> {
         conn.target(),
         system.system_identifier
     );
-    if up.known_files() > 0 {
+    if !known.is_empty() {
         tracing::info!(
             "backup {id}: comparing {} files with the previous backup's chunk fingerprints",
-            up.known_files()
+            known.len()
         );
     }
     let mut stream = main.base_backup(&options).await?;
@@ -241,14 +249,14 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<()> {
             }
             BackupEvent::Data(bytes) => {
                 let (_, s) = sink.as_mut().context("backup data before any archive")?;
-                s.feed(&bytes, &up, &mut entries).await?;
+                s.feed(&bytes, &up, &known, &mut entries).await?;
             }
             BackupEvent::Progress(done) => progress.set(done),
             BackupEvent::ManifestStart => {
                 if let Some((prev, s)) = sink.take() {
                     s.finish(&prev)?;
                 }
-                manifest_file = Some(up.new_file());
+                manifest_file = Some(up.file(None));
             }
             BackupEvent::ManifestData(bytes) => {
                 let m = manifest_file
@@ -395,7 +403,7 @@ async fn stream_wal(
     let seg = u64::from(seg_size);
     let mut pos = Lsn(start.0 - start.0 % seg);
     let mut stream = client.start_replication(Some(&slot), pos, timeline).await?;
-    let mut current = up.new_file();
+    let mut current = up.file(None);
     let mut done: Vec<PendingEntry> = Vec::new();
     let segment_entry = |pos: Lsn, size: u64| FileEntry {
         path: format!(
@@ -432,7 +440,7 @@ async fn stream_wal(
                         data = &data[take..];
                         pos = Lsn(pos.0 + take as u64);
                         if pos.0 % seg == 0 {
-                            let file = std::mem::replace(&mut current, up.new_file());
+                            let file = std::mem::replace(&mut current, up.file(None));
                             done.push(PendingEntry {
                                 entry: segment_entry(Lsn(pos.0 - seg), seg),
                                 chunks: Some(file.finish(&up).await),

@@ -97,16 +97,16 @@ async fn archive_one(repo: &Repo, wal: &WalFile) -> anyhow::Result<Archived> {
         if existing.source.as_ref() == Some(&wal.fingerprint) {
             return Ok(Archived::AlreadyThere);
         }
-        // Cut the file the way the archived copy was cut, whatever the setting is now.
-        let chunk_size = existing
-            .chunks
-            .first()
-            .map_or(repo.config().wal_chunk_size, |c| c.len);
-        let chunks = repo
-            .hash_file(Arc::clone(&wal.file), wal.len, chunk_size, &what)
-            .await?;
-        if existing.same_content(&chunks, wal.len) {
-            return Ok(Archived::AlreadyThere);
+        // Cut the file the way the archived copy was cut, whatever the setting is now; a
+        // file of another length is other content.
+        let cut_len: u64 = existing.chunks.iter().map(|c| u64::from(c.len)).sum();
+        if wal.len == existing.size && cut_len == wal.len {
+            let chunks = repo
+                .hash_file(Arc::clone(&wal.file), &existing.chunks, &what)
+                .await?;
+            if existing.same_content(&chunks, wal.len) {
+                return Ok(Archived::AlreadyThere);
+            }
         }
         bail!(
             "{} is already archived with different content; refusing to overwrite it \

@@ -58,7 +58,7 @@ impl ArchiveIndex {
     /// The archive as its listing shows it (one LIST, no ref read).
     pub async fn list(repo: &Repo, segment_size: u32) -> anyhow::Result<Self> {
         let mut index = ArchiveIndex::new(segment_size);
-        for (key, _) in repo.list(keys::WAL).await? {
+        for (key, _) in repo.list(keys::WAL_PREFIX).await? {
             if let Some(name) = WalRef::name_of_key(&key) {
                 index.insert(&name);
             }

@@ -40,7 +40,12 @@ pub struct WalInfo {
 pub async fn info(repo: &Repo) -> anyhow::Result<Info> {
     let sysid = repo_system_identifier(repo).await?;
     let refs = load_wal_refs(repo).await?;
-    let stored_bytes = repo.list(keys::CHUNKS).await?.iter().map(|(_, s)| s).sum();
+    let stored_bytes = repo
+        .list(keys::CHUNKS_PREFIX)
+        .await?
+        .iter()
+        .map(|(_, s)| s)
+        .sum();
     let backups = BackupManifest::list(repo).await?;
     let index = ArchiveIndex::of_refs(&refs);
     let wal = WalInfo {

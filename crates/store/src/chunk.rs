@@ -33,8 +33,7 @@ impl ChunkId {
 
     /// Object key of this chunk below the repository root: `chunks/ab/abcd…`.
     pub fn key(&self) -> String {
-        let h = self.to_hex();
-        format!("chunks/{}/{}", &h[..2], h)
+        crate::keys::chunk(self)
     }
 }
 
@@ -244,6 +243,24 @@ mod tests {
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         assert_eq!(id.key(), format!("chunks/e3/{}", id.to_hex()));
+        // and the other rows of docs/format.md's key table
+        use crate::keys;
+        assert_eq!(
+            keys::wal_ref("00000001", "000000010000000000000003"),
+            "wal/00000001/000000010000000000000003.json"
+        );
+        assert_eq!(
+            keys::backup("20261126T000000Z"),
+            "backups/20261126T000000Z.json"
+        );
+        assert_eq!(
+            (keys::CONFIG, keys::CLUSTER),
+            ("config.json", "cluster.json")
+        );
+        assert_eq!(
+            [keys::CHUNKS_PREFIX, keys::WAL_PREFIX, keys::BACKUPS_PREFIX],
+            ["chunks/", "wal/", "backups/"]
+        );
         assert_eq!(id.to_hex().parse::<ChunkId>().unwrap(), id);
         assert!("E3B0".parse::<ChunkId>().is_err());
     }

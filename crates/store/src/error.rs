@@ -25,6 +25,14 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A task storing or fetching chunks ended without an answer (it panicked, or the runtime
+    /// is shutting down).
+    #[error("{what}: {source}")]
+    Task {
+        what: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 impl StoreError {

@@ -1,15 +1,39 @@
-//! Object keys (placeholder until the store's keys module lands).
+//! Every object key of the repository, one function or constant per row of the key table in
+//! docs/format.md, so that the layout is written down in code exactly once. Keys are relative
+//! to the repository root (a directory, or a bucket prefix); the store adds the prefix.
+//!
+//! The store stays PostgreSQL-agnostic: a WAL ref's group (the timeline, 8 hex digits) and
+//! name are strings the caller has already validated.
 
+use crate::ChunkId;
+
+/// The repository's configuration, written once by `init`.
 pub const CONFIG: &str = "config.json";
-pub const CLUSTER: &str = "cluster.json";
-pub const CHUNKS: &str = "chunks/";
-pub const WAL: &str = "wal/";
-pub const BACKUPS: &str = "backups/";
 
-pub fn wal_ref(group: &str, name: &str) -> String {
-    format!("wal/{group}/{name}.json")
+/// The one PostgreSQL system the repository belongs to.
+pub const CLUSTER: &str = "cluster.json";
+
+/// Prefix of every chunk body, for listing.
+pub const CHUNKS_PREFIX: &str = "chunks/";
+
+/// Prefix of every WAL ref, for listing.
+pub const WAL_PREFIX: &str = "wal/";
+
+/// Prefix of every backup manifest, for listing.
+pub const BACKUPS_PREFIX: &str = "backups/";
+
+/// A chunk body: `chunks/<first 2 hex digits>/<64 hex digits>`.
+pub fn chunk(id: &ChunkId) -> String {
+    let h = id.to_hex();
+    format!("{CHUNKS_PREFIX}{}/{h}", &h[..2])
 }
 
+/// A WAL ref: `wal/<group>/<name>.json`, the group being the timeline in 8 hex digits.
+pub fn wal_ref(group: &str, name: &str) -> String {
+    format!("{WAL_PREFIX}{group}/{name}.json")
+}
+
+/// A backup manifest: `backups/<id>.json`.
 pub fn backup(id: &str) -> String {
-    format!("backups/{id}.json")
+    format!("{BACKUPS_PREFIX}{id}.json")
 }

@@ -7,16 +7,21 @@
 
 mod backend;
 mod chunk;
+mod chunker;
+mod chunks;
 mod error;
 pub mod keys;
 mod local;
 mod repo;
+mod writer;
 
 pub use backend::Backend;
 pub use chunk::{decode_chunk, encode_chunk, ChunkId, Fingerprint, CHUNK_HEADER_LEN};
+pub use chunker::Chunker;
 pub use error::StoreError;
 pub use repo::{
     ChunkRef, DocWrite, InitOutcome, KnownChunk, PutSummary, Repo, RepoConfig, FORMAT_VERSION,
 };
+pub use writer::{ChunkedFile, PendingChunks, Uploader};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

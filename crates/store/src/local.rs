@@ -12,6 +12,8 @@
 //! The directory entries made by those links become durable when the directories are
 //! fsynced: that is batched in [`LocalChunks::sync_dirs`], which `Repo::sync` runs before
 //! every document write (a document is what makes chunks reachable).
+//!
+//! [`LocalBackend`] is this module's side of the store's backend seam (`chunks.rs`).
 
 use std::collections::HashSet;
 use std::ffi::CString;
@@ -22,9 +24,94 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+
+use crate::chunk::{encode_chunk, ChunkId, Fingerprint};
+use crate::chunks::{blocking, decode_checked, same_as_known, ChunkBackend, OutFile};
+use crate::repo::{BackupChunk, ChunkRef, KnownChunk};
+use crate::{Result, StoreError};
+
+/// The chunks of a local-directory repository, each stored or fetched in one blocking step.
+#[derive(Debug)]
+pub(crate) struct LocalBackend {
+    files: Arc<LocalChunks>,
+    /// zstd level for new chunks.
+    level: i32,
+}
+
+impl LocalBackend {
+    pub fn new(root: PathBuf, level: i32) -> Self {
+        LocalBackend {
+            files: Arc::new(LocalChunks::new(root)),
+            level,
+        }
+    }
+
+    /// Directories waiting for [`ChunkBackend::sync`].
+    #[cfg(test)]
+    pub fn pending(&self) -> Vec<PathBuf> {
+        self.files.pending()
+    }
+}
+
+impl ChunkBackend for LocalBackend {
+    fn put_new(&self, data: Bytes) -> BoxFuture<'_, Result<(ChunkRef, u64)>> {
+        let (files, level) = (Arc::clone(&self.files), self.level);
+        blocking(move || files.put(&data, level, false)).boxed()
+    }
+
+    fn put_backup(
+        &self,
+        data: Bytes,
+        known: Option<KnownChunk>,
+    ) -> BoxFuture<'_, Result<BackupChunk>> {
+        let (files, level) = (Arc::clone(&self.files), self.level);
+        blocking(move || {
+            let fingerprint = Fingerprint::of(&data);
+            if let Some(k) = same_as_known(known, &fingerprint, data.len() as u32) {
+                if files.exists_or_io(&k.chunk.id)? {
+                    return Ok(BackupChunk::recognised(k.chunk, fingerprint));
+                }
+            }
+            let (chunk, stored) = files.put(&data, level, true)?;
+            Ok(BackupChunk::hashed(chunk, fingerprint, stored))
+        })
+        .boxed()
+    }
+
+    fn get(&self, chunk: ChunkRef) -> BoxFuture<'_, Result<Bytes>> {
+        let files = Arc::clone(&self.files);
+        blocking(move || files.get(&chunk).map(Bytes::from)).boxed()
+    }
+
+    /// Read, check and write in one blocking step.
+    fn get_into(&self, chunk: ChunkRef, out: Arc<OutFile>, off: u64) -> BoxFuture<'_, Result<()>> {
+        let files = Arc::clone(&self.files);
+        blocking(move || out.write_at(&files.get(&chunk)?, off)).boxed()
+    }
+
+    fn exists(&self, id: ChunkId) -> BoxFuture<'_, Result<bool>> {
+        let files = Arc::clone(&self.files);
+        blocking(move || files.exists_or_io(&id)).boxed()
+    }
+
+    fn sync(&self, concurrency: usize) -> BoxFuture<'_, Result<()>> {
+        async move {
+            self.files
+                .sync_dirs(concurrency)
+                .await
+                .map_err(|(dir, source)| StoreError::Io {
+                    key: dir.display().to_string(),
+                    source,
+                })
+        }
+        .boxed()
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct LocalChunks {
@@ -233,6 +320,42 @@ impl LocalChunks {
     #[cfg(test)]
     pub fn pending(&self) -> Vec<PathBuf> {
         self.dirty.lock().unwrap().iter().cloned().collect()
+    }
+
+    /// Whether chunk `id` exists, as a store error naming its key.
+    fn exists_or_io(&self, id: &ChunkId) -> Result<bool> {
+        let key = id.key();
+        self.exists(&key)
+            .map_err(|source| StoreError::Io { key, source })
+    }
+
+    /// Hash, look for (with `look_first`), compress and write one chunk.
+    fn put(&self, data: &[u8], level: i32, look_first: bool) -> Result<(ChunkRef, u64)> {
+        let chunk = ChunkRef {
+            id: ChunkId::of(data),
+            len: data.len() as u32,
+        };
+        let key = chunk.id.key();
+        let io = |source| StoreError::Io {
+            key: key.clone(),
+            source,
+        };
+        if look_first && self.exists(&key).map_err(io)? {
+            return Ok((chunk, 0));
+        }
+        let body = encode_chunk(data, level);
+        let created = self.create(&key, &body).map_err(io)?;
+        Ok((chunk, if created { body.len() as u64 } else { 0 }))
+    }
+
+    /// Read and check one chunk.
+    fn get(&self, chunk: &ChunkRef) -> Result<Vec<u8>> {
+        let key = chunk.id.key();
+        match self.read(&key) {
+            Ok(Some(body)) => decode_checked(chunk, &body),
+            Ok(None) => Err(StoreError::NotFound { key }),
+            Err(source) => Err(StoreError::Io { key, source }),
+        }
     }
 }
 

@@ -10,12 +10,12 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use crate::chunk::{decode_chunk, encode_chunk, ChunkId, Fingerprint};
-use crate::local::LocalChunks;
-use crate::{Backend, Result, StoreError};
+use crate::chunk::{ChunkId, Fingerprint};
+use crate::chunks::{ChunkBackend, ObjectChunks, OutFile};
+use crate::local::LocalBackend;
+use crate::{keys, Backend, Chunker, Result, StoreError};
 
 pub const FORMAT_VERSION: u32 = 1;
-const CONFIG_KEY: &str = "config.json";
 
 /// `config.json`, written once by `pitr init`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -115,6 +115,28 @@ pub struct BackupChunk {
     pub recognised: bool,
 }
 
+impl BackupChunk {
+    /// The known chunk, recognised by its fingerprint: nothing hashed or written.
+    pub(crate) fn recognised(chunk: ChunkRef, fingerprint: Fingerprint) -> Self {
+        BackupChunk {
+            chunk,
+            fingerprint,
+            stored: 0,
+            recognised: true,
+        }
+    }
+
+    /// A chunk hashed with SHA-256 and stored unless the repository had it.
+    pub(crate) fn hashed(chunk: ChunkRef, fingerprint: Fingerprint, stored: u64) -> Self {
+        BackupChunk {
+            chunk,
+            fingerprint,
+            stored,
+            recognised: false,
+        }
+    }
+}
+
 /// What storing a file cost.
 #[derive(Clone, Debug, Default)]
 pub struct PutSummary {
@@ -134,8 +156,8 @@ pub struct Repo {
     /// at about twice this times the chunk size).
     concurrency: usize,
     limiter: Arc<Semaphore>,
-    /// Direct file access for local repositories (see `local.rs`), shared by clones.
-    local: Option<Arc<LocalChunks>>,
+    /// Where the chunks live (see `chunks.rs`), shared by clones.
+    chunks: Arc<dyn ChunkBackend>,
 }
 
 /// Chunks in flight by default: enough to overlap every fsync or network round trip of a
@@ -151,7 +173,7 @@ fn default_concurrency() -> usize {
 /// `config.json`'s bytes as a configuration this pitr can use.
 fn parse_config(url: &str, body: &[u8]) -> Result<RepoConfig> {
     let config: RepoConfig = serde_json::from_slice(body).map_err(|e| StoreError::Corrupt {
-        key: CONFIG_KEY.into(),
+        key: keys::CONFIG.into(),
         detail: e.to_string(),
     })?;
     validate(url, &config)?;
@@ -169,16 +191,18 @@ fn validate(url: &str, config: &RepoConfig) -> Result<()> {
 
 impl Repo {
     fn new(backend: Backend, config: RepoConfig) -> Repo {
-        let local = backend
-            .local_root
-            .clone()
-            .map(|root| Arc::new(LocalChunks::new(root)));
+        let level = config.compression_level;
+        // The one place that looks at the kind of backend.
+        let chunks: Arc<dyn ChunkBackend> = match &backend.local_root {
+            Some(root) => Arc::new(LocalBackend::new(root.clone(), level)),
+            None => Arc::new(ObjectChunks::new(backend.clone(), level)),
+        };
         Repo {
             backend,
             config,
             concurrency: default_concurrency(),
             limiter: Arc::new(Semaphore::new(default_concurrency())),
-            local,
+            chunks,
         }
     }
 
@@ -188,12 +212,12 @@ impl Repo {
         let backend = Backend::connect(url, true)?;
         let body = serde_json::to_vec_pretty(&config).expect("config serializes");
         let repo = Repo::new(backend, config.clone());
-        match repo.put_doc(CONFIG_KEY, body.into()).await? {
+        match repo.put_doc(keys::CONFIG, body.into()).await? {
             DocWrite::Created => Ok((repo, InitOutcome::Created)),
             DocWrite::Exists(existing) => {
                 let found: RepoConfig =
                     serde_json::from_slice(&existing).map_err(|e| StoreError::Corrupt {
-                        key: CONFIG_KEY.into(),
+                        key: keys::CONFIG.into(),
                         detail: e.to_string(),
                     })?;
                 if found == config {
@@ -221,8 +245,8 @@ impl Repo {
     /// Open an existing repository, reading its configuration.
     pub async fn open(url: &str) -> Result<Repo> {
         let backend = Backend::connect(url, false)?;
-        let mut repo = Repo::new(backend, RepoConfig::default());
-        let body = match repo.get_doc(CONFIG_KEY).await? {
+        let reader = Repo::new(backend, RepoConfig::default());
+        let body = match reader.get_doc(keys::CONFIG).await? {
             Some(b) => b,
             None => {
                 return Err(StoreError::NotInitialized {
@@ -230,8 +254,8 @@ impl Repo {
                 })
             }
         };
-        repo.config = parse_config(url, &body)?;
-        Ok(repo)
+        // Chunks are written with the configuration's compression level.
+        Ok(Repo::new(reader.backend, parse_config(url, &body)?))
     }
 
     pub fn config(&self) -> &RepoConfig {
@@ -275,176 +299,65 @@ impl Repo {
         data: Bytes,
         known: Option<KnownChunk>,
     ) -> Result<BackupChunk> {
-        let len = data.len() as u32;
-        let done = |chunk, fingerprint, stored, recognised| BackupChunk {
-            chunk,
-            fingerprint,
-            stored,
-            recognised,
-        };
-        let same =
-            move |fp: &Fingerprint| known.filter(|k| k.fingerprint == *fp && k.chunk.len == len);
-        if let Some(local) = &self.local {
-            let local = Arc::clone(local);
-            let level = self.config.compression_level;
-            return blocking(move || {
-                let fp = Fingerprint::of(&data);
-                if let Some(k) = same(&fp) {
-                    let key = k.chunk.id.key();
-                    let found = local
-                        .exists(&key)
-                        .map_err(|source| StoreError::Io { key, source })?;
-                    if found {
-                        return Ok(done(k.chunk, fp, 0, true));
-                    }
-                }
-                let (chunk, n) = local_put(&local, &data, level, true)?;
-                Ok(done(chunk, fp, n, false))
-            })
-            .await;
-        }
-        let (fp, data) = tokio::task::spawn_blocking(move || (Fingerprint::of(&data), data))
-            .await
-            .expect("hashing does not panic");
-        if let Some(k) = same(&fp) {
-            if self.has_chunk(&k.chunk.id).await? {
-                return Ok(done(k.chunk, fp, 0, true));
-            }
-        }
-        let (chunk, n) = self.put_chunk_remote(data, len).await?;
-        Ok(done(chunk, fp, n, false))
-    }
-
-    async fn put_chunk_remote(&self, data: Bytes, len: u32) -> Result<(ChunkRef, u64)> {
-        let (id, data) = tokio::task::spawn_blocking(move || (ChunkId::of(&data), data))
-            .await
-            .expect("hashing does not panic");
-        // A HEAD is far cheaper than compressing and uploading a chunk we already have.
-        if self.has_chunk(&id).await? {
-            return Ok((ChunkRef { id, len }, 0));
-        }
-        let level = self.config.compression_level;
-        let body = tokio::task::spawn_blocking(move || encode_chunk(&data, level))
-            .await
-            .expect("compression does not panic");
-        self.write_chunk(ChunkRef { id, len }, body).await
+        self.chunks.put_backup(data, known).await
     }
 
     /// Store one chunk that is most likely new (WAL): hash and compress in one step, no
     /// existence check first; a chunk that already exists is still not written twice.
     pub async fn put_new_chunk(&self, data: Bytes) -> Result<(ChunkRef, u64)> {
-        let len = data.len() as u32;
-        let level = self.config.compression_level;
-        if let Some(local) = &self.local {
-            let local = Arc::clone(local);
-            return blocking(move || local_put(&local, &data, level, false)).await;
-        }
-        let (id, body) =
-            tokio::task::spawn_blocking(move || (ChunkId::of(&data), encode_chunk(&data, level)))
-                .await
-                .expect("hashing and compression do not panic");
-        self.write_chunk(ChunkRef { id, len }, body).await
-    }
-
-    /// Write an encoded chunk body create-only; returns the bytes written (0 if it existed).
-    async fn write_chunk(&self, chunk: ChunkRef, body: Vec<u8>) -> Result<(ChunkRef, u64)> {
-        let key = chunk.id.key();
-        let stored = body.len() as u64;
-        let opts = PutOptions::from(PutMode::Create);
-        match self
-            .store()
-            .put_opts(&self.backend.path(&key), PutPayload::from(body), opts)
-            .await
-        {
-            Ok(_) => Ok((chunk, stored)),
-            // Same key means same content: another writer got there first.
-            Err(object_store::Error::AlreadyExists { .. }) => Ok((chunk, 0)),
-            Err(e) => Err(StoreError::backend(key, e)),
-        }
+        self.chunks.put_new(data).await
     }
 
     /// Read one chunk, re-hashing it; a mismatch is `Corrupt` naming the key.
     pub async fn get_chunk(&self, chunk: &ChunkRef) -> Result<Bytes> {
-        let key = chunk.id.key();
-        if let Some(local) = &self.local {
-            let local = Arc::clone(local);
-            let chunk = *chunk;
-            return blocking(move || local_get(&local, &chunk).map(Bytes::from)).await;
-        }
-        let body = self
-            .store()
-            .get(&self.backend.path(&key))
-            .await
-            .map_err(|e| StoreError::backend(&key, e))?
-            .bytes()
-            .await
-            .map_err(|e| StoreError::backend(&key, e))?;
-        let chunk = *chunk;
-        blocking(move || decode_checked(&chunk, &body).map(Bytes::from)).await
+        self.chunks.get(*chunk).await
     }
 
     /// Whether a chunk is present (no content check).
     pub async fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
-        let key = id.key();
-        if let Some(local) = &self.local {
-            let local = Arc::clone(local);
-            return blocking(move || {
-                local
-                    .exists(&key)
-                    .map_err(|source| StoreError::Io { key, source })
-            })
-            .await;
-        }
-        match self.store().head(&self.backend.path(&key)).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(StoreError::backend(key, e)),
-        }
+        self.chunks.exists(*id).await
     }
 
-    /// Split `len` bytes of `file` into chunks and store them, `concurrency` chunks at a time,
-    /// assuming they are new (WAL). Durability as for [`Repo::put_backup_chunk`]: the bytes on
-    /// return, the names by the `put_doc` that names them. The file must not shrink meanwhile
-    /// (WAL segments marked ready never do): it is memory-mapped, which saves a copy and the
-    /// page faults of fresh read buffers.
+    /// Split `len` bytes of `file` into chunks (the WAL [`Chunker`]) and store them,
+    /// `concurrency` chunks at a time, assuming they are new (WAL). Durability as for
+    /// [`Repo::put_backup_chunk`]: the bytes on return, the names by the `put_doc` that names
+    /// them. The file must not shrink meanwhile (WAL segments marked ready never do): it is
+    /// memory-mapped, which saves a copy and the page faults of fresh read buffers.
     pub async fn put_file(
         &self,
         file: Arc<std::fs::File>,
         len: u64,
         what: &str,
     ) -> Result<PutSummary> {
-        let chunk_size = u64::from(self.config.wal_chunk_size);
-        let offsets: Vec<u64> = (0..len.div_ceil(chunk_size))
-            .map(|i| i * chunk_size)
-            .collect();
         let mapped = (len > 0).then(|| map_file(&file, len)).flatten();
-        let results: Vec<(ChunkRef, u64)> = futures::stream::iter(offsets)
-            .map(|off| {
-                let file = Arc::clone(&file);
-                let mapped = mapped.clone();
-                let n = chunk_size.min(len - off) as usize;
-                let what = what.to_string();
-                async move {
-                    let _permit = self.limiter.acquire().await.expect("limiter never closed");
-                    let data = match mapped {
-                        Some(m) => m.slice(off as usize..off as usize + n),
-                        None => tokio::task::spawn_blocking(move || {
-                            let mut buf = vec![0u8; n];
-                            file.read_exact_at(&mut buf, off).map(|_| Bytes::from(buf))
-                        })
-                        .await
-                        .expect("reading does not panic")
-                        .map_err(|source| StoreError::Io {
-                            key: format!("{what} at offset {off}"),
-                            source,
-                        })?,
-                    };
-                    self.put_new_chunk(data).await
-                }
-            })
-            .buffered(self.concurrency)
-            .try_collect()
-            .await?;
+        let results: Vec<(ChunkRef, u64)> =
+            futures::stream::iter(Chunker::for_wal(&self.config).ranges(len))
+                .map(|range| {
+                    let file = Arc::clone(&file);
+                    let mapped = mapped.clone();
+                    let what = what.to_string();
+                    async move {
+                        let _permit = self.limiter.acquire().await.expect("limiter never closed");
+                        let (off, n) = (range.start, (range.end - range.start) as usize);
+                        let data = match mapped {
+                            Some(m) => m.slice(off as usize..off as usize + n),
+                            None => tokio::task::spawn_blocking(move || {
+                                let mut buf = vec![0u8; n];
+                                file.read_exact_at(&mut buf, off).map(|_| Bytes::from(buf))
+                            })
+                            .await
+                            .expect("reading does not panic")
+                            .map_err(|source| StoreError::Io {
+                                key: format!("{what} at offset {off}"),
+                                source,
+                            })?,
+                        };
+                        self.put_new_chunk(data).await
+                    }
+                })
+                .buffered(self.concurrency)
+                .try_collect()
+                .await?;
         let mut summary = PutSummary {
             raw_bytes: len,
             ..Default::default()
@@ -457,32 +370,34 @@ impl Repo {
         Ok(summary)
     }
 
-    /// The chunk list of `file` cut into `chunk_size` pieces, without storing anything.
+    /// The chunk list of `file` cut along the lengths of `like` (an archived or backed-up copy
+    /// of it), without storing anything: equal to `like` exactly when the content is the same.
+    /// The file must hold at least the sum of their lengths (callers compare sizes first);
+    /// anything beyond is not read.
     pub async fn hash_file(
         &self,
         file: Arc<std::fs::File>,
-        len: u64,
-        chunk_size: u32,
+        like: &[ChunkRef],
         what: &str,
     ) -> Result<Vec<ChunkRef>> {
-        let chunk_size = u64::from(chunk_size.max(1));
+        let lens: Vec<u32> = like.iter().map(|c| c.len).collect();
         let what = what.to_string();
         tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            let mut buf = vec![0u8; chunk_size as usize];
-            let mut off = 0;
-            while off < len {
-                let n = chunk_size.min(len - off) as usize;
-                file.read_exact_at(&mut buf[..n], off)
+            let mut out = Vec::with_capacity(lens.len());
+            let mut buf = vec![0u8; lens.iter().copied().max().unwrap_or(0) as usize];
+            let mut off = 0u64;
+            for len in lens {
+                let data = &mut buf[..len as usize];
+                file.read_exact_at(data, off)
                     .map_err(|source| StoreError::Io {
                         key: format!("{what} at offset {off}"),
                         source,
                     })?;
                 out.push(ChunkRef {
-                    id: ChunkId::of(&buf[..n]),
-                    len: n as u32,
+                    id: ChunkId::of(data),
+                    len,
                 });
-                off += n as u64;
+                off += u64::from(len);
             }
             Ok(out)
         })
@@ -503,28 +418,13 @@ impl Repo {
             offsets.push((*c, off));
             off += u64::from(c.len);
         }
-        // One writer at a time per file: concurrent buffered writes to one file contend for
-        // its inode lock, and the kernel spins on it while the holder runs — CPU the other
-        // chunks need for decompression and hashing. A waiter here sleeps instead.
-        let one_writer = Arc::new(std::sync::Mutex::new(()));
+        let out = Arc::new(OutFile::new(file, what));
         futures::stream::iter(offsets)
             .map(|(chunk, off)| {
-                let file = Arc::clone(&file);
-                let what = what.to_string();
-                let one_writer = Arc::clone(&one_writer);
+                let out = Arc::clone(&out);
                 async move {
                     let _permit = self.limiter.acquire().await.expect("limiter never closed");
-                    if let Some(local) = &self.local {
-                        // Read, check and write in one blocking step.
-                        let local = Arc::clone(local);
-                        return blocking(move || {
-                            let data = local_get(&local, &chunk)?;
-                            write_at(&one_writer, &file, &data, off, what)
-                        })
-                        .await;
-                    }
-                    let data = self.get_chunk(&chunk).await?;
-                    blocking(move || write_at(&one_writer, &file, &data, off, what)).await
+                    self.chunks.get_into(chunk, out, off).await
                 }
             })
             .buffer_unordered(self.concurrency)
@@ -572,16 +472,7 @@ impl Repo {
     /// Chunk bytes are durable when `put_*` returns; on a local repository the directory
     /// entries are fsynced here, in one batch. `put_doc` runs this first.
     pub async fn sync(&self) -> Result<()> {
-        let Some(local) = &self.local else {
-            return Ok(());
-        };
-        local
-            .sync_dirs(self.concurrency)
-            .await
-            .map_err(|(dir, source)| StoreError::Io {
-                key: dir.display().to_string(),
-                source,
-            })
+        self.chunks.sync(self.concurrency).await
     }
 
     /// Read a document; `None` when absent.
@@ -617,87 +508,6 @@ impl Repo {
     }
 }
 
-/// Write `data` at `off` of `file` (named `what` in errors), holding the file's one-writer
-/// lock, and start its writeback now, so the disk works while the rest of the file is still
-/// being fetched and the caller's final sync has little left to wait for.
-fn write_at(
-    one_writer: &std::sync::Mutex<()>,
-    file: &std::fs::File,
-    data: &[u8],
-    off: u64,
-    what: String,
-) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let _w = one_writer.lock().unwrap_or_else(|p| p.into_inner());
-    file.write_all_at(data, off)
-        .map_err(|source| StoreError::Io { key: what, source })?;
-    // SAFETY: a plain syscall on an open descriptor; failure only means no early writeback.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            off as libc::off64_t,
-            data.len() as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
-    Ok(())
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .expect("repository I/O does not panic")
-}
-
-/// Hash, look for (with `look_first`), compress and write one chunk of a local repository.
-fn local_put(
-    local: &LocalChunks,
-    data: &[u8],
-    level: i32,
-    look_first: bool,
-) -> Result<(ChunkRef, u64)> {
-    let chunk = ChunkRef {
-        id: ChunkId::of(data),
-        len: data.len() as u32,
-    };
-    let key = chunk.id.key();
-    let io = |source| StoreError::Io {
-        key: key.clone(),
-        source,
-    };
-    if look_first && local.exists(&key).map_err(io)? {
-        return Ok((chunk, 0));
-    }
-    let body = encode_chunk(data, level);
-    let created = local.create(&key, &body).map_err(io)?;
-    Ok((chunk, if created { body.len() as u64 } else { 0 }))
-}
-
-/// Read and check one chunk of a local repository.
-fn local_get(local: &LocalChunks, chunk: &ChunkRef) -> Result<Vec<u8>> {
-    let key = chunk.id.key();
-    match local.read(&key) {
-        Ok(Some(body)) => decode_checked(chunk, &body),
-        Ok(None) => Err(StoreError::NotFound { key }),
-        Err(source) => Err(StoreError::Io { key, source }),
-    }
-}
-
-/// Decode a chunk body, checking its hash and its length against the reference.
-fn decode_checked(chunk: &ChunkRef, body: &[u8]) -> Result<Vec<u8>> {
-    let data = decode_chunk(&chunk.id, body).map_err(|detail| StoreError::Corrupt {
-        key: chunk.id.key(),
-        detail,
-    })?;
-    if data.len() != chunk.len as usize {
-        return Err(StoreError::Corrupt {
-            key: chunk.id.key(),
-            detail: format!("{} bytes, the reference says {}", data.len(), chunk.len),
-        });
-    }
-    Ok(data)
-}
-
 /// Map `len` bytes of `file` read-only and pre-faulted; `None` where mapping is not possible
 /// (the caller then reads).
 fn map_file(file: &std::fs::File, len: u64) -> Option<Bytes> {
@@ -712,8 +522,14 @@ fn map_file(file: &std::fs::File, len: u64) -> Option<Bytes> {
 mod tests {
     use super::*;
 
-    fn pending(repo: &Repo) -> Vec<std::path::PathBuf> {
-        repo.local.as_ref().expect("local repository").pending()
+    /// A new local repository at `dir`, with its chunk backend at hand to look into.
+    async fn local_repo(dir: &std::path::Path) -> (Repo, Arc<LocalBackend>) {
+        let url = dir.display().to_string();
+        let (repo, _) = Repo::init(&url, RepoConfig::default()).await.unwrap();
+        let level = repo.config.compression_level;
+        let local = Arc::new(LocalBackend::new(dir.to_path_buf(), level));
+        let chunks: Arc<dyn ChunkBackend> = local.clone();
+        (Repo { chunks, ..repo }, local)
     }
 
     /// On a local repository a chunk's directory is fsynced at the latest before the next
@@ -721,28 +537,27 @@ mod tests {
     #[tokio::test]
     async fn documents_wait_for_the_chunks_directories() {
         let dir = tempfile::tempdir().unwrap();
-        let url = dir.path().display().to_string();
-        let (repo, _) = Repo::init(&url, RepoConfig::default()).await.unwrap();
-        assert!(pending(&repo).is_empty());
+        let (repo, local) = local_repo(dir.path()).await;
+        assert!(local.pending().is_empty());
         let clone = repo.clone();
         let (c, n) = clone.put_chunk(Bytes::from(vec![7u8; 5000])).await.unwrap();
         assert!(n > 0);
         let chunk_dir = dir.path().join(c.id.key()).parent().unwrap().to_path_buf();
-        assert_eq!(pending(&repo), [chunk_dir.clone()]);
+        assert_eq!(local.pending(), std::slice::from_ref(&chunk_dir));
         repo.put_doc("docs/a.json", Bytes::from_static(b"{}"))
             .await
             .unwrap();
-        assert!(pending(&repo).is_empty());
+        assert!(local.pending().is_empty());
         // relying on a chunk that exists already puts its directory in the next batch too
         let (_, n) = repo.put_chunk(Bytes::from(vec![7u8; 5000])).await.unwrap();
         assert_eq!(n, 0);
-        assert_eq!(pending(&repo), [chunk_dir]);
+        assert_eq!(local.pending(), [chunk_dir]);
         repo.sync().await.unwrap();
-        assert!(pending(&repo).is_empty());
+        assert!(local.pending().is_empty());
         // and the chunk reads back through both paths
         assert_eq!(repo.get_chunk(&c).await.unwrap().len(), 5000);
         let remote_path = Repo {
-            local: None,
+            chunks: Arc::new(ObjectChunks::new(repo.backend.clone(), 1)),
             ..repo.clone()
         };
         assert_eq!(remote_path.get_chunk(&c).await.unwrap().len(), 5000);
@@ -751,8 +566,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_directory_sync_names_the_directory_and_stays_pending() {
         let dir = tempfile::tempdir().unwrap();
-        let url = dir.path().display().to_string();
-        let (repo, _) = Repo::init(&url, RepoConfig::default()).await.unwrap();
+        let (repo, local) = local_repo(dir.path()).await;
         let (c, _) = repo.put_chunk(Bytes::from(vec![1u8; 100])).await.unwrap();
         let chunk_dir = dir.path().join(c.id.key()).parent().unwrap().to_path_buf();
         std::fs::remove_dir_all(dir.path().join("chunks")).unwrap();
@@ -761,7 +575,7 @@ mod tests {
             e.to_string().contains(&chunk_dir.display().to_string()),
             "{e}"
         );
-        assert_eq!(pending(&repo), [chunk_dir.clone()]);
+        assert_eq!(local.pending(), std::slice::from_ref(&chunk_dir));
         // and no document is written while it is pending
         let e = repo
             .put_doc("docs/b.json", Bytes::from_static(b"{}"))

@@ -4,9 +4,9 @@
 
 mod sink;
 pub mod tar;
-mod upload;
 mod wal;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,14 +15,19 @@ use pitr_pg::{Lsn, WalFileName};
 use pitr_protocol::{
     BackupEvent, BaseBackupOptions, CheckpointMode, ConnConfig, ReplicationClient,
 };
-use pitr_store::{DocWrite, KnownChunk, Repo};
+use pitr_store::{ChunkedFile, DocWrite, KnownChunk, Repo, Uploader};
 use tokio::sync::watch;
 
 use sink::{ArchiveSink, PendingEntry};
-use upload::{ChunkedFile, KnownFiles, Uploader};
 
 use crate::progress::Reporter;
 use crate::repofile::{claim_cluster, BackupManifest, FileEntry, FileKind, Tablespace};
+
+/// Where a file lives in a backup: tablespace OID (none for the data directory) and path.
+type FileKey = (Option<u32>, String);
+
+/// The chunks of the previous backup's files, with their fingerprints, by file.
+type KnownFiles = HashMap<FileKey, Arc<[KnownChunk]>>;
 
 /// `pitr backup`.
 pub struct BackupRequest {
@@ -61,7 +66,8 @@ pub async fn backup(
     let slot = format!("pitr_backup_{}", std::process::id());
     wal_client.create_temporary_physical_slot(&slot).await?;
 
-    let up = Uploader::new(repo.clone(), known_files(&repo).await);
+    let known = known_files(&repo).await;
+    let up = Uploader::new(repo.clone());
     let start_time = chrono::Utc::now();
     let id = start_time.format("%Y%m%dT%H%M%SZ").to_string();
     let label = args.label.clone().unwrap_or_else(|| format!("pitr {id}"));
@@ -85,10 +91,10 @@ pub async fn backup(
         conn.target(),
         system.system_identifier
     );
-    if up.known_files() > 0 {
+    if !known.is_empty() {
         tracing::info!(
             "backup {id}: comparing {} files with the previous backup's chunk fingerprints",
-            up.known_files()
+            known.len()
         );
     }
     let mut stream = main.base_backup(&options).await?;
@@ -146,14 +152,14 @@ pub async fn backup(
             }
             BackupEvent::Data(bytes) => {
                 let (_, s) = sink.as_mut().context("backup data before any archive")?;
-                s.feed(&bytes, &up, &mut entries).await?;
+                s.feed(&bytes, &up, &known, &mut entries).await?;
             }
             BackupEvent::Progress(done) => progress.set(done),
             BackupEvent::ManifestStart => {
                 if let Some((prev, s)) = sink.take() {
                     s.finish(&prev)?;
                 }
-                manifest_file = Some(up.new_file());
+                manifest_file = Some(up.file(None));
             }
             BackupEvent::ManifestData(bytes) => {
                 let m = manifest_file

@@ -3,8 +3,10 @@
 
 use anyhow::Context;
 
+use pitr_store::{ChunkedFile, PendingChunks, Uploader};
+
 use super::tar::{EntryKind, TarEvent, TarHeader, TarParser};
-use super::upload::{ChunkedFile, PendingChunks, Uploader};
+use super::KnownFiles;
 use crate::repofile::{chunks_hash, FileEntry, FileKind};
 
 /// A manifest entry whose chunks may still be uploading.
@@ -69,6 +71,7 @@ impl ArchiveSink {
         &mut self,
         data: &[u8],
         up: &Uploader,
+        known: &KnownFiles,
         out: &mut Vec<PendingEntry>,
     ) -> anyhow::Result<()> {
         let mut acts = Vec::new();
@@ -84,7 +87,8 @@ impl ArchiveSink {
             match act {
                 Act::Start(h) => {
                     let entry = entry_from(&h, self.tablespace);
-                    let file = up.file(&(self.tablespace, entry.path.clone()));
+                    let key = (self.tablespace, entry.path.clone());
+                    let file = up.file(known.get(&key).cloned());
                     self.current = Some((entry, file));
                 }
                 Act::Data(d) => {

@@ -3,10 +3,10 @@
 use anyhow::bail;
 use pitr_pg::{Lsn, TimelineId, WalFileName};
 use pitr_protocol::{ReplicationClient, WalEvent};
+use pitr_store::Uploader;
 use tokio::sync::watch;
 
 use super::sink::PendingEntry;
-use super::upload::Uploader;
 use crate::repofile::{FileEntry, FileKind};
 
 /// Stream WAL from the segment holding `start` until the backup's end position arrives on
@@ -24,7 +24,7 @@ pub(super) async fn stream_wal(
     let seg = u64::from(seg_size);
     let mut pos = Lsn(start.0 - start.0 % seg);
     let mut stream = client.start_replication(Some(&slot), pos, timeline).await?;
-    let mut current = up.new_file();
+    let mut current = up.file(None);
     let mut done: Vec<PendingEntry> = Vec::new();
     let segment_entry = |pos: Lsn, size: u64| FileEntry {
         path: format!(
@@ -61,7 +61,7 @@ pub(super) async fn stream_wal(
                         data = &data[take..];
                         pos = Lsn(pos.0 + take as u64);
                         if pos.0.is_multiple_of(seg) {
-                            let file = std::mem::replace(&mut current, up.new_file());
+                            let file = std::mem::replace(&mut current, up.file(None));
                             done.push(PendingEntry {
                                 entry: segment_entry(Lsn(pos.0 - seg), seg),
                                 chunks: Some(file.finish(&up).await),

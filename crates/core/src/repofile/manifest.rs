@@ -93,7 +93,11 @@ impl BackupManifest {
 
     /// The keys of every backup manifest in the repository.
     async fn keys(repo: &Repo) -> anyhow::Result<Vec<String>> {
-        let keys = repo.list(keys::BACKUPS).await?.into_iter().map(|(k, _)| k);
+        let keys = repo
+            .list(keys::BACKUPS_PREFIX)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k);
         Ok(keys.filter(|k| k.ends_with(".json")).collect())
     }
 

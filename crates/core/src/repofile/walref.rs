@@ -81,7 +81,7 @@ impl WalRef {
 
 /// Every WAL ref of the repository, in key order.
 pub async fn load_wal_refs(repo: &Repo) -> anyhow::Result<Vec<WalRef>> {
-    let keys = repo.list(keys::WAL).await?;
+    let keys = repo.list(keys::WAL_PREFIX).await?;
     futures::stream::iter(
         keys.into_iter()
             .filter_map(|(k, _)| WalRef::name_of_key(&k)),

@@ -247,18 +247,14 @@ impl LayDown<'_> {
         let Ok(meta) = std::fs::symlink_metadata(dest) else {
             return Ok(false);
         };
-        if !meta.is_file() || meta.len() != e.size {
+        let cut_len: u64 = e.chunks.iter().map(|c| u64::from(c.len)).sum();
+        if !meta.is_file() || meta.len() != e.size || cut_len != e.size {
             return Ok(false);
         }
         let file = std::fs::File::open(dest).with_context(|| format!("open {}", dest.display()))?;
         let chunks = self
             .repo
-            .hash_file(
-                Arc::new(file),
-                e.size,
-                e.chunks.first().map_or(1, |c| c.len),
-                &dest.display().to_string(),
-            )
+            .hash_file(Arc::new(file), &e.chunks, &dest.display().to_string())
             .await?;
         if chunks != e.chunks {
             return Ok(false);

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use pitr_store::{
-    ChunkId, ChunkRef, DocWrite, Fingerprint, InitOutcome, KnownChunk, Repo, RepoConfig, StoreError,
+    ChunkId, ChunkRef, Chunker, DocWrite, Fingerprint, InitOutcome, KnownChunk, Repo, RepoConfig,
+    StoreError, Uploader,
 };
 
 pub async fn suite(url: &str) -> Repo {
@@ -109,8 +110,9 @@ pub async fn file_round_trip(repo: &Repo) {
     let content: Vec<u8> = (0..n).map(|i| (i / 1000 % 251) as u8).collect();
     let mut src = tempfile::tempfile().unwrap();
     src.write_all(&content).unwrap();
+    let src = Arc::new(src);
     let summary = repo
-        .put_file(Arc::new(src), n as u64, "test file")
+        .put_file(Arc::clone(&src), n as u64, "test file")
         .await
         .unwrap();
     assert_eq!(summary.chunks.len(), 3);
@@ -122,6 +124,74 @@ pub async fn file_round_trip(repo: &Repo) {
         .unwrap();
     assert_eq!(written, n as u64);
     assert_eq!(std::fs::read(dst.path()).unwrap(), content);
+    // hashing the file along its stored chunks gives them back
+    let hashed = repo.hash_file(src, &summary.chunks, "test file").await;
+    assert_eq!(hashed.unwrap(), summary.chunks);
+
+    chunked_writer(repo).await;
+}
+
+/// The streaming writer cuts a file pushed in uneven pieces exactly as the file chunker cuts
+/// it whole, recognises unchanged chunks by their known fingerprints and stores the rest.
+pub async fn chunked_writer(repo: &Repo) {
+    let up = Uploader::new(repo.clone());
+    let chunker = Chunker::for_files(repo.config());
+    assert_eq!(up.chunk_size(), chunker.max_len());
+    let n = up.chunk_size() * 5 / 2;
+    let content: Vec<u8> = (0..n).map(|i| (i / 3000 % 253) as u8 ^ 0x5a).collect();
+    let push_all = |known: Option<Arc<[KnownChunk]>>, content: Vec<u8>| {
+        let up = up.clone();
+        async move {
+            let mut f = up.file(known);
+            for piece in content.chunks(100_003) {
+                f.push(&up, piece).await;
+            }
+            assert_eq!(f.size, content.len() as u64);
+            f.finish(&up).await.wait().await.unwrap()
+        }
+    };
+
+    let (chunks, fingerprints) = push_all(None, content.clone()).await;
+    let expected: Vec<ChunkRef> = chunker
+        .ranges(n as u64)
+        .map(|r| {
+            let data = &content[r.start as usize..r.end as usize];
+            ChunkRef {
+                id: ChunkId::of(data),
+                len: data.len() as u32,
+            }
+        })
+        .collect();
+    assert_eq!(chunks, expected, "streamed and whole-file cuts agree");
+    let expected_fps: Vec<Fingerprint> = chunker
+        .ranges(n as u64)
+        .map(|r| Fingerprint::of(&content[r.start as usize..r.end as usize]))
+        .collect();
+    assert_eq!(fingerprints, expected_fps);
+    assert!(up.stored_bytes() > 0);
+    assert_eq!(up.recognised_chunks(), 0);
+    assert_eq!(repo.get_bytes(&chunks).await.unwrap(), content);
+
+    // Again with the first pass known and the middle chunk changed: the other two are
+    // recognised, only the middle one is new.
+    let known: Arc<[KnownChunk]> = chunks
+        .iter()
+        .zip(&fingerprints)
+        .map(|(&chunk, &fingerprint)| KnownChunk { chunk, fingerprint })
+        .collect();
+    let mut changed = content.clone();
+    changed[up.chunk_size() + 7] ^= 0xff;
+    let stored_before = up.stored_bytes();
+    let (again, _) = push_all(Some(known), changed.clone()).await;
+    assert_eq!(up.recognised_chunks(), 2);
+    assert_eq!((again[0], again[2]), (chunks[0], chunks[2]));
+    assert_ne!(again[1], chunks[1]);
+    assert!(up.stored_bytes() > stored_before);
+    assert_eq!(repo.get_bytes(&again).await.unwrap(), changed);
+
+    // an empty file has no chunks
+    let (none, _) = up.file(None).finish(&up).await.wait().await.unwrap();
+    assert!(none.is_empty());
 }
 
 /// Every file below `dir`, recursively.

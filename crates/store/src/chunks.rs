@@ -1,0 +1,257 @@
+//! The one seam between the repository logic and where chunks live: [`ChunkBackend`], the
+//! whole-chunk operations (store, fetch, exists, sync), so that `Repo` never branches on the
+//! backend. Two implementations: [`ObjectChunks`] over any `object_store` backend (below) and
+//! `LocalBackend` for local directories (`local.rs`), which does each chunk's hashing,
+//! compression and file I/O in one blocking step.
+//!
+//! Whole chunks, not bytes, cross the seam so that an implementation may choose how many
+//! thread hops a chunk costs: on two cores that was measured to matter.
+
+use std::fmt;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use crate::chunk::{decode_chunk, encode_chunk, ChunkId, Fingerprint};
+use crate::repo::{BackupChunk, ChunkRef, KnownChunk};
+use crate::{Backend, Result, StoreError};
+
+/// Whole-chunk operations of one kind of backend. Chunk bytes are durable when a `put_*`
+/// returns; their names once [`ChunkBackend::sync`] has run.
+pub(crate) trait ChunkBackend: Send + Sync + fmt::Debug {
+    /// Store a chunk that is most likely new (WAL): hash and compress, write create-only
+    /// without looking first. Returns its reference and the bytes written (0 if it existed).
+    fn put_new(&self, data: Bytes) -> BoxFuture<'_, Result<(ChunkRef, u64)>>;
+
+    /// Store a chunk of a backup: take its fingerprint; when `known` has the same fingerprint
+    /// and length and is still stored, that is the chunk, without a SHA-256 pass. Otherwise
+    /// hash, look for the chunk, and compress and write it only when new.
+    fn put_backup(
+        &self,
+        data: Bytes,
+        known: Option<KnownChunk>,
+    ) -> BoxFuture<'_, Result<BackupChunk>>;
+
+    /// Read a chunk, decompress it and check its hash and length against `chunk`.
+    fn get(&self, chunk: ChunkRef) -> BoxFuture<'_, Result<Bytes>>;
+
+    /// Fetch a chunk as [`ChunkBackend::get`] does and write it at `off` of `out`.
+    fn get_into(&self, chunk: ChunkRef, out: Arc<OutFile>, off: u64) -> BoxFuture<'_, Result<()>> {
+        async move {
+            let data = self.get(chunk).await?;
+            blocking(move || out.write_at(&data, off)).await
+        }
+        .boxed()
+    }
+
+    /// Whether a chunk is present (no content check).
+    fn exists(&self, id: ChunkId) -> BoxFuture<'_, Result<bool>>;
+
+    /// Make the names of every chunk stored or relied on through this backend durable,
+    /// `concurrency` operations at a time.
+    fn sync(&self, concurrency: usize) -> BoxFuture<'_, Result<()>>;
+}
+
+/// Chunks in any `object_store` backend: a completed PUT is durable, so `sync` has nothing
+/// to do.
+#[derive(Debug)]
+pub(crate) struct ObjectChunks {
+    backend: Backend,
+    /// zstd level for new chunks.
+    level: i32,
+}
+
+impl ObjectChunks {
+    pub fn new(backend: Backend, level: i32) -> Self {
+        ObjectChunks { backend, level }
+    }
+
+    async fn head(&self, id: &ChunkId) -> Result<bool> {
+        let key = id.key();
+        match self.backend.store.head(&self.backend.path(&key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(StoreError::backend(key, e)),
+        }
+    }
+
+    /// Hash, look for, compress and write a chunk, each step only when still needed.
+    async fn put_looking_first(&self, data: Bytes) -> Result<(ChunkRef, u64)> {
+        let len = data.len() as u32;
+        let (id, data) = tokio::task::spawn_blocking(move || (ChunkId::of(&data), data))
+            .await
+            .expect("hashing does not panic");
+        // A HEAD is far cheaper than compressing and uploading a chunk we already have.
+        if self.head(&id).await? {
+            return Ok((ChunkRef { id, len }, 0));
+        }
+        let level = self.level;
+        let body = tokio::task::spawn_blocking(move || encode_chunk(&data, level))
+            .await
+            .expect("compression does not panic");
+        self.write(ChunkRef { id, len }, body).await
+    }
+
+    /// Write an encoded chunk body create-only; returns the bytes written (0 if it existed).
+    async fn write(&self, chunk: ChunkRef, body: Vec<u8>) -> Result<(ChunkRef, u64)> {
+        let key = chunk.id.key();
+        let stored = body.len() as u64;
+        let opts = PutOptions::from(PutMode::Create);
+        match self
+            .backend
+            .store
+            .put_opts(&self.backend.path(&key), PutPayload::from(body), opts)
+            .await
+        {
+            Ok(_) => Ok((chunk, stored)),
+            // Same key means same content: another writer got there first.
+            Err(object_store::Error::AlreadyExists { .. }) => Ok((chunk, 0)),
+            Err(e) => Err(StoreError::backend(key, e)),
+        }
+    }
+}
+
+impl ChunkBackend for ObjectChunks {
+    fn put_new(&self, data: Bytes) -> BoxFuture<'_, Result<(ChunkRef, u64)>> {
+        async move {
+            let len = data.len() as u32;
+            let level = self.level;
+            let (id, body) = tokio::task::spawn_blocking(move || {
+                (ChunkId::of(&data), encode_chunk(&data, level))
+            })
+            .await
+            .expect("hashing and compression do not panic");
+            self.write(ChunkRef { id, len }, body).await
+        }
+        .boxed()
+    }
+
+    fn put_backup(
+        &self,
+        data: Bytes,
+        known: Option<KnownChunk>,
+    ) -> BoxFuture<'_, Result<BackupChunk>> {
+        async move {
+            let len = data.len() as u32;
+            let (fingerprint, data) =
+                tokio::task::spawn_blocking(move || (Fingerprint::of(&data), data))
+                    .await
+                    .expect("hashing does not panic");
+            if let Some(k) = same_as_known(known, &fingerprint, len) {
+                if self.head(&k.chunk.id).await? {
+                    return Ok(BackupChunk::recognised(k.chunk, fingerprint));
+                }
+            }
+            let (chunk, stored) = self.put_looking_first(data).await?;
+            Ok(BackupChunk::hashed(chunk, fingerprint, stored))
+        }
+        .boxed()
+    }
+
+    fn get(&self, chunk: ChunkRef) -> BoxFuture<'_, Result<Bytes>> {
+        async move {
+            let key = chunk.id.key();
+            let body = self
+                .backend
+                .store
+                .get(&self.backend.path(&key))
+                .await
+                .map_err(|e| StoreError::backend(&key, e))?
+                .bytes()
+                .await
+                .map_err(|e| StoreError::backend(&key, e))?;
+            blocking(move || decode_checked(&chunk, &body).map(Bytes::from)).await
+        }
+        .boxed()
+    }
+
+    fn exists(&self, id: ChunkId) -> BoxFuture<'_, Result<bool>> {
+        async move { self.head(&id).await }.boxed()
+    }
+
+    fn sync(&self, _concurrency: usize) -> BoxFuture<'_, Result<()>> {
+        async { Ok(()) }.boxed()
+    }
+}
+
+/// `known`, when it has `fingerprint` and `len`: then the new bytes are that chunk.
+pub(crate) fn same_as_known(
+    known: Option<KnownChunk>,
+    fingerprint: &Fingerprint,
+    len: u32,
+) -> Option<KnownChunk> {
+    known.filter(|k| k.fingerprint == *fingerprint && k.chunk.len == len)
+}
+
+/// A file being filled with chunks at their offsets, named `what` in errors.
+#[derive(Debug)]
+pub(crate) struct OutFile {
+    file: Arc<std::fs::File>,
+    what: String,
+    /// One writer at a time per file: concurrent buffered writes to one file contend for its
+    /// inode lock, and the kernel spins on it while the holder runs — CPU the other chunks
+    /// need for decompression and hashing. A waiter here sleeps instead.
+    one_writer: Mutex<()>,
+}
+
+impl OutFile {
+    pub fn new(file: Arc<std::fs::File>, what: &str) -> Self {
+        OutFile {
+            file,
+            what: what.to_string(),
+            one_writer: Mutex::new(()),
+        }
+    }
+
+    /// Write `data` at `off`, holding the file's one-writer lock, and start its writeback
+    /// now, so the disk works while the rest of the file is still being fetched and the
+    /// caller's final sync has little left to wait for.
+    pub fn write_at(&self, data: &[u8], off: u64) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let _w = self.one_writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.file
+            .write_all_at(data, off)
+            .map_err(|source| StoreError::Io {
+                key: self.what.clone(),
+                source,
+            })?;
+        // SAFETY: a plain syscall on an open descriptor; failure only means no early writeback.
+        unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                off as libc::off64_t,
+                data.len() as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Run repository I/O or CPU work on a blocking thread.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("repository I/O does not panic")
+}
+
+/// Decode a chunk body, checking its hash and its length against the reference.
+pub(crate) fn decode_checked(chunk: &ChunkRef, body: &[u8]) -> Result<Vec<u8>> {
+    let data = decode_chunk(&chunk.id, body).map_err(|detail| StoreError::Corrupt {
+        key: chunk.id.key(),
+        detail,
+    })?;
+    if data.len() != chunk.len as usize {
+        return Err(StoreError::Corrupt {
+            key: chunk.id.key(),
+            detail: format!("{} bytes, the reference says {}", data.len(), chunk.len),
+        });
+    }
+    Ok(data)
+}

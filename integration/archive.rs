@@ -9,11 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Instant;
 
-use crate::harness::{
-    assert_same_bytes, chmod, chunks_of_ref, describe, give_to_pg, list_dir, mkdir_for_pg, output,
-    run_expect_code, segment_name, segno, status_text, stderr_of, PgCluster, Pitr, TestDir,
-    ARCHIVE_TIMEOUT,
-};
+use pitr_testkit::cmd::{describe, output, run_expect_code, status_text, stderr_of};
+use pitr_testkit::dirs::{assert_same_bytes, list_dir};
+use pitr_testkit::user::{chmod, give_to_pg, mkdir_for_pg};
+use pitr_testkit::wal::{segment_name, segno};
+use pitr_testkit::{PgCluster, TestDir};
+
+use crate::harness::{chunks_of_ref, Pitr, ARCHIVE_TIMEOUT};
 
 /// Completed WAL segments with real content (pgbench data), copied out of a scratch cluster
 /// that is gone once this returns. All come from one cluster, so one system identifier.
@@ -84,7 +86,7 @@ fn archiver_stores_every_segment_and_restore_returns_identical_bytes() {
     let pitr = Pitr::init(&dir, "repo");
     // wal_keep_size keeps the segments in pg_wal, so each archived one can be compared.
     let pg = PgCluster::builder()
-        .archive_to(&pitr)
+        .archive_command(&pitr.archive_command())
         .conf("wal_keep_size = '1GB'")
         .init();
     pg.pgbench(&["-i", "-q", "-s", "5"]);
@@ -137,7 +139,9 @@ fn archive_wal_refuses_other_content_and_other_clusters() {
     let pitr = Pitr::init(&dir, "repo");
     // `pitr init` again with the same settings is fine.
     pitr.run(["init"]);
-    let pg = PgCluster::builder().archive_to(&pitr).init();
+    let pg = PgCluster::builder()
+        .archive_command(&pitr.archive_command())
+        .init();
     pg.psql("create table t as select generate_series(1, 100000) as i");
     let seg = pg.switch_wal();
     pg.wait_archived(&seg, ARCHIVE_TIMEOUT);
@@ -173,7 +177,9 @@ fn archive_wal_refuses_other_content_and_other_clusters() {
     // A segment from another cluster, under a name this repository has not seen.
     // Its archiver points at our repository too, as after a careless copy of postgresql.conf.
     let names_before = pitr.archived_names();
-    let other = PgCluster::builder().archive_to(&pitr).init();
+    let other = PgCluster::builder()
+        .archive_command(&pitr.archive_command())
+        .init();
     let newest = pitr.archived_names().pop().expect("something archived");
     let mut foreign = other.switch_wal();
     for _ in 0..20 {
@@ -251,7 +257,9 @@ fn archive_wal_refuses_other_content_and_other_clusters() {
 fn archive_wal_accepts_backup_history_and_partial_files() {
     let dir = TestDir::new();
     let pitr = Pitr::init(&dir, "repo");
-    let pg = PgCluster::builder().archive_to(&pitr).init();
+    let pg = PgCluster::builder()
+        .archive_command(&pitr.archive_command())
+        .init();
     pg.psql("create table t as select generate_series(1, 1000) as i");
     // pg_backup_stop(true) waits until the backup's WAL and its .backup file are archived.
     pg.psql("select pg_backup_start('pitr-test', true); select lsn from pg_backup_stop(true)");
@@ -524,7 +532,9 @@ fn archive_wal_killed_at_any_point_leaves_a_consistent_repository() {
 fn info_reports_archived_wal() {
     let dir = TestDir::new();
     let pitr = Pitr::init(&dir, "repo");
-    let pg = PgCluster::builder().archive_to(&pitr).init();
+    let pg = PgCluster::builder()
+        .archive_command(&pitr.archive_command())
+        .init();
     let mut last = String::new();
     for _ in 0..3 {
         last = pg.switch_wal();

@@ -1,13 +1,18 @@
 //! `pitr verify`: clean on a healthy repository (whole, and `--backup ID`); a corrupt chunk of
 //! a backup and a missing archived segment are each named on stdout with a non-zero exit.
 
-use crate::harness::{describe, output, stdout_of, PgCluster, Pitr, TestDir, ARCHIVE_TIMEOUT};
+use pitr_testkit::cmd::{describe, output, stdout_of};
+use pitr_testkit::{PgCluster, TestDir};
+
+use crate::harness::{Pitr, ARCHIVE_TIMEOUT};
 
 #[test]
 fn verify_names_corrupt_chunks_and_wal_gaps() {
     let dir = TestDir::new();
     let pitr = Pitr::init(&dir, "repo");
-    let pg = PgCluster::builder().archive_to(&pitr).init();
+    let pg = PgCluster::builder()
+        .archive_command(&pitr.archive_command())
+        .init();
     pg.pgbench(&["-i", "-q", "-s", "1"]);
     let id = pitr.backup(&pg, &["--checkpoint", "fast"]);
     let mut segments = Vec::new();

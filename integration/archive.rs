@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Instant;
 
-use pitr_testkit::cmd::{describe, output, run_expect_code, status_text, stderr_of};
+use pitr_testkit::cmd::{describe, output, run_expect_code, spawn, status_text, stderr_of};
 use pitr_testkit::dirs::{assert_same_bytes, list_dir};
 use pitr_testkit::user::{chmod, give_to_pg, mkdir_for_pg};
 use pitr_testkit::wal::{segment_name, segno};
 use pitr_testkit::{PgCluster, TestDir};
 
-use crate::harness::{chunks_of_ref, Pitr, ARCHIVE_TIMEOUT};
+use crate::harness::{chunks_of_ref, ArchiveTo, Pitr, ARCHIVE_TIMEOUT};
 
 /// Completed WAL segments with real content (pgbench data), copied out of a scratch cluster
 /// that is gone once this returns. All come from one cluster, so one system identifier.
@@ -86,7 +86,7 @@ fn archiver_stores_every_segment_and_restore_returns_identical_bytes() {
     let pitr = Pitr::init(&dir, "repo");
     // wal_keep_size keeps the segments in pg_wal, so each archived one can be compared.
     let pg = PgCluster::builder()
-        .archive_command(&pitr.archive_command())
+        .archive_to(&pitr)
         .conf("wal_keep_size = '1GB'")
         .init();
     pg.pgbench(&["-i", "-q", "-s", "5"]);
@@ -139,9 +139,7 @@ fn archive_wal_refuses_other_content_and_other_clusters() {
     let pitr = Pitr::init(&dir, "repo");
     // `pitr init` again with the same settings is fine.
     pitr.run(["init"]);
-    let pg = PgCluster::builder()
-        .archive_command(&pitr.archive_command())
-        .init();
+    let pg = PgCluster::builder().archive_to(&pitr).init();
     pg.psql("create table t as select generate_series(1, 100000) as i");
     let seg = pg.switch_wal();
     pg.wait_archived(&seg, ARCHIVE_TIMEOUT);
@@ -177,9 +175,7 @@ fn archive_wal_refuses_other_content_and_other_clusters() {
     // A segment from another cluster, under a name this repository has not seen.
     // Its archiver points at our repository too, as after a careless copy of postgresql.conf.
     let names_before = pitr.archived_names();
-    let other = PgCluster::builder()
-        .archive_command(&pitr.archive_command())
-        .init();
+    let other = PgCluster::builder().archive_to(&pitr).init();
     let newest = pitr.archived_names().pop().expect("something archived");
     let mut foreign = other.switch_wal();
     for _ in 0..20 {
@@ -257,9 +253,7 @@ fn archive_wal_refuses_other_content_and_other_clusters() {
 fn archive_wal_accepts_backup_history_and_partial_files() {
     let dir = TestDir::new();
     let pitr = Pitr::init(&dir, "repo");
-    let pg = PgCluster::builder()
-        .archive_command(&pitr.archive_command())
-        .init();
+    let pg = PgCluster::builder().archive_to(&pitr).init();
     pg.psql("create table t as select generate_series(1, 1000) as i");
     // pg_backup_stop(true) waits until the backup's WAL and its .backup file are archived.
     pg.psql("select pg_backup_start('pitr-test', true); select lsn from pg_backup_stop(true)");
@@ -491,12 +485,7 @@ fn archive_wal_killed_at_any_point_leaves_a_consistent_repository() {
         let delay = duration * i / KILLS;
         let pitr = Pitr::init(&dir, &format!("repo{i}"));
         let mut cmd = pitr.archive_cmd(path, name);
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn pitr archive-wal");
+        let mut child = spawn(cmd.stdout(Stdio::null()).stderr(Stdio::null()));
         std::thread::sleep(delay); // kill timing, not a readiness check
         let _ = child.kill(); // SIGKILL; fails only if it already exited
         let status = child.wait().expect("wait for pitr");
@@ -532,9 +521,7 @@ fn archive_wal_killed_at_any_point_leaves_a_consistent_repository() {
 fn info_reports_archived_wal() {
     let dir = TestDir::new();
     let pitr = Pitr::init(&dir, "repo");
-    let pg = PgCluster::builder()
-        .archive_command(&pitr.archive_command())
-        .init();
+    let pg = PgCluster::builder().archive_to(&pitr).init();
     let mut last = String::new();
     for _ in 0..3 {
         last = pg.switch_wal();

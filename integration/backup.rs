@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use pitr_testkit::cmd::{
-    describe, output, output_with_max_rss, run, status_text, stderr_of, stdout_of,
+    describe, output, output_with_max_rss, run, spawn, status_text, stderr_of, stdout_of,
 };
 use pitr_testkit::dirs::{list_dir, tree_size};
 use pitr_testkit::programs::{pg_bindir, pg_command, pg_extra_bindirs};
@@ -168,14 +168,7 @@ fn backup_with(pitr: &Pitr, connstr: &str, password: Option<&str>) -> Command {
 /// Runs a `pitr backup` command built by hand and returns the backup ID (see `backup_id_of`).
 #[track_caller]
 fn backup_ok(mut cmd: Command, pg: &PgCluster, what: &str) -> String {
-    let out = output(&mut cmd);
-    if !out.status.success() {
-        panic!(
-            "{what}: pitr backup failed\n{}\n--- server log ---\n{}",
-            describe(&cmd, &out),
-            pg.log_tail(20)
-        );
-    }
+    let out = pg.run_explained(&mut cmd, &format!("{what}: pitr backup failed"), 20);
     backup_id_of(&cmd, &out, pg)
 }
 
@@ -674,12 +667,7 @@ fn backup_dedups_and_survives_sigkill() {
     // stored chunks and the server has sent a good part of the data.
     let fresh = Pitr::init(&dir, "fresh");
     let mut cmd = fresh.backup_cmd(&pg, &["--checkpoint", "fast", "--max-rate", "16384"]);
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+    let mut child = spawn(cmd.stdout(Stdio::null()).stderr(Stdio::null()));
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Some(status) = child.try_wait().expect("poll the backup") {

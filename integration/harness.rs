@@ -14,10 +14,22 @@ use std::time::Duration;
 use pitr_testkit::cmd::{describe, output, run, stdout_of};
 use pitr_testkit::dirs::list_dir;
 use pitr_testkit::user::unprivileged;
-use pitr_testkit::{PgCluster, TestDir};
+use pitr_testkit::{PgCluster, PgClusterBuilder, TestDir};
 
 /// How long to wait for the archiver before a test gives up.
 pub const ARCHIVE_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// `archive_to(&pitr)` on a cluster builder: archive_mode = on, archive_command =
+/// `pitr archive-wal %p %f` into `pitr`'s repository.
+pub trait ArchiveTo {
+    fn archive_to(self, pitr: &Pitr) -> Self;
+}
+
+impl ArchiveTo for PgClusterBuilder {
+    fn archive_to(self, pitr: &Pitr) -> Self {
+        self.archive_command(&pitr.archive_command())
+    }
+}
 
 /// The `pitr` binary under test, installed into `<dir>/bin/pitr` so the PostgreSQL user can
 /// run it even when the cargo target directory is closed to it.

@@ -21,7 +21,7 @@ use pitr_testkit::programs::{pg_bindir, pg_command};
 use pitr_testkit::user::give_to_pg;
 use pitr_testkit::{free_port, PgCluster, TestDir};
 
-use crate::harness::{Pitr, ARCHIVE_TIMEOUT};
+use crate::harness::{ArchiveTo, Pitr, ARCHIVE_TIMEOUT};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -419,7 +419,7 @@ fn assert_same_tree(got: &Path, want: &Path) {
 /// anything else happens.
 fn source(dir: &TestDir, conf: &[&str]) -> (Pitr, PgCluster) {
     let pitr = Pitr::init(dir, "repo");
-    let mut builder = PgCluster::builder().archive_command(&pitr.archive_command());
+    let mut builder = PgCluster::builder().archive_to(&pitr);
     for line in conf {
         builder = builder.conf(*line);
     }

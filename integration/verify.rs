@@ -4,15 +4,13 @@
 use pitr_testkit::cmd::{describe, output, stdout_of};
 use pitr_testkit::{PgCluster, TestDir};
 
-use crate::harness::{Pitr, ARCHIVE_TIMEOUT};
+use crate::harness::{ArchiveTo, Pitr, ARCHIVE_TIMEOUT};
 
 #[test]
 fn verify_names_corrupt_chunks_and_wal_gaps() {
     let dir = TestDir::new();
     let pitr = Pitr::init(&dir, "repo");
-    let pg = PgCluster::builder()
-        .archive_command(&pitr.archive_command())
-        .init();
+    let pg = PgCluster::builder().archive_to(&pitr).init();
     pg.pgbench(&["-i", "-q", "-s", "1"]);
     let id = pitr.backup(&pg, &["--checkpoint", "fast"]);
     let mut segments = Vec::new();

@@ -20,35 +20,34 @@ fn give_pair(crt: &Path, key: &Path) {
     chmod(crt, 0o644);
 }
 
-/// `<dir>/<name>.crt` and `<dir>/<name>.key`: a certificate self-signed with
-/// `openssl req -x509` (hence `CA:TRUE`, as PostgreSQL's documentation makes one), for
-/// `CN=localhost` and subjectAltName `san` (e.g. `DNS:localhost,IP:127.0.0.1`).
-pub fn self_signed(dir: &Path, name: &str, san: &str) -> (PathBuf, PathBuf) {
+/// `openssl req -x509`: a new RSA key `<dir>/<name>.key` and a certificate `<dir>/<name>.crt`
+/// self-signed for `subject`, valid `days` days, with `extra` arguments.
+fn req_x509(
+    dir: &Path,
+    name: &str,
+    subject: &str,
+    days: &str,
+    extra: &[&str],
+) -> (PathBuf, PathBuf) {
     let (crt, key) = (
         dir.join(format!("{name}.crt")),
         dir.join(format!("{name}.key")),
     );
     let (crt_arg, key_arg) = (crt.display().to_string(), key.display().to_string());
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            &format!("subjectAltName={san}"),
-            "-keyout",
-            &key_arg,
-            "-out",
-            &crt_arg,
-        ],
-    );
+    let mut args = vec!["req", "-x509", "-newkey", "rsa:2048", "-nodes"];
+    args.extend(["-days", days, "-subj", subject]);
+    args.extend(extra);
+    args.extend(["-keyout", &key_arg, "-out", &crt_arg]);
+    openssl(dir, &args);
+    (crt, key)
+}
+
+/// `<dir>/<name>.crt` and `<dir>/<name>.key`: a certificate self-signed with
+/// `openssl req -x509` (hence `CA:TRUE`, as PostgreSQL's documentation makes one), for
+/// `CN=localhost` and subjectAltName `san` (e.g. `DNS:localhost,IP:127.0.0.1`).
+pub fn self_signed(dir: &Path, name: &str, san: &str) -> (PathBuf, PathBuf) {
+    let san = format!("subjectAltName={san}");
+    let (crt, key) = req_x509(dir, name, "/CN=localhost", "2", &["-addext", &san]);
     give_pair(&crt, &key);
     (crt, key)
 }
@@ -58,28 +57,8 @@ pub fn self_signed(dir: &Path, name: &str, san: &str) -> (PathBuf, PathBuf) {
 /// [`self_signed`]) and `other-ca.crt` (an unrelated self-signed certificate). Neither CA
 /// leads to a self-signed server certificate.
 pub fn test_chain(dir: &Path, self_signed_san: Option<&str>) {
-    let ca = |subject: &str, name: &str| {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                subject,
-                "-days",
-                "1",
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.crt"),
-            ],
-        );
-    };
-    ca("/CN=pitr-test-ca", "ca");
-    ca("/CN=other", "other-ca");
+    req_x509(dir, "ca", "/CN=pitr-test-ca", "1", &[]);
+    req_x509(dir, "other-ca", "/CN=other", "1", &[]);
     if let Some(san) = self_signed_san {
         self_signed(dir, "server", san);
         return;

@@ -406,14 +406,22 @@ impl PgCluster {
             .arg("-D")
             .arg(&self.data_dir)
             .args(["-w", "-t", "120"]);
-        let out = output(&mut cmd);
+        self.run_explained(&mut cmd, "could not promote PostgreSQL", LOG_TAIL);
+    }
+
+    /// Runs `cmd` (a client of this server) and panics unless it exits 0, with `what`, the
+    /// command, its output and the last `log_lines` lines of the server log.
+    #[track_caller]
+    pub fn run_explained(&self, cmd: &mut Command, what: &str, log_lines: usize) -> Output {
+        let out = output(cmd);
         if !out.status.success() {
             panic!(
-                "could not promote PostgreSQL\n{}\n--- server log ---\n{}",
-                describe(&cmd, &out),
-                self.log_tail(LOG_TAIL)
+                "{what}\n{}\n--- server log ---\n{}",
+                describe(cmd, &out),
+                self.log_tail(log_lines)
             );
         }
+        out
     }
 
     /// The last `n` lines of the server log.
@@ -425,15 +433,11 @@ impl PgCluster {
     /// newline. Panics, with the server log tail, on error.
     #[track_caller]
     pub fn psql(&self, sql: &str) -> String {
-        let mut cmd = psql_command(&self.sock_dir, self.port, sql);
-        let out = output(&mut cmd);
-        if !out.status.success() {
-            panic!(
-                "psql failed\n{}\n--- server log ---\n{}",
-                describe(&cmd, &out),
-                self.log_tail(30)
-            );
-        }
+        let out = self.run_explained(
+            &mut psql_command(&self.sock_dir, self.port, sql),
+            "psql failed",
+            30,
+        );
         stdout_of(&out).trim_end_matches('\n').to_owned()
     }
 

@@ -3,7 +3,7 @@
 
 use std::io::ErrorKind;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 
 use crate::user::pg_user;
 
@@ -11,6 +11,14 @@ use crate::user::pg_user;
 pub fn output(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null())
         .output()
+        .unwrap_or_else(|e| panic!("could not start {cmd:?}: {e}"))
+}
+
+/// Starts `cmd` (stdin closed) in the background, with stdout and stderr as the caller set
+/// them; panics, naming it, if it cannot start.
+pub fn spawn(cmd: &mut Command) -> Child {
+    cmd.stdin(Stdio::null())
+        .spawn()
         .unwrap_or_else(|e| panic!("could not start {cmd:?}: {e}"))
 }
 
@@ -71,12 +79,7 @@ pub fn stdout_of(out: &Output) -> String {
 /// size in KiB, from the kernel's accounting when it is reaped (`wait4` rusage, `ru_maxrss`).
 pub fn output_with_max_rss(cmd: &mut Command) -> (Output, u64) {
     use std::io::Read;
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("could not start {cmd:?}: {e}"));
+    let mut child = spawn(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()));
     let drain = |pipe: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
             let mut buf = Vec::new();

@@ -9,11 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Instant;
 
-use crate::harness::{
-    assert_same_bytes, chmod, chunks_of_ref, describe, give_to_pg, list_dir, mkdir_for_pg, output,
-    run_expect_code, segment_name, segno, status_text, stderr_of, PgCluster, Pitr, TestDir,
-    ARCHIVE_TIMEOUT,
-};
+use pitr_testkit::cmd::{describe, output, run_expect_code, spawn, status_text, stderr_of};
+use pitr_testkit::dirs::{assert_same_bytes, list_dir};
+use pitr_testkit::user::{chmod, give_to_pg, mkdir_for_pg};
+use pitr_testkit::wal::{segment_name, segno};
+use pitr_testkit::{PgCluster, TestDir};
+
+use crate::harness::{chunks_of_ref, ArchiveTo, Pitr, ARCHIVE_TIMEOUT};
 
 /// Completed WAL segments with real content (pgbench data), copied out of a scratch cluster
 /// that is gone once this returns. All come from one cluster, so one system identifier.
@@ -483,12 +485,7 @@ fn archive_wal_killed_at_any_point_leaves_a_consistent_repository() {
         let delay = duration * i / KILLS;
         let pitr = Pitr::init(&dir, &format!("repo{i}"));
         let mut cmd = pitr.archive_cmd(path, name);
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn pitr archive-wal");
+        let mut child = spawn(cmd.stdout(Stdio::null()).stderr(Stdio::null()));
         std::thread::sleep(delay); // kill timing, not a readiness check
         let _ = child.kill(); // SIGKILL; fails only if it already exited
         let status = child.wait().expect("wait for pitr");

@@ -10,11 +10,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{
-    backup_id_of, describe, give_to_pg, lsn, output, output_with_max_rss, pg_bindir, pg_command,
-    pg_extra_bindirs, run, status_text, stderr_of, stdout_of, tree_size, unprivileged, PgCluster,
-    Pitr, TestDir,
+use pitr_testkit::cmd::{
+    describe, output, output_with_max_rss, run, spawn, status_text, stderr_of, stdout_of,
 };
+use pitr_testkit::dirs::{list_dir, tree_size};
+use pitr_testkit::programs::{pg_bindir, pg_command, pg_extra_bindirs};
+use pitr_testkit::user::unprivileged;
+use pitr_testkit::wal::lsn;
+use pitr_testkit::{certs, s3, PgCluster, TestDir};
+
+use crate::harness::{backup_id_of, Pitr};
 
 /// How long a restored server may take to reach the backup's consistent point and promote.
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -163,14 +168,7 @@ fn backup_with(pitr: &Pitr, connstr: &str, password: Option<&str>) -> Command {
 /// Runs a `pitr backup` command built by hand and returns the backup ID (see `backup_id_of`).
 #[track_caller]
 fn backup_ok(mut cmd: Command, pg: &PgCluster, what: &str) -> String {
-    let out = output(&mut cmd);
-    if !out.status.success() {
-        panic!(
-            "{what}: pitr backup failed\n{}\n--- server log ---\n{}",
-            describe(&cmd, &out),
-            pg.log_tail(20)
-        );
-    }
+    let out = pg.run_explained(&mut cmd, &format!("{what}: pitr backup failed"), 20);
     backup_id_of(&cmd, &out, pg)
 }
 
@@ -349,7 +347,7 @@ fn backup_restores_tablespace_to_new_location() {
         format!("{oid} {}", ts_new.display()),
         "tablespace_map should point the tablespace at the new location"
     );
-    let version_dirs: Vec<_> = crate::harness::list_dir(&ts_new)
+    let version_dirs: Vec<_> = list_dir(&ts_new)
         .into_iter()
         .filter(|p| {
             p.file_name()
@@ -516,29 +514,7 @@ fn backup_over_tls() {
     let dir = TestDir::new();
     let pitr = Pitr::init(&dir, "repo");
     let tls = dir.mkdir("tls");
-    let make_cert = |name: &str| -> (PathBuf, PathBuf) {
-        let (crt, key) = (
-            tls.join(format!("{name}.crt")),
-            tls.join(format!("{name}.key")),
-        );
-        let mut cmd = Command::new("openssl");
-        cmd.args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args(["-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&crt);
-        run(&mut cmd);
-        for f in [&crt, &key] {
-            give_to_pg(f);
-        }
-        crate::harness::chmod(&key, 0o600);
-        crate::harness::chmod(&crt, 0o644);
-        (crt, key)
-    };
+    let make_cert = |name: &str| certs::self_signed(&tls, name, "DNS:localhost,IP:127.0.0.1");
     let (crt, key) = make_cert("server");
     let (other_crt, _) = make_cert("other");
     let pg = PgCluster::builder()
@@ -691,12 +667,7 @@ fn backup_dedups_and_survives_sigkill() {
     // stored chunks and the server has sent a good part of the data.
     let fresh = Pitr::init(&dir, "fresh");
     let mut cmd = fresh.backup_cmd(&pg, &["--checkpoint", "fast", "--max-rate", "16384"]);
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+    let mut child = spawn(cmd.stdout(Stdio::null()).stderr(Stdio::null()));
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Some(status) = child.try_wait().expect("poll the backup") {
@@ -742,14 +713,14 @@ fn backup_dedups_and_survives_sigkill() {
     );
     // What the killed backup left: chunks only (no manifest, no half-written documents).
     let mut junk = Vec::new();
-    for entry in crate::harness::list_dir(fresh.repo()) {
+    for entry in list_dir(fresh.repo()) {
         let name = entry.file_name().map(|n| n.to_string_lossy().into_owned());
         match name.as_deref() {
             Some("chunks") => {
                 let chunks: Vec<PathBuf> =
                     fresh.chunk_files().into_iter().map(|(_, p)| p).collect();
-                for sub in crate::harness::list_dir(&entry) {
-                    for f in crate::harness::list_dir(&sub) {
+                for sub in list_dir(&entry) {
+                    for f in list_dir(&sub) {
                         if chunks.contains(&f) {
                             continue;
                         }
@@ -772,7 +743,7 @@ fn backup_dedups_and_survives_sigkill() {
                 }
             }
             Some("config.json" | "cluster.json") => {}
-            Some("backups") => junk.extend(crate::harness::list_dir(&entry)),
+            Some("backups") => junk.extend(list_dir(&entry)),
             _ => junk.push(entry),
         }
     }
@@ -797,12 +768,12 @@ fn backup_dedups_and_survives_sigkill() {
 /// a lay-down of the second from S3 that pg_verifybackup accepts byte for byte.
 #[test]
 fn backup_and_restore_through_s3() {
-    let Some(server) = crate::s3server::start_or_skip("backup_and_restore_through_s3") else {
+    let Some(server) = s3::start_or_skip("backup_and_restore_through_s3") else {
         return;
     };
     server.create_bucket("pitr-int");
     let dir = TestDir::new();
-    let env = crate::s3server::aws_env(&server.endpoint());
+    let env = s3::aws_env(&server.endpoint());
     let pitr = Pitr::init_url(&dir, "s3://pitr-int/cluster", env);
     let pg = PgCluster::init();
     pg.pgbench(&["-i", "-q", "-s", "5"]);

@@ -1,6 +1,7 @@
 //! Integration tests: the `pitr` binary against real PostgreSQL servers that the tests start
-//! themselves (see `harness`). Run with `cargo test --test integration`; as root, PostgreSQL
-//! and `pitr` run as the `postgres` user. `PITR_PG_BINDIR` picks the PostgreSQL binaries,
+//! themselves (the clusters, commands and S3 server come from `pitr-testkit`; `harness` adds
+//! the `pitr` binary). Run with `cargo test --test integration`; as root, PostgreSQL and `pitr`
+//! run as the `postgres` user. `PITR_PG_BINDIR` picks the PostgreSQL binaries,
 //! `PITR_TEST_KEEP=1` keeps the temp dirs for a post-mortem.
 
 mod archive;
@@ -8,6 +9,4 @@ mod backup;
 mod harness;
 mod quickstart;
 mod restore;
-#[path = "../crates/store/tests/s3server/mod.rs"]
-mod s3server;
 mod verify;

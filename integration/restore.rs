@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -15,20 +14,22 @@ use std::process::Output;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::harness::{
-    describe, give_to_pg, list_dir, output, pg_command, run, stderr_of, stdout_of, PgCluster, Pitr,
-    TestDir, ARCHIVE_TIMEOUT,
-};
+use pitr_testkit::cluster::{psql_command, stop_immediately};
+use pitr_testkit::cmd::{describe, output, run, stderr_of, stdout_of};
+use pitr_testkit::dirs::{list_dir, tail};
+use pitr_testkit::programs::{pg_bindir, pg_command};
+use pitr_testkit::user::give_to_pg;
+use pitr_testkit::{free_port, PgCluster, TestDir};
+
+use crate::harness::{ArchiveTo, Pitr, ARCHIVE_TIMEOUT};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+/// Stops the server on `pgdata` (immediate) if a postmaster.pid says one runs.
+fn stop_server(pgdata: &Path) {
+    stop_immediately(pg_bindir(), pgdata);
 }
 
 /// `pitr backup` of `pg` (fast checkpoint); returns the backup ID it prints.
@@ -109,34 +110,6 @@ fn verifybackup(dir: &Path) {
     );
 }
 
-/// The last `n` lines of a text file, or a note that it is unreadable.
-fn tail(path: &Path, n: usize) -> String {
-    match fs::read(path) {
-        Ok(bytes) => {
-            let text = String::from_utf8_lossy(&bytes);
-            let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(n)..].join("\n")
-        }
-        Err(e) => format!("({}: {e})", path.display()),
-    }
-}
-
-/// Stops the server on `pgdata` (immediate) if a postmaster.pid says one runs.
-fn stop_server(pgdata: &Path) {
-    if !pgdata.join("postmaster.pid").exists() {
-        return;
-    }
-    let mut cmd = pg_command("pg_ctl");
-    cmd.arg("stop")
-        .arg("-D")
-        .arg(pgdata)
-        .args(["-m", "immediate", "-w", "-t", "60"]);
-    let out = output(&mut cmd);
-    if !out.status.success() {
-        eprintln!("could not stop PostgreSQL\n{}", describe(&cmd, &out));
-    }
-}
-
 /// Where a restore goes: `<dir>/d-<name>` (not created: `pitr restore` makes it) and a socket
 /// directory `<dir>/s-<name>` for the server `--start` runs.
 struct Place {
@@ -184,18 +157,7 @@ struct Restored {
 impl Restored {
     #[track_caller]
     fn psql(&self, sql: &str) -> String {
-        let mut cmd = pg_command("psql");
-        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(&self.place.sock)
-            .args([
-                "-p",
-                &self.place.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-            ])
-            .args(["-c", sql]);
+        let mut cmd = psql_command(&self.place.sock, self.place.port, sql);
         let out = output(&mut cmd);
         if !out.status.success() {
             panic!(

@@ -1,7 +1,10 @@
 //! `pitr verify`: clean on a healthy repository (whole, and `--backup ID`); a corrupt chunk of
 //! a backup and a missing archived segment are each named on stdout with a non-zero exit.
 
-use crate::harness::{describe, output, stdout_of, PgCluster, Pitr, TestDir, ARCHIVE_TIMEOUT};
+use pitr_testkit::cmd::{describe, output, stdout_of};
+use pitr_testkit::{PgCluster, TestDir};
+
+use crate::harness::{ArchiveTo, Pitr, ARCHIVE_TIMEOUT};
 
 #[test]
 fn verify_names_corrupt_chunks_and_wal_gaps() {

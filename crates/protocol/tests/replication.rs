@@ -1,25 +1,33 @@
 //! The replication client against real PostgreSQL servers: authentication methods, TLS modes,
 //! IDENTIFY_SYSTEM, BASE_BACKUP and WAL streaming on a second connection, and server warnings.
 
-mod harness;
-
 use std::time::Duration;
 
 use bytes::Bytes;
-use harness::{
-    password_of, Options, PgServer, MD5_USER, NOHBA_USER, NOREPL_USER, SCRAM_USER, TLS_USER,
-};
 use pitr_pg::{LongPageHeader, Lsn, TimelineId};
 use pitr_protocol::{
     BackupEvent, BaseBackupOptions, CheckpointMode, ConnConfig, Error, ReplicationClient, WalEvent,
 };
+use pitr_testkit::cluster::{password_of, MD5_USER, NOHBA_USER, NOREPL_USER, SCRAM_USER, TLS_USER};
+use pitr_testkit::{PgCluster, PgClusterBuilder};
+
+/// The cluster every test here starts from: the authentication test roles and their pg_hba
+/// lines, a replication-ready server that logs connections and replication commands.
+fn server() -> PgClusterBuilder {
+    PgCluster::builder()
+        .auth_roles()
+        .conf("wal_level = replica")
+        .conf("max_wal_senders = 10")
+        .conf("log_connections = on")
+        .conf("log_replication_commands = on")
+}
 
 /// Parse a connection string without looking at this process's environment.
 fn config(s: &str) -> ConnConfig {
     ConnConfig::parse_with_env(s, |_| None).unwrap_or_else(|e| panic!("parse {s:?}: {e}"))
 }
 
-async fn connect(pg: &PgServer, conn: &str) -> ReplicationClient {
+async fn connect(pg: &PgCluster, conn: &str) -> ReplicationClient {
     pg.ok(
         ReplicationClient::connect(&config(conn)).await,
         &format!("connect with {conn:?}"),
@@ -28,7 +36,7 @@ async fn connect(pg: &PgServer, conn: &str) -> ReplicationClient {
 
 /// BASE_BACKUP needs PostgreSQL 15: on an older server, check that it is refused clearly and
 /// tell the caller to skip the rest.
-async fn refused_as_too_old(pg: &PgServer, client: &mut ReplicationClient) -> bool {
+async fn refused_as_too_old(pg: &PgCluster, client: &mut ReplicationClient) -> bool {
     let version = client.server_version_num().expect("server_version");
     if version >= 150000 {
         return false;
@@ -48,7 +56,7 @@ async fn refused_as_too_old(pg: &PgServer, client: &mut ReplicationClient) -> bo
     true
 }
 
-async fn connect_err(pg: &PgServer, conn: &str) -> Error {
+async fn connect_err(pg: &PgCluster, conn: &str) -> Error {
     pg.err(
         ReplicationClient::connect(&config(conn)).await,
         &format!("connect with {conn:?}"),
@@ -57,7 +65,7 @@ async fn connect_err(pg: &PgServer, conn: &str) -> Error {
 
 #[tokio::test]
 async fn trust_over_unix_socket_identifies_the_system() {
-    let pg = PgServer::start(Options::default());
+    let pg = server().init();
     let mut c = connect(
         &pg,
         &pg.socket_conn("application_name=pitr-test options='-c client_min_messages=log'"),
@@ -65,7 +73,8 @@ async fn trust_over_unix_socket_identifies_the_system() {
     .await;
     assert!(!c.is_tls());
     assert_eq!(c.authentication(), "trust");
-    assert!(c.target().starts_with("socket /tmp/pp-"), "{}", c.target());
+    let socket = format!("socket {}/", pg.socket_dir().display());
+    assert!(c.target().starts_with(&socket), "{}", c.target());
     let version = c.server_version_num().expect("server_version reported");
     assert!(version >= 100000, "server_version_num {version}");
     assert_eq!(c.parameter("integer_datetimes"), Some("on"));
@@ -107,7 +116,7 @@ async fn trust_over_unix_socket_identifies_the_system() {
 
     // TIMELINE_HISTORY sends the file as it is in pg_wal.
     let history = "1\t0/3000000\tno recovery target specified\n";
-    let path = pg.data.join("pg_wal/00000002.history");
+    let path = pg.data_dir().join("pg_wal/00000002.history");
     std::fs::write(&path, history).unwrap();
     let (name, content) = pg.ok(
         c.timeline_history(TimelineId(2)).await,
@@ -127,7 +136,7 @@ async fn trust_over_unix_socket_identifies_the_system() {
 
 #[tokio::test]
 async fn password_authentication_over_tcp() {
-    let pg = PgServer::start(Options::default());
+    let pg = server().init();
     for user in [MD5_USER, SCRAM_USER] {
         let conn = pg.tcp_conn(&format!("user={user} password={}", password_of(user)));
         let mut c = connect(&pg, &conn).await;
@@ -160,7 +169,7 @@ async fn password_authentication_over_tcp() {
     let url = format!(
         "postgresql://{SCRAM_USER}:{}@127.0.0.1:{}/?sslmode=disable",
         password_of(SCRAM_USER).replace('-', "%2D"),
-        pg.port
+        pg.port()
     );
     connect(&pg, &url).await;
 
@@ -187,12 +196,12 @@ async fn password_authentication_over_tcp() {
     assert!(err.is_auth_failure());
 
     // The password file, whose database field matches "replication".
-    let passfile = pg.dir().join("pgpass");
+    let passfile = pg.base_dir().join("pgpass");
     std::fs::write(
         &passfile,
         format!(
             "127.0.0.1:{0}:postgres:{SCRAM_USER}:wrong\n127.0.0.1:{0}:replication:{SCRAM_USER}:{1}\n",
-            pg.port,
+            pg.port(),
             password_of(SCRAM_USER).replace(':', "\\:")
         ),
     )
@@ -219,12 +228,9 @@ async fn password_authentication_over_tcp() {
 
 #[tokio::test]
 async fn tls_modes() {
-    let pg = PgServer::start(Options {
-        ssl: true,
-        ..Default::default()
-    });
-    let ca = pg.dir().join("ca.crt");
-    let other_ca = pg.dir().join("other-ca.crt");
+    let pg = server().tls().init();
+    let ca = pg.base_dir().join("ca.crt");
+    let other_ca = pg.base_dir().join("other-ca.crt");
     let scram = format!("user={SCRAM_USER} password={}", password_of(SCRAM_USER));
 
     for mode in ["require", "prefer"] {
@@ -257,7 +263,7 @@ async fn tls_modes() {
     let verify = |mode: &str, host: &str, root: &std::path::Path| {
         format!(
             "host={host} port={} {scram} sslmode={mode} sslrootcert={}",
-            pg.port,
+            pg.port(),
             root.display()
         )
     };
@@ -273,7 +279,7 @@ async fn tls_modes() {
     assert!(matches!(err, Error::Tls { .. }), "{err:?}");
     let err = connect_err(
         &pg,
-        &verify("verify-ca", "127.0.0.1", &pg.dir().join("missing.crt")),
+        &verify("verify-ca", "127.0.0.1", &pg.base_dir().join("missing.crt")),
     )
     .await;
     assert!(err.to_string().contains("missing.crt"), "{err}");
@@ -285,23 +291,21 @@ async fn tls_modes() {
 #[tokio::test]
 async fn self_signed_server_certificate_as_its_own_root() {
     let scram = format!("user={SCRAM_USER} password={}", password_of(SCRAM_USER));
-    let verify = |pg: &PgServer, mode: &str, host: &str, root: &std::path::Path| {
+    let verify = |pg: &PgCluster, mode: &str, host: &str, root: &std::path::Path| {
         format!(
             "host={host} port={} {scram} sslmode={mode} sslrootcert={}",
-            pg.port,
+            pg.port(),
             root.display()
         )
     };
 
-    let pg = PgServer::start(Options {
-        ssl: true,
-        self_signed_san: Some("DNS:localhost,IP:127.0.0.1"),
-        ..Default::default()
-    });
-    let own = pg.dir().join("server.crt");
+    let pg = server()
+        .tls_self_signed("DNS:localhost,IP:127.0.0.1")
+        .init();
+    let own = pg.base_dir().join("server.crt");
     // A bundle with an unrelated certificate first also works.
-    let bundle = pg.dir().join("bundle.crt");
-    let read = |name: &str| std::fs::read(pg.dir().join(name)).expect("read a certificate");
+    let bundle = pg.base_dir().join("bundle.crt");
+    let read = |name: &str| std::fs::read(pg.base_dir().join(name)).expect("read a certificate");
     std::fs::write(&bundle, [read("other-ca.crt"), read("server.crt")].concat())
         .expect("write bundle.crt");
     for mode in ["verify-ca", "verify-full"] {
@@ -314,7 +318,8 @@ async fn self_signed_server_certificate_as_its_own_root() {
             }
             // Roots that do not include the server certificate are still refused.
             for root in ["ca.crt", "other-ca.crt"] {
-                let err = connect_err(&pg, &verify(&pg, mode, host, &pg.dir().join(root))).await;
+                let err =
+                    connect_err(&pg, &verify(&pg, mode, host, &pg.base_dir().join(root))).await;
                 assert!(
                     matches!(err, Error::Tls { .. }),
                     "{mode} {host} {root}: {err:?}"
@@ -324,12 +329,8 @@ async fn self_signed_server_certificate_as_its_own_root() {
     }
 
     // The certificate names only DNS:otherhost: verify-ca takes it, verify-full does not.
-    let pg = PgServer::start(Options {
-        ssl: true,
-        self_signed_san: Some("DNS:otherhost"),
-        ..Default::default()
-    });
-    let own = pg.dir().join("server.crt");
+    let pg = server().tls_self_signed("DNS:otherhost").init();
+    let own = pg.base_dir().join("server.crt");
     for host in ["localhost", "127.0.0.1"] {
         assert!(connect(&pg, &verify(&pg, "verify-ca", host, &own))
             .await
@@ -434,7 +435,7 @@ impl WalSummary {
 
 #[tokio::test]
 async fn base_backup_with_wal_streamed_on_a_second_connection() {
-    let pg = PgServer::start(Options::default());
+    let pg = server().init();
     pg.psql("CREATE TABLE t AS SELECT g, md5(g::text) FROM generate_series(1, 10000) g");
     let mut backup_client = connect(&pg, &pg.socket_conn("")).await;
     if refused_as_too_old(&pg, &mut backup_client).await {
@@ -677,14 +678,11 @@ async fn base_backup_with_wal_streamed_on_a_second_connection() {
 
 #[tokio::test]
 async fn checksum_failures_surface_as_warnings_then_an_error() {
-    let pg = PgServer::start(Options {
-        checksums: true,
-        ..Default::default()
-    });
+    let pg = server().data_checksums().init();
     pg.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g; CHECKPOINT");
     let relpath = pg.psql("SELECT pg_relation_filepath('t')");
     // Flip bytes in the tuple area of the first page; the page header (and its LSN) stay.
-    let file = pg.data.join(&relpath);
+    let file = pg.data_dir().join(&relpath);
     let mut bytes = std::fs::read(&file).unwrap();
     for b in &mut bytes[4000..4016] {
         *b ^= 0xff;
@@ -750,10 +748,7 @@ async fn checksum_failures_surface_as_warnings_then_an_error() {
 
 #[tokio::test]
 async fn wal_stream_answers_keepalives_and_reports_status() {
-    let pg = PgServer::start(Options {
-        extra_conf: "wal_sender_timeout = '1s'",
-        ..Default::default()
-    });
+    let pg = server().conf("wal_sender_timeout = '1s'").init();
     let mut c = connect(&pg, &pg.socket_conn("application_name=pitr-keepalive")).await;
     let info = pg.ok(c.identify_system().await, "IDENTIFY_SYSTEM");
     let segment_size = u64::from(pg.ok(c.wal_segment_size().await, "segment size"));
@@ -817,7 +812,7 @@ async fn wal_stream_answers_keepalives_and_reports_status() {
 
 #[tokio::test]
 async fn end_of_timeline_after_promotion() {
-    let pg = PgServer::start(Options::default());
+    let mut pg = server().init();
     let (old_pos, segment_size) = {
         let mut c = connect(&pg, &pg.socket_conn("")).await;
         let info = pg.ok(c.identify_system().await, "IDENTIFY_SYSTEM");

@@ -9,13 +9,12 @@
 //! binary that sets or reads them, so other tests running at the same time are unaffected.
 
 mod common;
-mod s3server;
 
 use common::{concurrent_writers, file_round_trip, suite};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use pitr_store::{Backend, Repo};
-use s3server::{aws_env, start_or_skip};
+use pitr_testkit::s3::{aws_env, start_or_skip};
 
 const BUCKET: &str = "pitr-test";
 const PREFIX: &str = "some/prefix";

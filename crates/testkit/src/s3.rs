@@ -1,19 +1,18 @@
 //! A moto S3 server for tests: started on a free loopback port, killed (with its process
-//! group) on drop. Shared by the store's `s3` test and the integration tests (`#[path]`).
+//! group) on drop. Used by the store's `s3` test and the integration tests.
 //!
 //! moto is found as `$PITR_MOTO_SERVER` or `moto_server` on PATH. Without it tests say they
 //! skipped and pass, unless `PITR_REQUIRE_S3=1` (as CI sets), where they fail.
 //! Install: `pip install 'moto[server]==5.2.1'` (see `.ci/s3-server-deps`).
 
-// Each user needs only part of this module.
-#![allow(dead_code)]
-
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::free_port;
 
 pub const INSTALL: &str = "pip install 'moto[server]==5.2.1'";
 /// How long moto may take to answer its first request (it imports every AWS service model).
@@ -29,12 +28,13 @@ pub struct S3Server {
 impl S3Server {
     pub fn start(program: &OsString) -> S3Server {
         let port = free_port();
-        let log = tempfile::NamedTempFile::new().unwrap();
+        let log = tempfile::NamedTempFile::new().expect("create the moto log file");
+        let reopen = || log.reopen().expect("reopen the moto log file");
         let child = Command::new(program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
-            .stdout(log.reopen().unwrap())
-            .stderr(log.reopen().unwrap())
+            .stdout(reopen())
+            .stderr(reopen())
             // Its own process group, so that drop ends any wrapper's children too.
             .process_group(0)
             .spawn()
@@ -56,7 +56,11 @@ impl S3Server {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + STARTUP;
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            let exited = self
+                .child
+                .try_wait()
+                .unwrap_or_else(|e| panic!("wait for the moto server: {e}"));
+            if let Some(status) = exited {
                 panic!(
                     "moto server exited before it was ready ({status}); its output:\n{}",
                     self.log()
@@ -101,15 +105,6 @@ impl Drop for S3Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One bodiless HTTP/1.1 request to 127.0.0.1:`port`; returns the response status.

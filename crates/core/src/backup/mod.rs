@@ -21,10 +21,10 @@ use tokio::sync::watch;
 use sink::{ArchiveSink, PendingEntry};
 
 use crate::progress::Reporter;
-use crate::repofile::{claim_cluster, BackupManifest, FileEntry, FileKind, Tablespace};
+use crate::repofile::{claim_cluster, BackupManifest, FileEntry, FileKind, RelPath, Tablespace};
 
 /// Where a file lives in a backup: tablespace OID (none for the data directory) and path.
-type FileKey = (Option<u32>, String);
+type FileKey = (Option<u32>, RelPath);
 
 /// The chunks of the previous backup's files, with their fingerprints, by file.
 type KnownFiles = HashMap<FileKey, Arc<[KnownChunk]>>;
@@ -189,7 +189,7 @@ pub async fn backup(
     let manifest_size = manifest_file.size;
     let server_manifest = PendingEntry {
         entry: FileEntry {
-            path: "backup_manifest".into(),
+            path: "backup_manifest".parse().expect("a safe relative path"),
             tablespace: None,
             kind: FileKind::File,
             mode: 0o600,

@@ -7,7 +7,7 @@ use pitr_store::{ChunkedFile, PendingChunks, Uploader};
 
 use super::tar::{EntryKind, TarEvent, TarHeader, TarParser};
 use super::KnownFiles;
-use crate::repofile::{chunks_hash, FileEntry, FileKind};
+use crate::repofile::{chunks_hash, FileEntry, FileKind, RelPath};
 
 /// A manifest entry whose chunks may still be uploading.
 pub(super) struct PendingEntry {
@@ -26,9 +26,19 @@ impl PendingEntry {
     }
 }
 
-fn entry_from(h: &TarHeader, tablespace: Option<u32>) -> FileEntry {
-    FileEntry {
-        path: h.path.clone(),
+/// The manifest entry for a tar header; a name that could leave its directory fails the backup.
+fn entry_from(h: &TarHeader, tablespace: Option<u32>) -> anyhow::Result<FileEntry> {
+    let path: RelPath = h.path.parse().with_context(|| {
+        format!(
+            "the server sent a backup entry {:?} in {}",
+            h.path,
+            tablespace.map_or("the data directory".to_string(), |t| format!(
+                "tablespace {t}"
+            ))
+        )
+    })?;
+    Ok(FileEntry {
+        path,
         tablespace,
         kind: match h.kind {
             EntryKind::File => FileKind::File,
@@ -42,7 +52,7 @@ fn entry_from(h: &TarHeader, tablespace: Option<u32>) -> FileEntry {
         fingerprints: Vec::new(),
         hash: None,
         link: (h.kind == EntryKind::Symlink).then(|| h.link_target.clone()),
-    }
+    })
 }
 
 enum Act<'a> {
@@ -86,7 +96,7 @@ impl ArchiveSink {
         for act in acts {
             match act {
                 Act::Start(h) => {
-                    let entry = entry_from(&h, self.tablespace);
+                    let entry = entry_from(&h, self.tablespace)?;
                     let key = (self.tablespace, entry.path.clone());
                     let file = up.file(known.get(&key).cloned());
                     self.current = Some((entry, file));

@@ -30,7 +30,9 @@ pub(super) async fn stream_wal(
         path: format!(
             "pg_wal/{}",
             WalFileName::segment(timeline, pos.0 / seg, seg_size)
-        ),
+        )
+        .parse()
+        .expect("a WAL segment path is a safe relative path"),
         tablespace: None,
         kind: FileKind::File,
         mode: 0o600,

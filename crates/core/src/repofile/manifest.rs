@@ -7,6 +7,8 @@ use pitr_store::{keys, ChunkRef, Fingerprint, Repo};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::RelPath;
+
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum FileKind {
@@ -18,7 +20,7 @@ pub enum FileKind {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FileEntry {
     /// Path relative to the data directory (main archive) or to the tablespace directory.
-    pub path: String,
+    pub path: RelPath,
     /// Tablespace OID; absent for the main data directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tablespace: Option<u32>,

@@ -3,10 +3,12 @@
 
 pub mod cluster;
 pub mod manifest;
+pub mod relpath;
 pub mod walref;
 
 pub use cluster::{claim_cluster, repo_system_identifier};
 pub use manifest::{chunks_hash, BackupManifest, FileEntry, FileKind, Tablespace};
+pub use relpath::RelPath;
 pub use walref::{load_wal_refs, SourceFingerprint, WalRef};
 
 /// u64 system identifiers exceed JSON's safe integer range: documents keep them as strings.

@@ -363,7 +363,7 @@ mod tests {
             1,
             "only the newest backup's files with fingerprints"
         );
-        let k = &known[&(None, "base/1/2".to_string())];
+        let k = &known[&(None, "base/1/2".parse().unwrap())];
         assert_eq!(k.len(), 2);
         assert_eq!(k[1].chunk.id, ChunkId::of(b"def"));
         assert_eq!(k[1].fingerprint, Fingerprint::of(b"def"));

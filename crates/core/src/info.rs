@@ -6,7 +6,7 @@ use pitr_store::{keys, Repo};
 use serde::Serialize;
 
 use crate::index::{ArchiveIndex, TimelineSummary};
-use crate::repofile::{load_wal_refs, repo_system_identifier, BackupManifest};
+use crate::repofile::{load_wal_refs, repo_system_identifier, BackupManifest, Damaged};
 
 #[derive(Serialize)]
 pub struct Info {
@@ -22,6 +22,10 @@ pub struct Info {
     pub recoverable_from: Option<chrono::DateTime<chrono::Utc>>,
     pub recoverable_to: Option<chrono::DateTime<chrono::Utc>>,
     pub wal: WalInfo,
+    /// Documents that could not be used (each key and why); the rest is summarised without
+    /// them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub damaged: Vec<Damaged>,
 }
 
 #[derive(Serialize, Default)]
@@ -40,6 +44,8 @@ pub struct WalInfo {
 pub async fn info(repo: &Repo) -> anyhow::Result<Info> {
     let sysid = repo_system_identifier(repo).await?;
     let refs = load_wal_refs(repo).await?;
+    let mut damaged = refs.damaged;
+    let refs = refs.docs;
     let stored_bytes = repo
         .list(keys::CHUNKS_PREFIX)
         .await?
@@ -47,6 +53,8 @@ pub async fn info(repo: &Repo) -> anyhow::Result<Info> {
         .map(|(_, s)| s)
         .sum();
     let backups = BackupManifest::list(repo).await?;
+    damaged.extend(backups.damaged);
+    let backups = backups.docs;
     let index = ArchiveIndex::of_refs(&refs);
     let wal = WalInfo {
         timelines: index.timelines(),
@@ -72,5 +80,6 @@ pub async fn info(repo: &Repo) -> anyhow::Result<Info> {
             .and(wal.last_archived_at)
             .max(recoverable_from),
         wal,
+        damaged,
     })
 }

@@ -68,4 +68,7 @@ fn print_text(info: &Info) {
         let names: Vec<&str> = w.history_files.iter().map(|n| n.as_str()).collect();
         println!("history:     {}", names.join(", "));
     }
+    for d in &info.damaged {
+        println!("damaged:     {}: {}", d.key, d.error);
+    }
 }

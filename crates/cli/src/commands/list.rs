@@ -7,7 +7,8 @@ use crate::cli::ListArgs;
 
 pub async fn run(url: &str, args: ListArgs) -> anyhow::Result<()> {
     let repo = Repo::open(url).await?;
-    let backups = BackupManifest::list(&repo).await?;
+    // A damaged manifest is named on stderr; the others are listed.
+    let backups = BackupManifest::list(&repo).await?.warn_damaged();
     if args.json {
         let list: Vec<_> = backups.iter().map(BackupManifest::summary).collect();
         println!("{}", serde_json::to_string_pretty(&list)?);

@@ -1,13 +1,12 @@
 //! The backup manifest, `backups/<id>.json`: everything needed to lay a backup down again.
 //! A backup exists exactly when this document exists; it is written last, create-only.
 
-use anyhow::Context;
 use pitr_pg::{Lsn, TimelineId, WalFileName};
 use pitr_store::{keys, ChunkRef, Fingerprint, Repo};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::RelPath;
+use super::{Damaged, Loaded, RelPath};
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -103,22 +102,61 @@ impl BackupManifest {
         Ok(keys.filter(|k| k.ends_with(".json")).collect())
     }
 
-    /// The manifest at `key`, if it is there.
-    async fn load(repo: &Repo, key: &str) -> anyhow::Result<Option<BackupManifest>> {
+    /// The manifest at `key`, if it is there: `Ok(Err(..))` when it is there but damaged
+    /// (does not parse, or does not hold together), an error when it cannot be read.
+    async fn load(
+        repo: &Repo,
+        key: &str,
+    ) -> anyhow::Result<Option<Result<BackupManifest, Damaged>>> {
         let Some(body) = repo.get_doc(key).await? else {
             return Ok(None);
         };
-        let m = serde_json::from_slice(&body).with_context(|| format!("parse {key}"))?;
-        Ok(Some(m))
+        let parsed = serde_json::from_slice::<BackupManifest>(&body)
+            .map_err(anyhow::Error::from)
+            .and_then(|m| m.check(key).map(|()| m));
+        Ok(Some(parsed.map_err(|e| Damaged::new(key, &e))))
     }
 
-    /// Every backup in the repository, oldest first.
-    pub async fn list(repo: &Repo) -> anyhow::Result<Vec<BackupManifest>> {
-        let mut out = Vec::new();
-        for key in Self::keys(repo).await? {
-            out.extend(Self::load(repo, &key).await?);
+    /// What the parser cannot see: that the manifest is the one its key names, and that its
+    /// WAL holds together (a zero or odd segment size would derail every WAL computation).
+    fn check(&self, key: &str) -> anyhow::Result<()> {
+        if Self::key(&self.id) != key {
+            anyhow::bail!("it describes backup {}, not the one its key names", self.id);
         }
-        out.sort_by(|a, b| a.start_time.cmp(&b.start_time).then(a.id.cmp(&b.id)));
+        let seg = self.segment_size();
+        if !seg.is_power_of_two() || !(1 << 20..=1 << 30).contains(&seg) {
+            anyhow::bail!("its WAL segment size {seg} is not a power of two from 1 MiB to 1 GiB");
+        }
+        if let Some(w) = self.wal.iter().find(|w| w.size != u64::from(seg)) {
+            anyhow::bail!(
+                "WAL file {} has {} bytes, not the segment size {seg}",
+                w.path,
+                w.size
+            );
+        }
+        for (what, name) in [("wal_start", &self.wal_start), ("wal_stop", &self.wal_stop)] {
+            if name.timeline() != self.timeline || name.segment_number(seg).is_none() {
+                anyhow::bail!(
+                    "{what} {name} is not a segment of timeline {}",
+                    self.timeline
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Every backup in the repository, oldest first, and the manifests that are damaged.
+    pub async fn list(repo: &Repo) -> anyhow::Result<Loaded<BackupManifest>> {
+        let mut out = Loaded::default();
+        for key in Self::keys(repo).await? {
+            match Self::load(repo, &key).await? {
+                Some(Ok(m)) => out.docs.push(m),
+                Some(Err(d)) => out.damaged.push(d),
+                None => {}
+            }
+        }
+        out.docs
+            .sort_by(|a, b| a.start_time.cmp(&b.start_time).then(a.id.cmp(&b.id)));
         Ok(out)
     }
 
@@ -126,7 +164,7 @@ impl BackupManifest {
     /// others.
     pub async fn newest(repo: &Repo) -> anyhow::Result<Option<BackupManifest>> {
         match Self::keys(repo).await?.into_iter().max() {
-            Some(key) => Self::load(repo, &key).await,
+            Some(key) => Ok(Self::load(repo, &key).await?.transpose()?),
             None => Ok(None),
         }
     }
@@ -166,5 +204,19 @@ impl BackupManifest {
             "files": self.files.len(),
             "tablespaces": self.tablespaces.len(),
         })
+    }
+}
+
+impl Loaded<BackupManifest> {
+    /// The backups a restore can choose from: a damaged manifest is skipped with a warning,
+    /// unless it is the one asked for.
+    pub fn for_restore(self, wanted: Option<&str>) -> anyhow::Result<Vec<BackupManifest>> {
+        if let Some(id) = wanted {
+            let key = BackupManifest::key(id);
+            if let Some(d) = self.damaged.iter().find(|d| d.key == key) {
+                return Err(d.clone().into());
+            }
+        }
+        Ok(self.warn_damaged())
     }
 }

@@ -11,6 +11,50 @@ pub use manifest::{chunks_hash, BackupManifest, FileEntry, FileKind, Tablespace}
 pub use relpath::RelPath;
 pub use walref::{load_wal_refs, SourceFingerprint, WalRef};
 
+/// A document that is in the repository but cannot be used: its key and why. Commands that
+/// read many documents report these and go on with the rest; nothing is deleted because of one.
+#[derive(Clone, Debug, serde::Serialize, thiserror::Error)]
+#[error("{key} is damaged: {error}")]
+pub struct Damaged {
+    pub key: String,
+    pub error: String,
+}
+
+impl Damaged {
+    pub fn new(key: &str, error: &anyhow::Error) -> Damaged {
+        Damaged {
+            key: key.to_string(),
+            error: format!("{error:#}"),
+        }
+    }
+}
+
+/// Documents of one kind read back: the usable ones, and the damaged ones.
+#[derive(Debug)]
+pub struct Loaded<T> {
+    pub docs: Vec<T>,
+    pub damaged: Vec<Damaged>,
+}
+
+impl<T> Default for Loaded<T> {
+    fn default() -> Self {
+        Loaded {
+            docs: Vec::new(),
+            damaged: Vec::new(),
+        }
+    }
+}
+
+impl<T> Loaded<T> {
+    /// The usable documents, each damaged one logged as a warning.
+    pub fn warn_damaged(self) -> Vec<T> {
+        for d in &self.damaged {
+            tracing::warn!("{d}; skipped");
+        }
+        self.docs
+    }
+}
+
 /// u64 system identifiers exceed JSON's safe integer range: documents keep them as strings.
 pub(crate) mod u64_string {
     use serde::{Deserialize, Deserializer, Serializer};

@@ -4,6 +4,8 @@
 
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
+
+use super::{Damaged, Loaded};
 use pitr_pg::WalFileName;
 use pitr_store::{keys, ChunkRef, Repo};
 use serde::{Deserialize, Serialize};
@@ -79,19 +81,35 @@ impl WalRef {
     }
 }
 
-/// Every WAL ref of the repository, in key order.
-pub async fn load_wal_refs(repo: &Repo) -> anyhow::Result<Vec<WalRef>> {
+/// Every WAL ref of the repository, in key order, and the refs that are damaged (do not
+/// parse, or are stored under another file's key).
+pub async fn load_wal_refs(repo: &Repo) -> anyhow::Result<Loaded<WalRef>> {
     let keys = repo.list(keys::WAL_PREFIX).await?;
-    futures::stream::iter(
-        keys.into_iter()
-            .filter_map(|(k, _)| WalRef::name_of_key(&k)),
-    )
-    .map(|name| {
-        let repo = repo.clone();
-        async move { WalRef::load(&repo, &name).await }
-    })
-    .buffered(32)
-    .try_filter_map(|r| async move { Ok(r) })
-    .try_collect()
-    .await
+    let loaded: Vec<(String, Option<bytes::Bytes>)> =
+        futures::stream::iter(keys.into_iter().filter(|(k, _)| k.ends_with(".json")))
+            .map(|(key, _)| {
+                let repo = repo.clone();
+                async move { anyhow::Ok((key.clone(), repo.get_doc(&key).await?)) }
+            })
+            .buffered(32)
+            .try_collect()
+            .await?;
+    let mut out = Loaded::default();
+    for (key, body) in loaded {
+        let Some(body) = body else { continue };
+        let parsed = serde_json::from_slice::<WalRef>(&body)
+            .map_err(anyhow::Error::from)
+            .and_then(|r| {
+                if WalRef::key(&r.name) == key {
+                    Ok(r)
+                } else {
+                    anyhow::bail!("it is the ref of {}, not of the file its key names", r.name)
+                }
+            });
+        match parsed {
+            Ok(r) => out.docs.push(r),
+            Err(e) => out.damaged.push(Damaged::new(&key, &e)),
+        }
+    }
+    Ok(out)
 }

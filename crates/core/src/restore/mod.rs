@@ -216,7 +216,9 @@ pub async fn restore(
     args: RestoreRequest,
     reporter: &dyn Reporter,
 ) -> anyhow::Result<RestoreReport> {
-    let backups = BackupManifest::list(repo).await?;
+    let backups = BackupManifest::list(repo)
+        .await?
+        .for_restore(args.backup.as_deref())?;
     // The archive counted in the segment size of the backup the plan will most likely use
     // (every backup of one cluster has the same).
     let seg_size = backups.last().map_or(

@@ -144,7 +144,11 @@ pub enum TargetAction {
 #[derive(Args, Debug)]
 pub struct BackupArgs {
     /// Connection: libpq key=value string or postgres:// URL (PGHOST, PGPORT, PGUSER,
-    /// PGPASSWORD, PGPASSFILE, PGSSLMODE apply too)
+    /// PGPASSWORD, PGPASSFILE, PGSSLMODE, PGCHANNELBINDING, PGREQUIREAUTH apply too).
+    /// Besides host, port, user, password, passfile, sslmode and sslrootcert it takes
+    /// channel_binding=disable|prefer|require and require_auth=LIST (password, md5,
+    /// scram-sha-256, none; `!` negates), as libpq; a cleartext password goes only over TLS
+    /// or a Unix socket unless require_auth=password
     #[arg(long, short = 'd')]
     pub dbname: Option<String>,
     /// Checkpoint at the start: fast (immediately) or spread (paced by the server)

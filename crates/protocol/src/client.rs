@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::conn::{Connection, Message, Reader, Stream};
-use crate::{tls, ConnConfig, Error, ServerMessage, SslMode};
+use crate::{tls, AuthMethod, ChannelBinding, ConnConfig, Error, ServerMessage, SslMode};
 
 /// The answer to IDENTIFY_SYSTEM.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +75,8 @@ pub struct ReplicationClient {
     backend_pid: i32,
     user: String,
     authentication: &'static str,
+    /// The server sent an authentication request (so credentials may have been sent).
+    auth_requested: bool,
 }
 
 impl std::fmt::Debug for ReplicationClient {
@@ -110,8 +112,10 @@ impl ReplicationClient {
     }
 
     /// As libpq with sslmode=prefer (and allow): when the TLS handshake fails, or the server
-    /// refuses the connection once TLS is up (a `hostnossl`-only pg_hba.conf entry, say),
-    /// try once more without TLS.
+    /// refuses the connection over TLS before asking for any credentials (a `hostnossl`-only
+    /// pg_hba.conf entry, say), try once more without TLS. Once authentication has begun
+    /// over TLS, its failure is final: retrying in plain text would hand the credentials to
+    /// whoever made the TLS attempt fail.
     async fn connect_inner(config: &ConnConfig) -> Result<ReplicationClient, Error> {
         match Self::connect_once(config).await {
             Err((e, true)) if config.sslmode == SslMode::Prefer => {
@@ -124,7 +128,7 @@ impl ReplicationClient {
         }
     }
 
-    /// One connection attempt; on failure also whether TLS had been tried.
+    /// One connection attempt; on failure also whether trying again without TLS is allowed.
     async fn connect_once(config: &ConnConfig) -> Result<ReplicationClient, (Error, bool)> {
         let target = config.target();
         let stream = open_stream(config, &target).await.map_err(|e| {
@@ -140,10 +144,12 @@ impl ReplicationClient {
             backend_pid: 0,
             user: config.user.clone(),
             authentication: "trust",
+            auth_requested: false,
         };
         if let Err(e) = client.startup(config).await {
-            let tls = client.conn.is_tls();
-            return Err((e, tls));
+            let refused_over_tls =
+                client.conn.is_tls() && !client.auth_requested && matches!(e, Error::Server(_));
+            return Err((e, refused_over_tls));
         }
         tracing::debug!(
             target = %client.conn.target,
@@ -189,8 +195,17 @@ impl ReplicationClient {
         }
     }
 
+    /// Answer the server's authentication requests until AuthenticationOk. The server is
+    /// untrusted: each request is checked against `require_auth` and `channel_binding`
+    /// before anything is sent, a cleartext password goes out only over an encrypted (or
+    /// local) connection, and SCRAM must end with the server's verified final message —
+    /// AuthenticationOk before it means the server never proved it knows the password.
     async fn authenticate(&mut self, config: &ConnConfig) -> Result<(), Error> {
         let mut scram: Option<sasl::ScramSha256> = None;
+        // SCRAM's final message arrived and the server's signature checked out.
+        let mut scram_verified = false;
+        let mut channel_bound = false;
+        let mut method: Option<AuthMethod> = None;
         loop {
             let msg = self.next_message().await?;
             match msg.tag {
@@ -209,9 +224,47 @@ impl ReplicationClient {
             let code = r
                 .i32()
                 .ok_or_else(|| self.violation("short authentication request"))?;
+            if code != 0 {
+                self.auth_requested = true;
+            }
             match code {
-                0 => return Ok(()),
+                0 => {
+                    if scram.is_some() && !scram_verified {
+                        return Err(self.violation(
+                            "AuthenticationOk before SCRAM's final message: the server never \
+                             proved it knows the password (a machine in the middle may be \
+                             skipping authentication); refusing the connection",
+                        ));
+                    }
+                    let used = method.unwrap_or(AuthMethod::None);
+                    self.check_required(config, used)?;
+                    if config.channel_binding == ChannelBinding::Require && !channel_bound {
+                        return Err(self.auth_error(format!(
+                            "channel_binding=require, but the server let the client in {} \
+                             without channel binding",
+                            match used {
+                                AuthMethod::None => "without authentication".to_string(),
+                                m => format!("with {}", m.name()),
+                            }
+                        )));
+                    }
+                    return Ok(());
+                }
                 3 => {
+                    method = Some(AuthMethod::Password);
+                    self.check_required(config, AuthMethod::Password)?;
+                    self.check_no_channel_binding_required(config, "a cleartext password")?;
+                    let allowed = config
+                        .require_auth
+                        .as_ref()
+                        .is_some_and(|r| r.names(AuthMethod::Password));
+                    if !self.conn.is_tls() && !self.conn.is_unix() && !allowed {
+                        return Err(self.auth_error(
+                            "the server asks for the password in clear text over an \
+                             unencrypted connection; not sending it (use TLS, e.g. \
+                             sslmode=require, or accept this with require_auth=password)",
+                        ));
+                    }
                     let password = self.password(config)?;
                     frontend::password_message(password.as_bytes(), &mut self.conn.wbuf)
                         .map_err(|e| self.auth_error(format!("password message: {e}")))?;
@@ -219,6 +272,9 @@ impl ReplicationClient {
                     self.authentication = "password";
                 }
                 5 => {
+                    method = Some(AuthMethod::Md5);
+                    self.check_required(config, AuthMethod::Md5)?;
+                    self.check_no_channel_binding_required(config, "MD5 authentication")?;
                     let salt: [u8; 4] = r
                         .take(4)
                         .and_then(|s| s.try_into().ok())
@@ -231,30 +287,17 @@ impl ReplicationClient {
                     self.authentication = "md5";
                 }
                 10 => {
+                    if method.is_some() {
+                        return Err(self.violation("a second authentication request"));
+                    }
+                    method = Some(AuthMethod::ScramSha256);
+                    self.check_required(config, AuthMethod::ScramSha256)?;
                     let mut mechanisms = Vec::new();
                     while let Some(m) = r.cstr().filter(|m| !m.is_empty()) {
                         mechanisms.push(m);
                     }
-                    let offers = |name: &str| mechanisms.iter().any(|m| m == name);
-                    let cert_hash = self
-                        .conn
-                        .peer_certificate()
-                        .and_then(tls::server_end_point_hash);
-                    let (mechanism, binding) = match cert_hash {
-                        Some(hash) if offers(sasl::SCRAM_SHA_256_PLUS) => (
-                            sasl::SCRAM_SHA_256_PLUS,
-                            sasl::ChannelBinding::tls_server_end_point(hash),
-                        ),
-                        // We could bind, the server did not offer it: say so ("y"), which
-                        // lets the server detect a downgrade.
-                        Some(_) => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unrequested()),
-                        None => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported()),
-                    };
-                    if !offers(sasl::SCRAM_SHA_256) && mechanism == sasl::SCRAM_SHA_256 {
-                        return Err(self.auth_error(format!(
-                            "server offers SASL mechanisms {mechanisms:?}, none supported"
-                        )));
-                    }
+                    let (mechanism, binding) = self.choose_sasl(config, &mechanisms)?;
+                    channel_bound = mechanism == sasl::SCRAM_SHA_256_PLUS;
                     tracing::debug!(server = %self.conn.target, mechanism, "SASL authentication");
                     let password = self.password(config)?;
                     let state = sasl::ScramSha256::new(password.as_bytes(), binding);
@@ -269,9 +312,10 @@ impl ReplicationClient {
                     self.authentication = mechanism;
                 }
                 11 => {
-                    let state = scram
-                        .as_mut()
-                        .ok_or_else(|| self.violation("SASL continue before SASL start"))?;
+                    let state = match scram.as_mut() {
+                        Some(s) if !scram_verified => s,
+                        _ => return Err(self.violation("SASL continue outside a SCRAM exchange")),
+                    };
                     state
                         .update(r.remaining())
                         .map_err(|e| self.auth_error(format!("SCRAM exchange: {e}")))?;
@@ -280,12 +324,14 @@ impl ReplicationClient {
                     self.conn.flush().await?;
                 }
                 12 => {
-                    let state = scram
-                        .as_mut()
-                        .ok_or_else(|| self.violation("SASL final before SASL start"))?;
+                    let state = match scram.as_mut() {
+                        Some(s) if !scram_verified => s,
+                        _ => return Err(self.violation("SASL final outside a SCRAM exchange")),
+                    };
                     state.finish(r.remaining()).map_err(|e| {
                         self.auth_error(format!("server's SCRAM signature rejected: {e}"))
                     })?;
+                    scram_verified = true;
                 }
                 2 | 6 | 7 | 8 | 9 => {
                     let method = match code {
@@ -303,6 +349,81 @@ impl ReplicationClient {
                 }
             }
         }
+    }
+
+    /// The SASL mechanism and channel binding to use, per `channel_binding`.
+    fn choose_sasl(
+        &self,
+        config: &ConnConfig,
+        mechanisms: &[String],
+    ) -> Result<(&'static str, sasl::ChannelBinding), Error> {
+        let offers = |name: &str| mechanisms.iter().any(|m| m == name);
+        let cert_hash = self
+            .conn
+            .peer_certificate()
+            .and_then(tls::server_end_point_hash);
+        let choice = match (config.channel_binding, cert_hash) {
+            (ChannelBinding::Require, None) => {
+                return Err(self.auth_error(if self.conn.is_tls() {
+                    "channel_binding=require, but the server certificate's signature \
+                     algorithm allows no tls-server-end-point binding"
+                } else {
+                    "channel_binding=require, but the connection is not TLS"
+                }))
+            }
+            (ChannelBinding::Require, Some(_)) if !offers(sasl::SCRAM_SHA_256_PLUS) => {
+                return Err(self.auth_error(format!(
+                    "channel_binding=require, but the server offers only {mechanisms:?}"
+                )))
+            }
+            (ChannelBinding::Disable, _) => {
+                (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported())
+            }
+            (_, Some(hash)) if offers(sasl::SCRAM_SHA_256_PLUS) => (
+                sasl::SCRAM_SHA_256_PLUS,
+                sasl::ChannelBinding::tls_server_end_point(hash),
+            ),
+            // We could bind, the server did not offer it: say so ("y"), which lets the
+            // server detect a downgrade.
+            (_, Some(_)) => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unrequested()),
+            (_, None) => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported()),
+        };
+        if choice.0 == sasl::SCRAM_SHA_256 && !offers(sasl::SCRAM_SHA_256) {
+            return Err(self.auth_error(format!(
+                "server offers SASL mechanisms {mechanisms:?}, none supported"
+            )));
+        }
+        Ok(choice)
+    }
+
+    /// `require_auth` must allow `method` before the client answers the server.
+    fn check_required(&self, config: &ConnConfig, method: AuthMethod) -> Result<(), Error> {
+        match &config.require_auth {
+            Some(r) if !r.allows(method) => Err(self.auth_error(match method {
+                AuthMethod::None => format!(
+                    "require_auth={r}, but the server let the client in without \
+                     authentication"
+                ),
+                m => format!(
+                    "require_auth={r}, but the server asks for {} authentication",
+                    m.name()
+                ),
+            })),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_no_channel_binding_required(
+        &self,
+        config: &ConnConfig,
+        what: &str,
+    ) -> Result<(), Error> {
+        if config.channel_binding == ChannelBinding::Require {
+            return Err(self.auth_error(format!(
+                "channel_binding=require, but the server asks for {what}"
+            )));
+        }
+        Ok(())
     }
 
     fn password(&self, config: &ConnConfig) -> Result<String, Error> {

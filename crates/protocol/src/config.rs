@@ -60,6 +60,146 @@ impl fmt::Display for SslMode {
     }
 }
 
+/// `channel_binding`, as in libpq: whether SCRAM binds the authentication to the TLS channel
+/// (SCRAM-SHA-256-PLUS with `tls-server-end-point`), which defeats a machine in the middle
+/// that terminates TLS itself. The default is `prefer`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ChannelBinding {
+    /// Never bind, even when the server offers it.
+    Disable,
+    /// Bind when the connection is TLS and the server offers SCRAM-SHA-256-PLUS.
+    #[default]
+    Prefer,
+    /// Refuse to authenticate any other way: no TLS, no SCRAM, no SCRAM-SHA-256-PLUS, or a
+    /// server that lets the client in without it, all fail the connection.
+    Require,
+}
+
+impl ChannelBinding {
+    fn parse(s: &str) -> Result<ChannelBinding, Error> {
+        Ok(match s {
+            "disable" => ChannelBinding::Disable,
+            "prefer" => ChannelBinding::Prefer,
+            "require" => ChannelBinding::Require,
+            _ => {
+                return Err(Error::Config(format!(
+                    "invalid channel_binding {s:?}: expected disable, prefer or require"
+                )))
+            }
+        })
+    }
+}
+
+impl fmt::Display for ChannelBinding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ChannelBinding::Disable => "disable",
+            ChannelBinding::Prefer => "prefer",
+            ChannelBinding::Require => "require",
+        })
+    }
+}
+
+/// An authentication method as `require_auth` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// AuthenticationCleartextPassword.
+    Password,
+    Md5,
+    /// GSSAPI and SSPI: named for libpq compatibility; pitr supports neither.
+    Gss,
+    Sspi,
+    /// SCRAM-SHA-256, with or without channel binding.
+    ScramSha256,
+    /// The server asks for nothing (trust, peer, …).
+    None,
+}
+
+impl AuthMethod {
+    fn parse(s: &str) -> Option<AuthMethod> {
+        Some(match s {
+            "password" => AuthMethod::Password,
+            "md5" => AuthMethod::Md5,
+            "gss" => AuthMethod::Gss,
+            "sspi" => AuthMethod::Sspi,
+            "scram-sha-256" => AuthMethod::ScramSha256,
+            "none" => AuthMethod::None,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthMethod::Password => "password",
+            AuthMethod::Md5 => "md5",
+            AuthMethod::Gss => "gss",
+            AuthMethod::Sspi => "sspi",
+            AuthMethod::ScramSha256 => "scram-sha-256",
+            AuthMethod::None => "none",
+        }
+    }
+}
+
+/// `require_auth`, as in libpq (PostgreSQL 16): the methods the server may use, or with `!`
+/// the methods it may not. A server asking for anything else fails the connection before
+/// the client answers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequireAuth {
+    methods: Vec<AuthMethod>,
+    negated: bool,
+}
+
+impl RequireAuth {
+    fn parse(s: &str) -> Result<RequireAuth, Error> {
+        let bad = |why: String| Error::Config(format!("invalid require_auth {s:?}: {why}"));
+        let mut methods = Vec::new();
+        let mut negated = None;
+        for item in s.split(',') {
+            let (neg, name) = match item.strip_prefix('!') {
+                Some(name) => (true, name),
+                None => (false, item),
+            };
+            if *negated.get_or_insert(neg) != neg {
+                return Err(bad("negative and positive methods cannot be mixed".into()));
+            }
+            let method = AuthMethod::parse(name).ok_or_else(|| {
+                bad(format!(
+                    "unknown method {name:?} (expected password, md5, gss, sspi,                      scram-sha-256 or none)"
+                ))
+            })?;
+            if methods.contains(&method) {
+                return Err(bad(format!("{name:?} is listed more than once")));
+            }
+            methods.push(method);
+        }
+        Ok(RequireAuth {
+            methods,
+            negated: negated.unwrap_or(false),
+        })
+    }
+
+    /// Whether the server may authenticate the client with `method`.
+    pub fn allows(&self, method: AuthMethod) -> bool {
+        self.methods.contains(&method) != self.negated
+    }
+
+    /// `method` is named without `!`: the user asked for exactly it.
+    pub fn names(&self, method: AuthMethod) -> bool {
+        !self.negated && self.methods.contains(&method)
+    }
+}
+
+impl fmt::Display for RequireAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, m) in self.methods.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            let neg = if self.negated { "!" } else { "" };
+            write!(f, "{sep}{neg}{}", m.name())?;
+        }
+        Ok(())
+    }
+}
+
 /// Where and how to connect. Build it with [`ConnConfig::parse`]; the fields are public so a
 /// caller can adjust them afterwards.
 #[derive(Clone, PartialEq, Eq)]
@@ -83,6 +223,10 @@ pub struct ConnConfig {
     /// Command-line options for the server process (`options=`, PGOPTIONS).
     pub options: Option<String>,
     pub connect_timeout: Option<Duration>,
+    /// `channel_binding=` or PGCHANNELBINDING.
+    pub channel_binding: ChannelBinding,
+    /// `require_auth=` or PGREQUIREAUTH; `None` lets the server choose any supported method.
+    pub require_auth: Option<RequireAuth>,
 }
 
 impl fmt::Debug for ConnConfig {
@@ -99,6 +243,8 @@ impl fmt::Debug for ConnConfig {
             .field("application_name", &self.application_name)
             .field("options", &self.options)
             .field("connect_timeout", &self.connect_timeout)
+            .field("channel_binding", &self.channel_binding)
+            .field("require_auth", &self.require_auth)
             .finish()
     }
 }
@@ -138,6 +284,8 @@ impl ConnConfig {
             ("PGAPPNAME", "application_name"),
             ("PGOPTIONS", "options"),
             ("PGCONNECT_TIMEOUT", "connect_timeout"),
+            ("PGCHANNELBINDING", "channel_binding"),
+            ("PGREQUIREAUTH", "require_auth"),
         ] {
             if let Some(value) = env(var).filter(|v| !v.is_empty()) {
                 settings.set(key, value)?;
@@ -229,6 +377,8 @@ struct Settings {
     fallback_application_name: Option<String>,
     options: Option<String>,
     connect_timeout: Option<String>,
+    channel_binding: Option<String>,
+    require_auth: Option<String>,
 }
 
 impl Settings {
@@ -246,6 +396,8 @@ impl Settings {
             "fallback_application_name" => &mut self.fallback_application_name,
             "options" => &mut self.options,
             "connect_timeout" => &mut self.connect_timeout,
+            "channel_binding" => &mut self.channel_binding,
+            "require_auth" => &mut self.require_auth,
             // This client always opens physical replication connections.
             "replication" | "client_encoding" => return Ok(()),
             // URL spelling of sslmode=require, as libpq accepts it.
@@ -307,6 +459,30 @@ impl Settings {
                 (secs > 0).then(|| Duration::from_secs(secs.max(2) as u64))
             }
         };
+        let channel_binding = match nonempty(self.channel_binding) {
+            Some(c) => ChannelBinding::parse(&c)?,
+            None => ChannelBinding::default(),
+        };
+        let require_auth = nonempty(self.require_auth)
+            .map(|r| RequireAuth::parse(&r))
+            .transpose()?;
+        if channel_binding == ChannelBinding::Require {
+            // As libpq: settings that can never succeed are refused before connecting.
+            if sslmode == SslMode::Disable {
+                return Err(Error::Config(
+                    "channel_binding=require needs TLS, which sslmode=disable turns off".into(),
+                ));
+            }
+            if let Some(r) = require_auth
+                .as_ref()
+                .filter(|r| !r.allows(AuthMethod::ScramSha256))
+            {
+                return Err(Error::Config(format!(
+                    "channel_binding=require needs scram-sha-256, which require_auth={r} \
+                     does not allow"
+                )));
+            }
+        }
         Ok(ConnConfig {
             host,
             port,
@@ -320,6 +496,8 @@ impl Settings {
                 .or(nonempty(self.fallback_application_name)),
             options: nonempty(self.options),
             connect_timeout,
+            channel_binding,
+            require_auth,
         })
     }
 }
@@ -414,10 +592,10 @@ fn parse_url(s: &str) -> Result<Vec<(String, String)>, Error> {
             let userinfo = &authority[..i];
             match userinfo.split_once(':') {
                 Some((user, password)) => {
-                    out.push(("user".into(), percent_decode(user)?));
-                    out.push(("password".into(), percent_decode(password)?));
+                    out.push(("user".into(), percent_decode(user, "user name")?));
+                    out.push(("password".into(), percent_decode(password, "password")?));
                 }
-                None => out.push(("user".into(), percent_decode(userinfo)?)),
+                None => out.push(("user".into(), percent_decode(userinfo, "user name")?)),
             }
             &authority[i + 1..]
         }
@@ -442,13 +620,13 @@ fn parse_url(s: &str) -> Result<Vec<(String, String)>, Error> {
         }
     };
     if !host.is_empty() {
-        out.push(("host".into(), percent_decode(host)?));
+        out.push(("host".into(), percent_decode(host, "host")?));
     }
     if let Some(p) = port.filter(|p| !p.is_empty()) {
-        out.push(("port".into(), percent_decode(p)?));
+        out.push(("port".into(), percent_decode(p, "port")?));
     }
     if let Some(db) = path.filter(|p| !p.is_empty()) {
-        out.push(("dbname".into(), percent_decode(db)?));
+        out.push(("dbname".into(), percent_decode(db, "database name")?));
     }
     for param in query.into_iter().flat_map(|q| q.split('&')) {
         if param.is_empty() {
@@ -456,13 +634,16 @@ fn parse_url(s: &str) -> Result<Vec<(String, String)>, Error> {
         }
         let (k, v) = param
             .split_once('=')
-            .ok_or_else(|| bad(&format!("parameter {param:?} has no \"=\"")))?;
-        out.push((percent_decode(k)?, percent_decode(v)?));
+            .ok_or_else(|| bad("a query parameter has no \"=\""))?;
+        let key = percent_decode(k, "query parameter name")?;
+        let value = percent_decode(v, &format!("value of {key:?}"))?;
+        out.push((key, value));
     }
     Ok(out)
 }
 
-fn percent_decode(s: &str) -> Result<String, Error> {
+/// Errors name `what` was being decoded, never its text: it may be the password.
+fn percent_decode(s: &str, what: &str) -> Result<String, Error> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -473,10 +654,14 @@ fn percent_decode(s: &str) -> Result<String, Error> {
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or_else(|| {
-                    Error::Config(format!("invalid percent-encoding in URL part {s:?}"))
+                    Error::Config(format!(
+                        "invalid connection URL: bad percent-encoding in the {what}"
+                    ))
                 })?;
             if hex == 0 {
-                return Err(Error::Config(format!("forbidden %00 in URL part {s:?}")));
+                return Err(Error::Config(format!(
+                    "invalid connection URL: forbidden %00 in the {what}"
+                )));
             }
             out.push(hex);
             i += 3;
@@ -485,7 +670,8 @@ fn percent_decode(s: &str) -> Result<String, Error> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| Error::Config(format!("URL part {s:?} is not UTF-8")))
+    String::from_utf8(out)
+        .map_err(|_| Error::Config(format!("invalid connection URL: the {what} is not UTF-8")))
 }
 
 /// The first password-file line matching the connection. Fields are
@@ -691,6 +877,72 @@ mod tests {
         let c = ConnConfig::parse_with_env("postgresql://?host=/run/x&user=y", no_env).unwrap();
         assert_eq!((c.host.as_str(), c.user.as_str()), ("/run/x", "y"));
         assert!(ConnConfig::parse_with_env("postgres://h/%zz", no_env).is_err());
+    }
+
+    /// A malformed connection string fails without echoing the password it holds.
+    #[test]
+    fn errors_never_show_the_password() {
+        for bad in [
+            "postgres://u:secret@host:notaport/db",
+            "postgres://u:se%zzcret@host/db",
+            "postgres://u:secret%00@host/db",
+            "postgres://u:secret%ff@host/db",
+            "postgres://u:secret@[::1/db",
+            "postgres://u@host/db?password=secret&x",
+            "postgres://u@host/db?password=secret%zz",
+            "postgres://u:secret@host,other/db",
+            "host=h password=secret port=notaport",
+            "host=h password=secret sslmode=maybe",
+            "host=h password=secret bogus",
+            "host=h password='secret",
+        ] {
+            let err = ConnConfig::parse_with_env(bad, no_env)
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains("secret"), "{bad:?} gave {err:?}");
+        }
+    }
+
+    #[test]
+    fn channel_binding_and_require_auth() {
+        let c = ConnConfig::parse_with_env("host=h", no_env).unwrap();
+        assert_eq!(c.channel_binding, ChannelBinding::Prefer);
+        assert_eq!(c.require_auth, None);
+        let c = ConnConfig::parse_with_env(
+            "host=h channel_binding=require require_auth=scram-sha-256,md5",
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(c.channel_binding, ChannelBinding::Require);
+        let r = c.require_auth.unwrap();
+        assert!(r.allows(AuthMethod::ScramSha256) && r.allows(AuthMethod::Md5));
+        assert!(!r.allows(AuthMethod::Password) && !r.allows(AuthMethod::None));
+        assert!(r.names(AuthMethod::Md5));
+        assert_eq!(r.to_string(), "scram-sha-256,md5");
+        let r = ConnConfig::parse_with_env("require_auth=!password,!none", no_env)
+            .unwrap()
+            .require_auth
+            .unwrap();
+        assert!(r.allows(AuthMethod::Md5) && !r.allows(AuthMethod::Password));
+        assert!(!r.allows(AuthMethod::None) && !r.names(AuthMethod::Md5));
+        let env = |n: &str| (n == "PGCHANNELBINDING").then(|| "disable".to_string());
+        let c = ConnConfig::parse_with_env("host=h", env).unwrap();
+        assert_eq!(c.channel_binding, ChannelBinding::Disable);
+        for bad in [
+            "channel_binding=maybe",
+            "require_auth=password,!md5",
+            "require_auth=kerberos",
+            "require_auth=md5,md5",
+            "require_auth=md5,",
+            "channel_binding=require sslmode=disable",
+            "channel_binding=require require_auth=md5",
+            "channel_binding=require require_auth=!scram-sha-256",
+        ] {
+            assert!(
+                ConnConfig::parse_with_env(bad, no_env).is_err(),
+                "{bad:?} parsed"
+            );
+        }
     }
 
     #[test]

@@ -95,6 +95,11 @@ impl Connection {
         matches!(self.stream, Stream::Tls(_))
     }
 
+    /// A Unix socket: local, so no one on the network sees what goes over it.
+    pub fn is_unix(&self) -> bool {
+        matches!(self.stream, Stream::Unix(_))
+    }
+
     /// The server certificate (DER) of a TLS connection.
     pub fn peer_certificate(&self) -> Option<&[u8]> {
         match &self.stream {

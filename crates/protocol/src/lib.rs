@@ -21,6 +21,6 @@ pub use backup::{
     MIN_SERVER_VERSION_NUM,
 };
 pub use client::{ReplicationClient, ResultSet, SystemInfo};
-pub use config::{ConnConfig, SslMode};
+pub use config::{AuthMethod, ChannelBinding, ConnConfig, RequireAuth, SslMode};
 pub use error::{Error, ServerMessage};
 pub use wal::{WalEvent, WalStream, STATUS_INTERVAL};

@@ -1,13 +1,14 @@
 //! The one test harness of the workspace (like cargo's `cargo-test-support`): real PostgreSQL
 //! clusters ([`cluster`]), where their programs come from ([`programs`]), test certificates
 //! ([`certs`]), the S3 test server ([`s3`]), commands that explain their failures ([`cmd`]),
-//! short temp dirs ([`dirs`]) and, as root, running PostgreSQL as the `postgres` user
+//! short temp dirs ([`dirs`]), a scripted hostile replication server ([`fakepg`]) and, as root, running PostgreSQL as the `postgres` user
 //! ([`user`]). `PITR_TEST_KEEP=1` keeps every temp dir for a post-mortem.
 
 pub mod certs;
 pub mod cluster;
 pub mod cmd;
 pub mod dirs;
+pub mod fakepg;
 pub mod programs;
 pub mod s3;
 pub mod user;

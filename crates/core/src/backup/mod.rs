@@ -119,6 +119,7 @@ pub async fn backup(
     let mut sink: Option<(String, ArchiveSink)> = None;
     let mut manifest_file: Option<ChunkedFile> = None;
     let mut total_estimate = 0u64;
+    let mut saw_base = false;
     let progress = reporter.start(format!("backup {id}"), 0);
     let stop_lsn = loop {
         let Some(event) = stream.next().await? else {
@@ -140,7 +141,11 @@ pub async fn backup(
                     s.finish(&prev)?;
                 }
                 let tablespace = match name.as_str() {
-                    "base.tar" => None,
+                    "base.tar" if saw_base => bail!("the server sent base.tar twice"),
+                    "base.tar" => {
+                        saw_base = true;
+                        None
+                    }
                     other => Some(
                         other
                             .strip_suffix(".tar")
@@ -151,8 +156,10 @@ pub async fn backup(
                 sink = Some((name, ArchiveSink::new(tablespace)));
             }
             BackupEvent::Data(bytes) => {
-                let (_, s) = sink.as_mut().context("backup data before any archive")?;
-                s.feed(&bytes, &up, &known, &mut entries).await?;
+                let (name, s) = sink.as_mut().context("backup data before any archive")?;
+                s.feed(&bytes, &up, &known, &mut entries)
+                    .await
+                    .with_context(|| format!("archive {name}"))?;
             }
             BackupEvent::Progress(done) => progress.set(done),
             BackupEvent::ManifestStart => {
@@ -173,6 +180,9 @@ pub async fn backup(
     progress.finish();
     if let Some((prev, s)) = sink.take() {
         s.finish(&prev)?;
+    }
+    if !saw_base {
+        bail!("the server sent no base.tar: nothing to restore the data directory from");
     }
     let mut warnings: Vec<String> = stream
         .take_notices()

@@ -1,5 +1,8 @@
 //! A push parser for the tar streams BASE_BACKUP sends: bytes arrive in CopyData pieces of any
 //! size, entries come out as header events followed by their data, without buffering a file.
+//! The stream comes from the server, so it is parsed strictly: PostgreSQL 15+ ends each
+//! archive with two zero blocks, and a stream that stops before them (a truncated member, a
+//! missing end) or carries anything after them is an error, not a shorter backup.
 
 /// One thing found in the stream.
 #[derive(Debug, PartialEq, Eq)]
@@ -35,6 +38,15 @@ pub enum TarError {
     BadHeader { offset: u64, detail: String },
     #[error("tar stream ended inside an entry (at offset {offset})")]
     Truncated { offset: u64 },
+    #[error(
+        "tar stream ended at offset {offset} without the two zero blocks that end an archive \
+         (truncated)"
+    )]
+    MissingEnd { offset: u64 },
+    #[error("a single zero block at offset {offset} is followed by more entries, not by the second zero block that ends an archive")]
+    LoneZeroBlock { offset: u64 },
+    #[error("data after the end of the archive (at offset {offset})")]
+    TrailingData { offset: u64 },
 }
 
 enum State {
@@ -48,7 +60,9 @@ enum State {
     Padding {
         left: u64,
     },
-    /// Two zero blocks seen (or one, PostgreSQL sends two): ignore the rest.
+    /// One zero block seen: the next block must be zeros too.
+    SecondZero,
+    /// Two zero blocks seen: only zero padding (as tar's record blocking adds) may follow.
     End,
 }
 
@@ -77,7 +91,34 @@ impl TarParser {
     ) -> anyhow::Result<()> {
         while !input.is_empty() {
             match &mut self.state {
-                State::End => return Ok(()),
+                State::End => {
+                    if let Some(i) = input.iter().position(|&b| b != 0) {
+                        return Err(TarError::TrailingData {
+                            offset: self.offset + i as u64,
+                        }
+                        .into());
+                    }
+                    self.offset += input.len() as u64;
+                    return Ok(());
+                }
+                State::SecondZero => {
+                    let need = 512 - self.block.len();
+                    let take = need.min(input.len());
+                    self.block.extend_from_slice(&input[..take]);
+                    input = &input[take..];
+                    self.offset += take as u64;
+                    if self.block.len() < 512 {
+                        continue;
+                    }
+                    if self.block.iter().any(|&b| b != 0) {
+                        return Err(TarError::LoneZeroBlock {
+                            offset: self.offset - 1024,
+                        }
+                        .into());
+                    }
+                    self.block.clear();
+                    self.state = State::End;
+                }
                 State::Header => {
                     let need = 512 - self.block.len();
                     let take = need.min(input.len());
@@ -87,11 +128,12 @@ impl TarParser {
                     if self.block.len() < 512 {
                         continue;
                     }
-                    let block = std::mem::take(&mut self.block);
-                    if block.iter().all(|&b| b == 0) {
-                        self.state = State::End;
+                    if self.block.iter().all(|&b| b == 0) {
+                        self.block.clear();
+                        self.state = State::SecondZero;
                         continue;
                     }
+                    let block = std::mem::take(&mut self.block);
                     let header = parse_header(&block).map_err(|detail| TarError::BadHeader {
                         offset: self.offset - 512,
                         detail,
@@ -143,14 +185,13 @@ impl TarParser {
         Ok(())
     }
 
-    /// The stream is over: it must not stop inside an entry.
+    /// The stream is over: it must have reached the two zero blocks that end it.
     pub fn finish(&self) -> Result<(), TarError> {
+        let offset = self.offset;
         match self.state {
-            State::Header if self.block.is_empty() => Ok(()),
             State::End => Ok(()),
-            _ => Err(TarError::Truncated {
-                offset: self.offset,
-            }),
+            State::Header | State::SecondZero => Err(TarError::MissingEnd { offset }),
+            State::Data { .. } | State::Padding { .. } => Err(TarError::Truncated { offset }),
         }
     }
 }
@@ -297,6 +338,72 @@ mod tests {
             assert_eq!(headers[2].kind, EntryKind::Symlink);
             assert_eq!(headers[2].link_target, "/srv/ts");
             assert_eq!(data, content);
+        }
+    }
+
+    fn feed_all(stream: &[u8], piece: usize) -> anyhow::Result<()> {
+        let mut p = TarParser::default();
+        for part in stream.chunks(piece) {
+            p.feed(part, |_| Ok(()))?;
+        }
+        p.finish()?;
+        Ok(())
+    }
+
+    #[track_caller]
+    fn assert_refused(stream: &[u8], words: &str) {
+        for piece in [1, 100, 512, 1000, stream.len().max(1)] {
+            let err = feed_all(stream, piece).expect_err("damaged stream accepted");
+            let text = format!("{err:#}");
+            assert!(
+                text.contains(words),
+                "piece {piece}: {text:?} lacks {words:?}"
+            );
+        }
+    }
+
+    /// The end of an archive is two zero blocks: without them, or with one only, the stream
+    /// is truncated; zero padding may follow them, nothing else may.
+    #[test]
+    fn end_of_archive_is_two_zero_blocks() {
+        let (t, _) = archive();
+        let body = &t[..t.len() - 1024];
+        assert_refused(body, "without the two zero blocks");
+        assert_refused(&t[..t.len() - 512], "without the two zero blocks");
+        assert_refused(&t[..t.len() - 1], "without the two zero blocks");
+        let mut lone = body.to_vec();
+        lone.extend([0u8; 512]);
+        lone.extend(header("late", b'0', 0, ""));
+        lone.extend([0u8; 1024]);
+        assert_refused(&lone, "single zero block");
+        let mut after = t.clone();
+        after.extend(header("hidden", b'0', 0, ""));
+        assert_refused(&after, "data after the end of the archive");
+        let mut after = t.clone();
+        after.extend([0u8; 700]);
+        after.push(1);
+        assert_refused(&after, &format!("(at offset {})", t.len() + 700));
+        let mut padded = t.clone();
+        padded.extend(vec![0u8; 10240 - t.len() % 10240]);
+        feed_all(&padded, 333).expect("zero padding after the end blocks");
+        feed_all(&[0u8; 1024], 1).expect("an empty archive");
+    }
+
+    /// A member cut short (in its data or its padding) is truncation, named as such.
+    #[test]
+    fn truncated_members_are_refused() {
+        let (t, _) = archive();
+        assert_refused(&t[..512 + 700], "ended inside an entry");
+        assert_refused(&t[..512 + 1300 + 10], "ended inside an entry");
+        assert_refused(&t[..300], "without the two zero blocks");
+    }
+
+    #[test]
+    fn unsafe_names_are_refused() {
+        for name in ["../x", "./../x", "a/../../x", "/etc/passwd"] {
+            let mut t = header(name, b'0', 0, "");
+            t.extend([0u8; 1024]);
+            assert_refused(&t, "unsafe path");
         }
     }
 

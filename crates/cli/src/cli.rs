@@ -182,6 +182,11 @@ pub struct InitArgs {
     /// zstd compression level for new chunks
     #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     pub compression_level: i32,
+    /// Create a local repository even when running as root. Without it `pitr init` refuses:
+    /// a repository owned by root is one the PostgreSQL user's archive_command cannot write
+    /// to; run init as the user PostgreSQL runs as
+    #[arg(long)]
+    pub allow_root: bool,
 }
 
 #[derive(Args, Debug)]

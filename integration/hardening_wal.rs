@@ -152,7 +152,7 @@ fn restore_wal_prefetch_never_spools_a_swapped_segment() {
     // B's ref holds C's chunks under B's name.
     let mut swapped = json(&pitr.wal_ref_path(c));
     swapped["name"] = serde_json::json!(b);
-    fs::write(&pitr.wal_ref_path(b), serde_json::to_vec(&swapped).unwrap()).expect("swap");
+    fs::write(pitr.wal_ref_path(b), serde_json::to_vec(&swapped).unwrap()).expect("swap");
 
     let pg_wal = dir.mkdir("pg_wal");
     let dest = pg_wal.join("RECOVERYXLOG");
@@ -234,7 +234,11 @@ fn archive_wal_refuses_bad_history_and_backup_files() {
         STOP TIME: 2026-11-25 14:03:01 UTC\nSTOP TIMELINE: 1\n";
     let cases: [(&str, &str, &str); 6] = [
         (history, "an empty history file", ""),
-        (history, "a malformed history file", "this is not a history\n"),
+        (
+            history,
+            "a malformed history file",
+            "this is not a history\n",
+        ),
         (
             history,
             "a history file naming itself as parent",
@@ -246,7 +250,11 @@ fn archive_wal_refuses_bad_history_and_backup_files() {
             "a backup history file of another location",
             "START WAL LOCATION: 0/3000028 (file 000000010000000000000003)\n",
         ),
-        (backup, "a garbled backup history file", "LABEL: x\nSTART WAL LOCATION: 0/zz\n"),
+        (
+            backup,
+            "a garbled backup history file",
+            "LABEL: x\nSTART WAL LOCATION: 0/zz\n",
+        ),
     ];
     for (name, how, content) in cases {
         let path = files.join(name);
@@ -301,7 +309,9 @@ fn repository_is_private_whatever_the_umask() {
     let history = files.join("00000002.history");
     fs::write(&history, "1\t0/3000000\tno recovery target specified\n").expect("write");
     give_to_pg(&history);
-    run(&mut with_umask(pitr.archive_cmd(&history, "00000002.history")));
+    run(&mut with_umask(
+        pitr.archive_cmd(&history, "00000002.history"),
+    ));
     let mut backup = with_umask(pitr.backup_cmd(&pg, &["--checkpoint", "fast"]));
     let out = output(&mut backup);
     crate::harness::backup_id_of(&backup, &out, &pg);
@@ -359,7 +369,10 @@ fn init_as_root_needs_allow_root_and_permission_errors_name_the_owner() {
         "the refusal should say how to override it\n{}",
         describe(&cmd, &out)
     );
-    assert!(!pitr.repo().exists(), "a refused init created the repository");
+    assert!(
+        !pitr.repo().exists(),
+        "a refused init created the repository"
+    );
     run(&mut root_cmd(&["init", "--allow-root"]));
     assert!(pitr.repo().join("config.json").is_file());
 

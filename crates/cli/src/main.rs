@@ -147,9 +147,21 @@ mod tests {
         assert!(refused(&["pitr", "--repo", "/r", "restore-wal", "X"]));
         assert!(refused(&["pitr", "restore-wal"]));
         assert!(refused(&["pitr", "--bogus", "restore-wal", "X", "Y"]));
-        assert!(!refused(&["pitr", "--repo", "/x/restore-wal", "info", "--bogus"]));
+        assert!(!refused(&[
+            "pitr",
+            "--repo",
+            "/x/restore-wal",
+            "info",
+            "--bogus"
+        ]));
         assert!(!refused(&["pitr", "archive-wal", "restore-wal"]));
-        assert!(!refused(&["pitr", "--repo", "restore-wal", "list", "--nope"]));
+        assert!(!refused(&[
+            "pitr",
+            "--repo",
+            "restore-wal",
+            "list",
+            "--nope"
+        ]));
         // nothing to go by: as before
         assert!(refused(&["pitr", "--repo", "restore-wal"]));
         assert!(!refused(&["pitr", "--bogus"]));

@@ -253,7 +253,11 @@ async fn fetch(
     let file = Arc::new(file);
     let written = async {
         let n = repo
-            .get_file(&walref.chunks, Arc::clone(&file), &tmp.display().to_string())
+            .get_file(
+                &walref.chunks,
+                Arc::clone(&file),
+                &tmp.display().to_string(),
+            )
             .await?;
         if n != walref.size {
             bail!(

@@ -138,13 +138,14 @@ STOP TIMELINE: 1
     #[test]
     fn refuses_files_that_are_not_what_the_name_says() {
         let name: WalFileName = NAME.parse().unwrap();
-        let other_offset: WalFileName = "000000010000000000000002.00000030.backup"
-            .parse()
-            .unwrap();
+        let other_offset: WalFileName = "000000010000000000000002.00000030.backup".parse().unwrap();
         for (name, text) in [
             (&name, ""),
             (&name, "garbage\n"),
-            (&name, "START WAL LOCATION: zz (file 000000010000000000000002)\n"),
+            (
+                &name,
+                "START WAL LOCATION: zz (file 000000010000000000000002)\n",
+            ),
             (&name, "START WAL LOCATION: 0/2000028\n"),
             (
                 &name,

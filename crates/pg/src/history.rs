@@ -60,7 +60,10 @@ pub fn parse_history_file(
     bytes: &[u8],
 ) -> Result<Vec<HistoryEntry>, HistoryError> {
     let text = std::str::from_utf8(bytes).map_err(|e| HistoryError {
-        line: 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count(),
+        line: 1 + bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count(),
         detail: "not text (invalid UTF-8)".into(),
     })?;
     let entries = parse_history(text)?;

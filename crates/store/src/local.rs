@@ -487,10 +487,7 @@ mod tests {
     fn permission_errors_name_owner_and_mode() {
         let root = tempfile::tempdir().unwrap();
         let l = LocalChunks::new(root.path().to_path_buf());
-        let e = l.error(
-            "chunks/ab/abc",
-            io::Error::from_raw_os_error(libc::EACCES),
-        );
+        let e = l.error("chunks/ab/abc", io::Error::from_raw_os_error(libc::EACCES));
         let text = e.to_string();
         assert!(
             text.contains("permission denied")

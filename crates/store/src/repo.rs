@@ -196,7 +196,8 @@ impl Repo {
     fn new(backend: Backend, config: RepoConfig) -> Repo {
         let level = config.compression_level;
         // The one place that looks at the kind of backend.
-        let local = (backend.local_root.as_ref()).map(|root| Arc::new(LocalChunks::new(root.clone())));
+        let local =
+            (backend.local_root.as_ref()).map(|root| Arc::new(LocalChunks::new(root.clone())));
         let chunks: Arc<dyn ChunkBackend> = match &local {
             Some(files) => Arc::new(LocalBackend::with_files(Arc::clone(files), level)),
             None => Arc::new(ObjectChunks::new(backend.clone(), level)),

@@ -448,3 +448,63 @@ fn temp_path(dest: &Path) -> PathBuf {
     s.push(format!(".pitr-{}.tmp", std::process::id()));
     PathBuf::from(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pitr_store::{ChunkId, ChunkRef};
+
+    fn walref(name: &str, lens: &[u32], size: u64) -> WalRef {
+        WalRef {
+            name: name.parse().unwrap(),
+            size,
+            segment_size: None,
+            system_identifier: None,
+            archived_at: chrono::Utc::now(),
+            stored_bytes: 0,
+            chunks: lens
+                .iter()
+                .map(|&len| ChunkRef {
+                    id: ChunkId::of(&len.to_le_bytes()),
+                    len,
+                })
+                .collect(),
+            source: None,
+        }
+    }
+
+    /// A ref that is not NAME's, or whose size no file of NAME's kind has, is refused before
+    /// anything is fetched.
+    #[test]
+    fn refs_must_be_names_and_sized_like_it() {
+        let seg: WalFileName = "000000010000000000000002".parse().unwrap();
+        let whole = [4 << 20; 4];
+        check_ref(&seg, &walref(seg.as_str(), &whole, 16 << 20)).unwrap();
+        for (how, r) in [
+            (
+                "another segment's",
+                walref("000000010000000000000001", &whole, 16 << 20),
+            ),
+            (
+                "another timeline's",
+                walref("000000020000000000000002", &whole, 16 << 20),
+            ),
+            ("emptied", walref(seg.as_str(), &[], 0)),
+            // (truncated to a size segments may have, 4 MiB, it is the page header's check
+            // that the file is as long as its segments)
+            ("truncated", walref(seg.as_str(), &[3 << 20], 3 << 20)),
+            (
+                "short of its size",
+                walref(seg.as_str(), &[4 << 20], 16 << 20),
+            ),
+        ] {
+            assert!(check_ref(&seg, &r).is_err(), "{how} ref accepted");
+        }
+        let mut odd = walref(seg.as_str(), &whole, 16 << 20);
+        odd.segment_size = Some(1 << 20);
+        assert!(check_ref(&seg, &odd).is_err());
+        let history: WalFileName = "00000002.history".parse().unwrap();
+        check_ref(&history, &walref("00000002.history", &[40], 40)).unwrap();
+        assert!(check_ref(&history, &walref("00000002.history", &[4 << 20], 4 << 20)).is_err());
+    }
+}

@@ -407,6 +407,8 @@ fn restore_wal_reports_missing_corrupt_and_unwritable() {
         // Put the chunk back: the same command now succeeds, so the failure was the corruption.
         fs::write(&victim_path, &pristine).expect("repair chunk");
         fs::set_permissions(&victim_path, mode.clone()).expect("restore chunk mode");
+        // Objects are 0600: a chunk re-created by root must be the repository owner's again.
+        give_to_pg(&victim_path);
         let got = pitr.restore(name, &dest);
         assert_same_bytes("restore-wal after repair", &got, &original);
         fs::remove_file(&dest).expect("remove restored copy");

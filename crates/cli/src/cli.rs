@@ -54,6 +54,12 @@ pub enum Command {
     /// Archive one WAL file (archive_command = 'pitr archive-wal %p %f')
     ArchiveWal(ArchiveWalArgs),
     /// Fetch one archived WAL file (restore_command = 'pitr restore-wal %f %p')
+    ///
+    /// DEST appears only once the file is checked to be NAME: the ref's name and size, the
+    /// first page's address, timeline and system identifier (the repository's), a history
+    /// file's syntax. Exit 0 restored; 1 NAME is not archived (end of recovery); 255 for
+    /// anything else (corruption, a file that is not NAME, a hole in an archived timeline, an
+    /// unreachable repository, bad arguments), so PostgreSQL stops instead of promoting early.
     RestoreWal(RestoreWalArgs),
     /// Repository summary: archived WAL per timeline, gaps, sizes
     Info(InfoArgs),
@@ -186,6 +192,11 @@ pub struct InitArgs {
     /// zstd compression level for new chunks
     #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     pub compression_level: i32,
+    /// Create a local repository even when running as root. Without it `pitr init` refuses:
+    /// a repository owned by root is one the PostgreSQL user's archive_command cannot write
+    /// to; run init as the user PostgreSQL runs as
+    #[arg(long)]
+    pub allow_root: bool,
 }
 
 #[derive(Args, Debug)]

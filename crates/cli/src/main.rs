@@ -36,10 +36,34 @@ fn exit_status(failure: Failure, restore_wal: bool) -> u8 {
     }
 }
 
+/// The exit status for arguments clap refused: restore-wal's usage errors must stop recovery
+/// too (a typo in restore_command must not read as "end of archive").
+fn usage_status(restore_wal: bool) -> u8 {
+    if restore_wal {
+        exit::RECOVERY_FATAL
+    } else {
+        exit::USAGE
+    }
+}
+
+/// Which subcommand arguments clap refused were meant for: clap parses them again, leniently,
+/// so that `--repo /x/restore-wal info` is `info`. Only when even that finds no subcommand
+/// (`pitr --repo restore-wal`) is the word looked for in the arguments, as before.
+fn refused_subcommand_is_restore_wal(args: &[std::ffi::OsString]) -> bool {
+    use clap::CommandFactory;
+    let lenient = Cli::command()
+        .ignore_errors(true)
+        .try_get_matches_from(args);
+    match lenient.as_ref().ok().and_then(|m| m.subcommand_name()) {
+        Some(name) => name == "restore-wal",
+        None => args.iter().any(|a| a == "restore-wal"),
+    }
+}
+
 fn main() -> ExitCode {
     keep_freed_memory();
-    let restore_wal = std::env::args().any(|a| a == "restore-wal");
-    let cli = match Cli::try_parse() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -47,11 +71,11 @@ fn main() -> ExitCode {
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
                     ExitCode::SUCCESS
                 }
-                _ if restore_wal => ExitCode::from(exit::RECOVERY_FATAL),
-                _ => ExitCode::from(exit::USAGE),
+                _ => ExitCode::from(usage_status(refused_subcommand_is_restore_wal(&args))),
             };
         }
     };
+    let restore_wal = matches!(cli.command, Command::RestoreWal(_));
     logging::init(&cli.global);
     // A panic must not exit 101: for restore_command that would read as "not found".
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli)));
@@ -102,5 +126,46 @@ fn keep_freed_memory() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(args: &[&str]) -> bool {
+        let args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+        assert!(Cli::try_parse_from(&args).is_err(), "{args:?} parsed");
+        refused_subcommand_is_restore_wal(&args)
+    }
+
+    /// The exit status of a refused command line comes from the subcommand clap finds, not
+    /// from the word `restore-wal` appearing anywhere.
+    #[test]
+    fn usage_errors_are_judged_by_the_parsed_subcommand() {
+        assert!(refused(&["pitr", "restore-wal", "--bogus-flag", "X", "Y"]));
+        assert!(refused(&["pitr", "--repo", "/r", "restore-wal", "X"]));
+        assert!(refused(&["pitr", "restore-wal"]));
+        assert!(refused(&["pitr", "--bogus", "restore-wal", "X", "Y"]));
+        assert!(!refused(&[
+            "pitr",
+            "--repo",
+            "/x/restore-wal",
+            "info",
+            "--bogus"
+        ]));
+        assert!(!refused(&["pitr", "archive-wal", "restore-wal"]));
+        assert!(!refused(&[
+            "pitr",
+            "--repo",
+            "restore-wal",
+            "list",
+            "--nope"
+        ]));
+        // nothing to go by: as before
+        assert!(refused(&["pitr", "--repo", "restore-wal"]));
+        assert!(!refused(&["pitr", "--bogus"]));
+        assert_eq!(usage_status(true), exit::RECOVERY_FATAL);
+        assert_eq!(usage_status(false), exit::USAGE);
     }
 }

@@ -21,8 +21,19 @@ pub struct ArchiveWalRequest {
     pub lookahead: usize,
 }
 
-/// Create the repository at `url` with `config` (again with the same settings is fine).
-pub async fn init(url: &str, config: RepoConfig) -> anyhow::Result<()> {
+/// Create the repository at `url` with `config` (again with the same settings is fine). A
+/// local repository is not created as root unless `allow_root`: its files would belong to
+/// root, and PostgreSQL's archive_command, running as the server's user, could not write them.
+pub async fn init(url: &str, config: RepoConfig, allow_root: bool) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root && !allow_root && pitr_store::Backend::is_local_url(url) {
+        bail!(
+            "refusing to create repository {url} as root: its files would belong to root and \
+             PostgreSQL's archive_command could not write them; run `pitr init` as the user \
+             PostgreSQL runs as (e.g. `sudo -u postgres pitr init`), or pass --allow-root"
+        );
+    }
     let (_, outcome) = Repo::init(url, config).await?;
     match outcome {
         InitOutcome::Created => tracing::info!("created repository {url}"),
@@ -31,6 +42,17 @@ pub async fn init(url: &str, config: RepoConfig) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// History and backup history files are a few hundred bytes.
+const MAX_HISTORY_FILE: u64 = 1 << 20;
+
+fn describe(name: &WalFileName) -> &'static str {
+    match name.kind() {
+        WalFileKind::Segment | WalFileKind::Partial => "WAL segment",
+        WalFileKind::History => "timeline history file",
+        WalFileKind::BackupHistory => "backup history file",
+    }
 }
 
 /// A WAL file opened and checked, ready to store.
@@ -67,7 +89,33 @@ impl WalFile {
                     .with_context(|| format!("{} is not WAL segment {name}", path.display()))?;
                 Some(header)
             }
-            WalFileKind::History | WalFileKind::BackupHistory => None,
+            // The archive is create-only: an empty or garbled history file stored now would
+            // block the real one forever, so these are parsed before anything is stored.
+            WalFileKind::History | WalFileKind::BackupHistory => {
+                if len > MAX_HISTORY_FILE {
+                    bail!(
+                        "{} is {len} bytes, too big for {}",
+                        path.display(),
+                        describe(&name)
+                    );
+                }
+                let mut buf = vec![0u8; len as usize];
+                file.read_exact_at(&mut buf, 0)
+                    .with_context(|| format!("read {}", path.display()))?;
+                let checked: anyhow::Result<()> = if name.kind() == WalFileKind::History {
+                    pitr_pg::parse_history_file(name.timeline(), &buf)
+                        .map(drop)
+                        .map_err(Into::into)
+                } else {
+                    pitr_pg::parse_backup_history(&name, &buf)
+                        .map(drop)
+                        .map_err(Into::into)
+                };
+                checked.with_context(|| {
+                    format!("{} is not {} {name}", path.display(), describe(&name))
+                })?;
+                None
+            }
         };
         Ok(WalFile {
             name,

@@ -1,5 +1,7 @@
 //! `pitr restore-wal NAME DEST`: fetch one archived WAL file for recovery. DEST appears whole
-//! or not at all; "not archived" (exit 1) is kept strictly apart from every other failure.
+//! or not at all, and only once it is checked to be NAME (ref, size, page header, system
+//! identifier, history syntax); "not archived" (exit 1) is kept strictly apart from every
+//! other failure, including a hole in the middle of an archived timeline.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,11 +11,19 @@ use anyhow::{bail, Context};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 
-use pitr_pg::{WalFileKind, WalFileName};
-use pitr_store::{Repo, StoreError};
+use pitr_pg::{LongPageHeader, WalFileKind, WalFileName, LONG_PAGE_HEADER_LEN};
+use pitr_store::{keys, Repo, StoreError};
+use tokio::sync::OnceCell;
 
 use crate::error::NotArchived;
-use crate::repofile::WalRef;
+use crate::repofile::{repo_system_identifier, WalRef};
+
+/// The repository's system identifier, read at most once per process (the restore-wal call or
+/// the prefetch worker) and only when a segment is checked.
+type SystemId = OnceCell<u64>;
+
+/// History and backup history files are a few hundred bytes; a ref claiming more is not one.
+const MAX_SMALL_FILE: u64 = 1 << 20;
 
 /// `pitr restore-wal NAME DEST`.
 pub struct RestoreWalRequest {
@@ -44,9 +54,11 @@ pub async fn restore_wal(url: &str, args: RestoreWalRequest) -> anyhow::Result<(
             return Ok(());
         }
     }
+    let sysid = SystemId::new();
     let mut delay = Duration::from_millis(200);
     for attempt in 1.. {
-        let fetched = async { fetch(&Repo::open(url).await?, &name, &args.dest).await }.await;
+        let fetched =
+            async { fetch(&Repo::open(url).await?, &name, &args.dest, &sysid).await }.await;
         match fetched {
             Err(e) if attempt < ATTEMPTS && is_transient(&e) => {
                 tracing::warn!("fetch {name} (attempt {attempt} of {ATTEMPTS}): {e:#}; retrying");
@@ -168,6 +180,7 @@ async fn prefetch_worker(
         .and_then(|r| r.segment_size)
         .unwrap_or(pitr_pg::DEFAULT_WAL_SEGMENT_SIZE);
     let first = after.segment_number(seg_size).context("not a segment")?;
+    let sysid = SystemId::new();
     for segno in first + 1..=first + depth as u64 {
         let name = WalFileName::segment(after.timeline(), segno, seg_size);
         let dest = spool.join(name.as_str());
@@ -177,7 +190,7 @@ async fn prefetch_worker(
         if dest.exists() {
             continue;
         }
-        match fetch(&repo, &name, &dest).await {
+        match fetch(&repo, &name, &dest, &sysid).await {
             Ok(()) => {}
             Err(e) if e.downcast_ref::<NotArchived>().is_some() => break,
             Err(e) => {
@@ -218,20 +231,33 @@ fn is_transient(e: &anyhow::Error) -> bool {
     })
 }
 
-async fn fetch(repo: &Repo, name: &WalFileName, dest: &Path) -> anyhow::Result<()> {
+async fn fetch(
+    repo: &Repo,
+    name: &WalFileName,
+    dest: &Path,
+    sysid: &SystemId,
+) -> anyhow::Result<()> {
     let Some(walref) = WalRef::load(repo, name).await? else {
-        return Err(NotArchived(name.to_string()).into());
+        return Err(missing(repo, name).await);
     };
+    let key = WalRef::key(name);
+    check_ref(name, &walref).with_context(|| format!("check {name} ({key})"))?;
     let tmp = temp_path(dest);
     let file = std::fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("create {}", tmp.display()))?;
+    let file = Arc::new(file);
     let written = async {
         let n = repo
-            .get_file(&walref.chunks, Arc::new(file), &tmp.display().to_string())
+            .get_file(
+                &walref.chunks,
+                Arc::clone(&file),
+                &tmp.display().to_string(),
+            )
             .await?;
         if n != walref.size {
             bail!(
@@ -239,6 +265,9 @@ async fn fetch(repo: &Repo, name: &WalFileName, dest: &Path) -> anyhow::Result<(
                 walref.size
             );
         }
+        check_content(repo, name, &walref, &file, &tmp, sysid)
+            .await
+            .with_context(|| format!("check {name} ({key})"))?;
         std::fs::rename(&tmp, dest)
             .with_context(|| format!("rename {} to {}", tmp.display(), dest.display()))?;
         Ok(())
@@ -250,8 +279,232 @@ async fn fetch(repo: &Repo, name: &WalFileName, dest: &Path) -> anyhow::Result<(
     written.with_context(|| format!("restore {name} to {}", dest.display()))
 }
 
+/// NAME has no ref. That is the end of the archive ("not archived", exit 1) unless later
+/// segments of its timeline are archived: then it is a hole, and ending recovery here would
+/// promote at the wrong point. The timeline is listed only on this path (once per recovery,
+/// at its end), so the usual fetch stays one read.
+async fn missing(repo: &Repo, name: &WalFileName) -> anyhow::Error {
+    if name.kind() != WalFileKind::Segment {
+        return NotArchived(name.to_string()).into();
+    }
+    let prefix = format!("{}{}/", keys::WAL_PREFIX, &name.as_str()[..8]);
+    let listed = match repo.list(&prefix).await {
+        Ok(listed) => listed,
+        Err(e) => {
+            return anyhow::Error::new(e).context(format!(
+                "{name} is not archived; list {prefix} to tell the end of the archive from a hole"
+            ))
+        }
+    };
+    let later = listed
+        .iter()
+        .filter_map(|(k, _)| WalRef::name_of_key(k))
+        .filter(|n| n.kind() == WalFileKind::Segment && n > name)
+        .min();
+    match later {
+        Some(later) => anyhow::anyhow!(
+            "{name} is missing from the archive ({} is absent or not readable as an object), \
+             but later segments of timeline {} are archived (from {later}): the archive has a \
+             hole; refusing to end recovery here",
+            WalRef::key(name),
+            name.timeline()
+        ),
+        None => NotArchived(name.to_string()).into(),
+    }
+}
+
+/// What the ref itself must say before anything is fetched: it is NAME's, and its size is
+/// one a file of that kind can have. A swapped or emptied ref stops here.
+fn check_ref(name: &WalFileName, walref: &WalRef) -> anyhow::Result<()> {
+    if walref.name != *name {
+        bail!("the ref is {}'s, not {name}'s", walref.name);
+    }
+    let chunked: u64 = walref.chunks.iter().map(|c| u64::from(c.len)).sum();
+    if chunked != walref.size {
+        bail!(
+            "the ref says {} bytes but its chunks add up to {chunked}",
+            walref.size
+        );
+    }
+    match name.kind() {
+        WalFileKind::Segment | WalFileKind::Partial => {
+            let size = walref.size;
+            if !size.is_power_of_two() || !(1 << 20..=1 << 30).contains(&size) {
+                bail!("the ref says {size} bytes, which is no WAL segment size");
+            }
+            if let Some(seg) = walref.segment_size {
+                if u64::from(seg) != size {
+                    bail!("the ref says {size} bytes but segments of {seg} bytes");
+                }
+            }
+        }
+        WalFileKind::History | WalFileKind::BackupHistory => {
+            if walref.size > MAX_SMALL_FILE {
+                bail!(
+                    "the ref says {} bytes, too big for a history file",
+                    walref.size
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What the fetched bytes must be before they become DEST: for a segment, a first page whose
+/// long header carries NAME's position, timeline and the repository's system identifier; for
+/// a history file, a parseable history; for a backup history file, one whose start location
+/// is NAME's.
+async fn check_content(
+    repo: &Repo,
+    name: &WalFileName,
+    walref: &WalRef,
+    file: &std::fs::File,
+    path: &Path,
+    sysid: &SystemId,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let read = |len: usize| -> anyhow::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, 0)
+            .with_context(|| format!("read back {}", path.display()))?;
+        Ok(buf)
+    };
+    match name.kind() {
+        WalFileKind::Segment | WalFileKind::Partial => {
+            let header = LongPageHeader::parse(&read(LONG_PAGE_HEADER_LEN)?)?;
+            header.check_belongs_to(name, walref.size)?;
+            let ours = sysid
+                .get_or_try_init(|| async {
+                    repo_system_identifier(repo).await?.with_context(|| {
+                        format!(
+                            "{} records no system identifier, so no WAL can be checked",
+                            keys::CLUSTER
+                        )
+                    })
+                })
+                .await?;
+            if header.system_identifier != *ours {
+                bail!(
+                    "its page header says database system {}, but the repository belongs to \
+                     system {ours}",
+                    header.system_identifier
+                );
+            }
+            check_timeline(repo, name, &header).await
+        }
+        WalFileKind::History => {
+            pitr_pg::parse_history_file(name.timeline(), &read(walref.size as usize)?)?;
+            Ok(())
+        }
+        WalFileKind::BackupHistory => {
+            pitr_pg::parse_backup_history(name, &read(walref.size as usize)?)?;
+            Ok(())
+        }
+    }
+}
+
+/// The first page of a segment carries NAME's timeline, with one exception: the segment where
+/// a timeline begins starts as a copy of its parent's, up to the switch point, so its first
+/// page may carry an older timeline, if the timeline's history file says it switched from
+/// that one inside this segment.
+async fn check_timeline(
+    repo: &Repo,
+    name: &WalFileName,
+    header: &LongPageHeader,
+) -> anyhow::Result<()> {
+    let (page, wanted) = (header.timeline, name.timeline().0);
+    if page == wanted {
+        return Ok(());
+    }
+    let wrong = || anyhow::anyhow!("its page header says timeline {page}, not {wanted}");
+    if page > wanted {
+        return Err(wrong());
+    }
+    let history: WalFileName = format!("{wanted:08X}.history")
+        .parse()
+        .expect("a history file name");
+    let Some(href) = WalRef::load(repo, &history).await? else {
+        return Err(wrong().context(format!("{history} is not archived")));
+    };
+    check_ref(&history, &href).with_context(|| format!("check {history}"))?;
+    let bytes = repo.get_bytes(&href.chunks).await?;
+    let entries = pitr_pg::parse_history_file(name.timeline(), &bytes)
+        .with_context(|| format!("check {history}"))?;
+    let segno = name.segment_number(header.segment_size);
+    let switched_here = entries.iter().any(|e| {
+        e.parent.0 == page && Some(e.switch_point.segment_number(header.segment_size)) == segno
+    });
+    if switched_here {
+        Ok(())
+    } else {
+        Err(wrong().context(format!(
+            "{history} has no switch from timeline {page} inside {name}"
+        )))
+    }
+}
+
 fn temp_path(dest: &Path) -> PathBuf {
     let mut s = dest.as_os_str().to_owned();
     s.push(format!(".pitr-{}.tmp", std::process::id()));
     PathBuf::from(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pitr_store::{ChunkId, ChunkRef};
+
+    fn walref(name: &str, lens: &[u32], size: u64) -> WalRef {
+        WalRef {
+            name: name.parse().unwrap(),
+            size,
+            segment_size: None,
+            system_identifier: None,
+            archived_at: chrono::Utc::now(),
+            stored_bytes: 0,
+            chunks: lens
+                .iter()
+                .map(|&len| ChunkRef {
+                    id: ChunkId::of(&len.to_le_bytes()),
+                    len,
+                })
+                .collect(),
+            source: None,
+        }
+    }
+
+    /// A ref that is not NAME's, or whose size no file of NAME's kind has, is refused before
+    /// anything is fetched.
+    #[test]
+    fn refs_must_be_names_and_sized_like_it() {
+        let seg: WalFileName = "000000010000000000000002".parse().unwrap();
+        let whole = [4 << 20; 4];
+        check_ref(&seg, &walref(seg.as_str(), &whole, 16 << 20)).unwrap();
+        for (how, r) in [
+            (
+                "another segment's",
+                walref("000000010000000000000001", &whole, 16 << 20),
+            ),
+            (
+                "another timeline's",
+                walref("000000020000000000000002", &whole, 16 << 20),
+            ),
+            ("emptied", walref(seg.as_str(), &[], 0)),
+            // (truncated to a size segments may have, 4 MiB, it is the page header's check
+            // that the file is as long as its segments)
+            ("truncated", walref(seg.as_str(), &[3 << 20], 3 << 20)),
+            (
+                "short of its size",
+                walref(seg.as_str(), &[4 << 20], 16 << 20),
+            ),
+        ] {
+            assert!(check_ref(&seg, &r).is_err(), "{how} ref accepted");
+        }
+        let mut odd = walref(seg.as_str(), &whole, 16 << 20);
+        odd.segment_size = Some(1 << 20);
+        assert!(check_ref(&seg, &odd).is_err());
+        let history: WalFileName = "00000002.history".parse().unwrap();
+        check_ref(&history, &walref("00000002.history", &[40], 40)).unwrap();
+        assert!(check_ref(&history, &walref("00000002.history", &[4 << 20], 4 << 20)).is_err());
+    }
 }

@@ -51,6 +51,40 @@ pub fn parse_history(text: &str) -> Result<Vec<HistoryEntry>, HistoryError> {
     Ok(out)
 }
 
+/// Check the bytes of timeline `timeline`'s history file, as archive-wal receives it and
+/// restore-wal hands it out: text, at least one line, every parent older than `timeline`. An
+/// empty or garbled file must never be archived: the archive is create-only, so it would
+/// block the real one forever.
+pub fn parse_history_file(
+    timeline: TimelineId,
+    bytes: &[u8],
+) -> Result<Vec<HistoryEntry>, HistoryError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| HistoryError {
+        line: 1 + bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count(),
+        detail: "not text (invalid UTF-8)".into(),
+    })?;
+    let entries = parse_history(text)?;
+    let Some(last) = entries.last() else {
+        return Err(HistoryError {
+            line: 1,
+            detail: "no timeline switch in the file (empty)".into(),
+        });
+    };
+    if last.parent >= timeline {
+        return Err(HistoryError {
+            line: entries.len(),
+            detail: format!(
+                "timeline {} cannot be a parent of timeline {timeline}",
+                last.parent
+            ),
+        });
+    }
+    Ok(entries)
+}
+
 /// The timelines that lead to `target`, oldest first, each with the LSN where it begins
 /// (`Lsn(0)` for the first) and the LSN where it ends (`None` for `target` itself).
 pub fn timeline_path(
@@ -88,5 +122,29 @@ mod tests {
         assert!(parse_history("x 0/1 r").is_err());
         assert!(parse_history("1 zz r").is_err());
         assert!(parse_history("2 0/5 a\n1 0/6 b").is_err());
+    }
+
+    #[test]
+    fn history_files_need_a_line_and_older_parents() {
+        let t = TimelineId(3);
+        assert_eq!(
+            parse_history_file(t, b"1\t0/3000158\tx\n2\t0/5000000\ty\n")
+                .unwrap()
+                .len(),
+            2
+        );
+        for bad in [
+            &b""[..],
+            b"\n# nothing\n",
+            b"1 zz r\n",
+            b"3\t0/5000000\tself\n",
+            b"1\t0/3000158\t\xff\xfe\n",
+        ] {
+            assert!(
+                parse_history_file(t, bad).is_err(),
+                "{:?} accepted",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! PostgreSQL's own vocabulary for pitr: LSNs, timelines, WAL file names, WAL page headers and
 //! the pieces of `pg_control` we read. Pure parsing, no I/O beyond what a caller hands in.
 
+mod backuphistory;
 mod control;
 mod history;
 mod lsn;
@@ -9,8 +10,9 @@ mod walname;
 mod walpage;
 mod walrecords;
 
+pub use backuphistory::{parse_backup_history, BackupHistory, BackupHistoryError};
 pub use control::{read_system_identifier, ControlError};
-pub use history::{parse_history, timeline_path, HistoryEntry, HistoryError};
+pub use history::{parse_history, parse_history_file, timeline_path, HistoryEntry, HistoryError};
 pub use lsn::{Lsn, LsnParseError};
 pub use walname::{TimelineId, WalFileKind, WalFileName, WalNameError};
 pub use walpage::{LongPageHeader, PageHeaderError, LONG_PAGE_HEADER_LEN};

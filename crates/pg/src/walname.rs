@@ -86,6 +86,22 @@ impl WalFileName {
         Some(u64::from(self.log) * per_log + u64::from(self.seg))
     }
 
+    /// Whether the name is PostgreSQL's own for a cluster with `segment_size`: the segment
+    /// part counts only up to the number of segments in 4 GiB (`00000001000000000000
+    /// 0100` names no 16 MiB segment, though it would add up to the same position as the
+    /// next log's first). Always true for `.history`.
+    pub fn is_canonical(&self, segment_size: u32) -> bool {
+        self.kind == WalFileKind::History
+            || u64::from(self.seg) < 0x1_0000_0000u64 / u64::from(segment_size)
+    }
+
+    /// The byte offset in its segment where a backup began (`.backup` files only).
+    pub fn backup_offset(&self) -> Option<u32> {
+        (self.kind == WalFileKind::BackupHistory)
+            .then(|| hex8(&self.name[25..33]))
+            .flatten()
+    }
+
     /// The first byte position of this segment in the WAL stream.
     pub fn start_lsn(&self, segment_size: u32) -> Option<crate::Lsn> {
         self.segment_number(segment_size)
@@ -165,6 +181,20 @@ mod tests {
         assert_eq!(h.timeline(), TimelineId(2));
         let b: WalFileName = "000000010000000000000002.00000028.backup".parse().unwrap();
         assert_eq!(b.kind(), WalFileKind::BackupHistory);
+        assert_eq!(b.backup_offset(), Some(0x28));
+        assert_eq!(s.backup_offset(), None);
+    }
+
+    #[test]
+    fn canonical_names_depend_on_the_segment_size() {
+        let last: WalFileName = "0000000100000000000000FF".parse().unwrap();
+        let beyond: WalFileName = "000000010000000000000100".parse().unwrap();
+        assert!(last.is_canonical(16 << 20));
+        assert!(!beyond.is_canonical(16 << 20));
+        assert!(beyond.is_canonical(1 << 20));
+        assert!(!last.is_canonical(1 << 30));
+        let h: WalFileName = "00000002.history".parse().unwrap();
+        assert!(h.is_canonical(1 << 30));
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub enum PageHeaderError {
     BadBlockSize(u32),
     #[error("page address {found} does not match the file name, which needs {expected}")]
     WrongAddress { found: Lsn, expected: Lsn },
+    #[error("{name} is not a segment name of a cluster with {segment_size}-byte segments")]
+    NotCanonical { name: String, segment_size: u32 },
     #[error("file is {actual} bytes but the header says segments are {expected} bytes")]
     WrongSize { actual: u64, expected: u32 },
 }
@@ -74,6 +76,12 @@ impl LongPageHeader {
         name: &WalFileName,
         file_len: u64,
     ) -> Result<(), PageHeaderError> {
+        if !name.is_canonical(self.segment_size) {
+            return Err(PageHeaderError::NotCanonical {
+                name: name.to_string(),
+                segment_size: self.segment_size,
+            });
+        }
         if let Some(expected) = name.start_lsn(self.segment_size) {
             if expected != self.page_address {
                 return Err(PageHeaderError::WrongAddress {
@@ -121,6 +129,14 @@ mod tests {
             h.check_belongs_to(&bad, 16 << 20),
             Err(PageHeaderError::WrongAddress { .. })
         ));
+        // the same position under a name PostgreSQL never gives it
+        let h = LongPageHeader::parse(&header_bytes(0x1_0000_0000, 1, 16 << 20)).unwrap();
+        let odd: WalFileName = "000000010000000000000100".parse().unwrap();
+        assert!(matches!(
+            h.check_belongs_to(&odd, 16 << 20),
+            Err(PageHeaderError::NotCanonical { .. })
+        ));
+        let h = LongPageHeader::parse(&b).unwrap();
         assert!(matches!(
             h.check_belongs_to(&good, 8192),
             Err(PageHeaderError::WrongSize { .. })

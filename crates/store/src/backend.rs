@@ -2,6 +2,7 @@
 //! hand because `parse_url` leaves fsync off, and pitr's promise is durability on success.
 
 use std::collections::HashMap;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -25,6 +26,11 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// Whether `url` names a local directory (a bare absolute path or `file://`).
+    pub fn is_local_url(url: &str) -> bool {
+        url.starts_with('/') || url.starts_with("file://")
+    }
+
     /// Connect to the repository at `url`. With `create`, a missing local directory is made.
     pub fn connect(url: &str, create: bool) -> Result<Backend> {
         let bad = |reason: &str| StoreError::BadUrl {
@@ -94,16 +100,46 @@ impl Backend {
     }
 
     fn local(url: &str, root: PathBuf, create: bool) -> Result<Backend> {
+        let io = |source: std::io::Error| {
+            if source.kind() == std::io::ErrorKind::PermissionDenied {
+                StoreError::PermissionDenied {
+                    path: root.display().to_string(),
+                    owner: crate::local::owner_and_mode(&root),
+                }
+            } else {
+                StoreError::Io {
+                    key: root.display().to_string(),
+                    source,
+                }
+            }
+        };
         if create {
-            std::fs::create_dir_all(&root).map_err(|source| StoreError::Io {
-                key: root.display().to_string(),
-                source,
-            })?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(crate::local::DIR_MODE)
+                .create(&root)
+                .map_err(io)?;
+            // A directory made beforehand (by an administrator, under another umask) becomes
+            // private too, when it is ours to change.
+            let meta = std::fs::metadata(&root).map_err(io)?;
+            // SAFETY: geteuid has no preconditions.
+            let ours = meta.uid() == unsafe { libc::geteuid() };
+            if ours && meta.mode() & 0o077 != 0 {
+                std::fs::set_permissions(
+                    &root,
+                    std::fs::Permissions::from_mode(crate::local::DIR_MODE),
+                )
+                .map_err(io)?;
+            }
         }
-        if !root.is_dir() {
-            return Err(StoreError::NotInitialized {
-                url: url.to_string(),
-            });
+        match std::fs::metadata(&root) {
+            Ok(m) if m.is_dir() => {}
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(io(e)),
+            _ => {
+                return Err(StoreError::NotInitialized {
+                    url: url.to_string(),
+                })
+            }
         }
         let store = LocalFileSystem::new_with_prefix(&root)
             .map_err(|e| StoreError::backend(root.display().to_string(), e))?

@@ -19,6 +19,9 @@ pub enum StoreError {
     NotInitialized { url: String },
     #[error("repository at {url} already exists with other settings: {detail}")]
     ConfigMismatch { url: String, detail: String },
+    /// The operating system refused access to a local object: the message says whose it is.
+    #[error("cannot open {path} ({owner}): permission denied; run pitr as the repository's owner")]
+    PermissionDenied { path: String, owner: String },
     #[error("{key}: {source}")]
     Io {
         key: String,

@@ -13,6 +13,10 @@
 //! fsynced: that is batched in [`LocalChunks::sync_dirs`], which `Repo::sync` runs before
 //! every document write (a document is what makes chunks reachable).
 //!
+//! Documents (config, refs, manifests) of a local repository are written the same way, not
+//! through `object_store`, whose files take their mode from the umask: every directory here
+//! is made 0700 and every object 0600, because chunks hold `server.key` and `pg_authid`.
+//!
 //! [`LocalBackend`] is this module's side of the store's backend seam (`chunks.rs`).
 
 use std::collections::HashSet;
@@ -21,7 +25,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, ErrorKind, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,11 +48,15 @@ pub(crate) struct LocalBackend {
 }
 
 impl LocalBackend {
+    #[cfg(test)]
     pub fn new(root: PathBuf, level: i32) -> Self {
-        LocalBackend {
-            files: Arc::new(LocalChunks::new(root)),
-            level,
-        }
+        Self::with_files(Arc::new(LocalChunks::new(root)), level)
+    }
+
+    /// Over `files`, shared with the repository's document writes (one set of directories
+    /// waiting for their fsync).
+    pub fn with_files(files: Arc<LocalChunks>, level: i32) -> Self {
+        LocalBackend { files, level }
     }
 
     /// Directories waiting for [`ChunkBackend::sync`].
@@ -112,6 +120,11 @@ impl ChunkBackend for LocalBackend {
         .boxed()
     }
 }
+
+/// Every object of a local repository: its owner's alone, whatever the umask.
+pub(crate) const OBJECT_MODE: u32 = 0o600;
+/// Every directory of a local repository.
+pub(crate) const DIR_MODE: u32 = 0o700;
 
 #[derive(Debug)]
 pub(crate) struct LocalChunks {
@@ -184,7 +197,7 @@ impl LocalChunks {
         let open = || {
             OpenOptions::new()
                 .write(true)
-                .mode(0o666)
+                .mode(OBJECT_MODE)
                 .custom_flags(libc::O_TMPFILE)
                 .open(dir)
         };
@@ -234,7 +247,7 @@ impl LocalChunks {
             match OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .mode(0o666)
+                .mode(OBJECT_MODE)
                 .open(&staging)
             {
                 Ok(f) => break (f, staging),
@@ -267,7 +280,7 @@ impl LocalChunks {
             }
         }
         for d in missing.iter().rev() {
-            match std::fs::create_dir(d) {
+            match std::fs::DirBuilder::new().mode(DIR_MODE).create(d) {
                 Ok(()) => fsync_dir(d.parent().unwrap_or(d))?,
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
@@ -325,8 +338,35 @@ impl LocalChunks {
     /// Whether chunk `id` exists, as a store error naming its key.
     fn exists_or_io(&self, id: &ChunkId) -> Result<bool> {
         let key = id.key();
-        self.exists(&key)
-            .map_err(|source| StoreError::Io { key, source })
+        self.exists(&key).map_err(|source| self.error(&key, source))
+    }
+
+    /// `source`, met on object `key`, as a store error; "permission denied" says whose the
+    /// object is and its mode, which is what the user needs to fix it.
+    pub fn error(&self, key: &str, source: io::Error) -> StoreError {
+        if source.kind() == ErrorKind::PermissionDenied {
+            let path = self.path(key);
+            StoreError::PermissionDenied {
+                owner: owner_and_mode(&path),
+                path: path.display().to_string(),
+            }
+        } else {
+            StoreError::Io {
+                key: key.to_string(),
+                source,
+            }
+        }
+    }
+
+    /// Write a document create-only (as a chunk is written); true when this call created it.
+    pub fn put_doc(&self, key: &str, body: &[u8]) -> Result<bool> {
+        self.create(key, body)
+            .map_err(|source| self.error(key, source))
+    }
+
+    /// A document's bytes, `None` when absent. Anything but a file in its place is an error.
+    pub fn get_doc(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.read(key).map_err(|source| self.error(key, source))
     }
 
     /// Hash, look for (with `look_first`), compress and write one chunk.
@@ -336,10 +376,7 @@ impl LocalChunks {
             len: data.len() as u32,
         };
         let key = chunk.id.key();
-        let io = |source| StoreError::Io {
-            key: key.clone(),
-            source,
-        };
+        let io = |source| self.error(&key, source);
         if look_first && self.exists(&key).map_err(io)? {
             return Ok((chunk, 0));
         }
@@ -354,9 +391,41 @@ impl LocalChunks {
         match self.read(&key) {
             Ok(Some(body)) => decode_checked(chunk, &body),
             Ok(None) => Err(StoreError::NotFound { key }),
-            Err(source) => Err(StoreError::Io { key, source }),
+            Err(source) => Err(self.error(&key, source)),
         }
     }
+}
+
+/// "owner postgres, mode 0600" for `path`, or for the nearest directory above it that can be
+/// looked at ("/repo: owner postgres, mode 0700") when `path` itself cannot.
+pub(crate) fn owner_and_mode(path: &Path) -> String {
+    for (i, p) in path.ancestors().enumerate() {
+        if let Ok(m) = std::fs::metadata(p) {
+            let who = user_name(m.uid()).unwrap_or_else(|| format!("uid {}", m.uid()));
+            let it = format!("owner {who}, mode {:04o}", m.mode() & 0o7777);
+            return if i == 0 {
+                it
+            } else {
+                format!("{}: {it}", p.display())
+            };
+        }
+    }
+    "owner unknown".to_string()
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: passwd is plain data that getpwuid_r fills in; zeroed is a valid start.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call and buf's length is passed with it.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc != 0 || found.is_null() {
+        return None;
+    }
+    // SAFETY: on success pw_name points to a NUL-terminated string inside buf.
+    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -382,6 +451,51 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    /// Objects 0600 and directories 0700 on both write paths, under a permissive umask.
+    #[test]
+    fn objects_and_directories_are_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        // SAFETY: umask only changes this process's file creation mask.
+        let old = unsafe { libc::umask(0o002) };
+        for tmpfile in [true, false] {
+            let root = tempfile::tempdir().unwrap();
+            let l = LocalChunks::new(root.path().to_path_buf());
+            l.tmpfile.store(tmpfile, Ordering::Relaxed);
+            assert!(l.create("chunks/ab/abc", b"body").unwrap());
+            assert!(l.put_doc("wal/00000001/x.json", b"{}").unwrap());
+            let mode = |p: &str| {
+                std::fs::metadata(root.path().join(p))
+                    .unwrap()
+                    .permissions()
+                    .mode()
+                    & 0o777
+            };
+            for dir in ["chunks", "chunks/ab", "wal", "wal/00000001"] {
+                assert_eq!(mode(dir), 0o700, "{dir} ({tmpfile})");
+            }
+            for obj in ["chunks/ab/abc", "wal/00000001/x.json"] {
+                assert_eq!(mode(obj), 0o600, "{obj} ({tmpfile})");
+            }
+        }
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+    }
+
+    #[test]
+    fn permission_errors_name_owner_and_mode() {
+        let root = tempfile::tempdir().unwrap();
+        let l = LocalChunks::new(root.path().to_path_buf());
+        let e = l.error("chunks/ab/abc", io::Error::from_raw_os_error(libc::EACCES));
+        let text = e.to_string();
+        assert!(
+            text.contains("permission denied")
+                && text.contains("owner ")
+                && text.contains("mode 0")
+                && text.contains(&root.path().display().to_string()),
+            "{text}"
+        );
     }
 
     #[test]

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::chunk::{ChunkId, Fingerprint};
-use crate::chunks::{ChunkBackend, ObjectChunks, OutFile};
-use crate::local::LocalBackend;
+use crate::chunks::{blocking, ChunkBackend, ObjectChunks, OutFile};
+use crate::local::{LocalBackend, LocalChunks};
 use crate::{keys, Backend, Chunker, Result, StoreError};
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -158,6 +158,9 @@ pub struct Repo {
     limiter: Arc<Semaphore>,
     /// Where the chunks live (see `chunks.rs`), shared by clones.
     chunks: Arc<dyn ChunkBackend>,
+    /// A local repository's files, for its documents: written with the chunks' modes and
+    /// durability rather than `object_store`'s (whose modes follow the umask).
+    local: Option<Arc<LocalChunks>>,
 }
 
 /// Chunks in flight by default: enough to overlap every fsync or network round trip of a
@@ -193,8 +196,10 @@ impl Repo {
     fn new(backend: Backend, config: RepoConfig) -> Repo {
         let level = config.compression_level;
         // The one place that looks at the kind of backend.
-        let chunks: Arc<dyn ChunkBackend> = match &backend.local_root {
-            Some(root) => Arc::new(LocalBackend::new(root.clone(), level)),
+        let local =
+            (backend.local_root.as_ref()).map(|root| Arc::new(LocalChunks::new(root.clone())));
+        let chunks: Arc<dyn ChunkBackend> = match &local {
+            Some(files) => Arc::new(LocalBackend::with_files(Arc::clone(files), level)),
             None => Arc::new(ObjectChunks::new(backend.clone(), level)),
         };
         Repo {
@@ -203,6 +208,7 @@ impl Repo {
             concurrency: default_concurrency(),
             limiter: Arc::new(Semaphore::new(default_concurrency())),
             chunks,
+            local,
         }
     }
 
@@ -321,37 +327,31 @@ impl Repo {
     /// Split `len` bytes of `file` into chunks (the WAL [`Chunker`]) and store them,
     /// `concurrency` chunks at a time, assuming they are new (WAL). Durability as for
     /// [`Repo::put_backup_chunk`]: the bytes on return, the names by the `put_doc` that names
-    /// them. The file must not shrink meanwhile (WAL segments marked ready never do): it is
-    /// memory-mapped, which saves a copy and the page faults of fresh read buffers.
+    /// them. Each chunk is read with `pread` into its own buffer: a file that shrinks
+    /// meanwhile (or a read error) is an error naming `what`, never a signal, as it would be
+    /// with a memory map.
     pub async fn put_file(
         &self,
         file: Arc<std::fs::File>,
         len: u64,
         what: &str,
     ) -> Result<PutSummary> {
-        let mapped = (len > 0).then(|| map_file(&file, len)).flatten();
         let results: Vec<(ChunkRef, u64)> =
             futures::stream::iter(Chunker::for_wal(&self.config).ranges(len))
                 .map(|range| {
                     let file = Arc::clone(&file);
-                    let mapped = mapped.clone();
                     let what = what.to_string();
                     async move {
                         let _permit = self.limiter.acquire().await.expect("limiter never closed");
                         let (off, n) = (range.start, (range.end - range.start) as usize);
-                        let data = match mapped {
-                            Some(m) => m.slice(off as usize..off as usize + n),
-                            None => tokio::task::spawn_blocking(move || {
-                                let mut buf = vec![0u8; n];
-                                file.read_exact_at(&mut buf, off).map(|_| Bytes::from(buf))
-                            })
-                            .await
-                            .expect("reading does not panic")
-                            .map_err(|source| StoreError::Io {
-                                key: format!("{what} at offset {off}"),
-                                source,
-                            })?,
-                        };
+                        let data = tokio::task::spawn_blocking(move || {
+                            read_range(&file, off, n, len, &what)
+                        })
+                        .await
+                        .map_err(|source| StoreError::Task {
+                            what: format!("read {} bytes at offset {off}", n),
+                            source,
+                        })??;
                         self.put_new_chunk(data).await
                     }
                 })
@@ -447,6 +447,29 @@ impl Repo {
     /// name is durable.
     pub async fn put_doc(&self, key: &str, body: Bytes) -> Result<DocWrite> {
         self.sync().await?;
+        if let Some(files) = &self.local {
+            let created = {
+                let (files, key) = (Arc::clone(files), key.to_string());
+                blocking(move || files.put_doc(&key, &body)).await?
+            };
+            files
+                .sync_dirs(self.concurrency)
+                .await
+                .map_err(|(dir, source)| StoreError::Io {
+                    key: dir.display().to_string(),
+                    source,
+                })?;
+            if created {
+                return Ok(DocWrite::Created);
+            }
+            let existing = self
+                .get_doc(key)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    key: key.to_string(),
+                })?;
+            return Ok(DocWrite::Exists(existing));
+        }
         let path = self.backend.path(key);
         let opts = PutOptions::from(PutMode::Create);
         match self
@@ -477,6 +500,12 @@ impl Repo {
 
     /// Read a document; `None` when absent.
     pub async fn get_doc(&self, key: &str) -> Result<Option<Bytes>> {
+        if let Some(files) = &self.local {
+            let (files, key) = (Arc::clone(files), key.to_string());
+            return blocking(move || files.get_doc(&key))
+                .await
+                .map(|b| b.map(Bytes::from));
+        }
         let path = self.backend.path(key);
         let got = match self.store().get(&path).await {
             Ok(g) => g,
@@ -508,14 +537,28 @@ impl Repo {
     }
 }
 
-/// Map `len` bytes of `file` read-only and pre-faulted; `None` where mapping is not possible
-/// (the caller then reads).
-fn map_file(file: &std::fs::File, len: u64) -> Option<Bytes> {
-    let len = usize::try_from(len).ok()?;
-    // SAFETY: the map is read-only and the caller guarantees the file is not truncated while
-    // it is in use (PostgreSQL never shrinks a WAL segment that is ready for archiving).
-    let map = unsafe { memmap2::MmapOptions::new().len(len).populate().map(file) }.ok()?;
-    Some(Bytes::from_owner(map))
+/// `n` bytes of `file` at `off`, one `pread` loop into a fresh buffer. Reading short of `n`
+/// means the file (meant to be `len` bytes) shrank under us.
+fn read_range(file: &std::fs::File, off: u64, n: usize, len: u64, what: &str) -> Result<Bytes> {
+    let mut buf = vec![0u8; n];
+    match file.read_exact_at(&mut buf, off) {
+        Ok(()) => Ok(Bytes::from(buf)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(StoreError::Io {
+            key: what.to_string(),
+            source: std::io::Error::new(
+                e.kind(),
+                format!(
+                    "the file shrank while it was read: {len} bytes expected, \
+                     fewer than {} there",
+                    off + n as u64
+                ),
+            ),
+        }),
+        Err(source) => Err(StoreError::Io {
+            key: format!("read {what} at offset {off}"),
+            source,
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -586,5 +629,27 @@ mod tests {
             "{e}"
         );
         assert_eq!(repo.get_doc("docs/b.json").await.unwrap(), None);
+    }
+
+    /// A WAL file that shrinks while archive-wal reads it is an error naming the file (with
+    /// a memory map it was SIGBUS, which PostgreSQL's archiver reads as a crash).
+    #[tokio::test]
+    async fn put_file_of_a_file_that_shrank_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, _) = local_repo(&dir.path().join("repo")).await;
+        let path = dir.path().join("000000010000000000000001");
+        std::fs::write(&path, vec![3u8; 16 << 20]).unwrap();
+        let file = Arc::new(std::fs::File::open(&path).unwrap());
+        // Truncated right after open, as by a concurrent writer.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(8192)
+            .unwrap();
+        let what = path.display().to_string();
+        let e = repo.put_file(file, 16 << 20, &what).await.unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains(&what) && text.contains("shrank"), "{text}");
     }
 }

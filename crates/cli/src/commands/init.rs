@@ -11,5 +11,5 @@ pub async fn run(url: &str, args: InitArgs) -> anyhow::Result<()> {
         wal_chunk_size: args.wal_chunk_size,
         compression_level: args.compression_level,
     };
-    pitr_core::archive::init(url, config).await
+    pitr_core::archive::init(url, config, args.allow_root).await
 }

@@ -57,6 +57,33 @@ pub struct Tablespace {
     pub location: String,
 }
 
+impl Tablespace {
+    /// The stored location as a path, if it is one a restore may use: absolute, with no `.`
+    /// or `..` component and no NUL. Whether it overlaps the data directory or another
+    /// tablespace, and whether it is empty, only the restore can tell.
+    pub fn location_path(&self) -> anyhow::Result<std::path::PathBuf> {
+        let p = std::path::Path::new(&self.location);
+        let clean = p.is_absolute()
+            && !self.location.contains('\0')
+            && p.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::RootDir | std::path::Component::Normal(_)
+                )
+            })
+            && !self.location.split('/').any(|c| c == "." || c == "..");
+        if !clean {
+            anyhow::bail!(
+                "tablespace {} location {:?} is not a plain absolute path: remap it with --tablespace-map {}=DIR",
+                self.oid,
+                self.location,
+                self.oid
+            );
+        }
+        Ok(p.to_path_buf())
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BackupManifest {
     pub format_version: u32,
@@ -145,6 +172,63 @@ impl BackupManifest {
             .iter()
             .chain(&self.wal)
             .chain(std::iter::once(&self.server_manifest))
+    }
+
+    /// Refuse what a restore must not trust, before anything is planned or written: a
+    /// symbolic link other than a `pg_tblspc/<oid>` link of one of the backup's own tablespaces
+    /// (pitr makes those itself, to the directories the plan shows, never to a stored target),
+    /// a file of a tablespace the backup does not list, a tablespace listed twice.
+    pub fn check_restorable(&self) -> anyhow::Result<()> {
+        let mut oids = std::collections::HashSet::new();
+        for t in &self.tablespaces {
+            if !oids.insert(t.oid) {
+                anyhow::bail!("backup {}: tablespace {} is listed twice", self.id, t.oid);
+            }
+        }
+        for e in self.all_files() {
+            if let Some(oid) = e.tablespace {
+                if !oids.contains(&oid) {
+                    anyhow::bail!(
+                        "backup {}: entry {} belongs to tablespace {oid}, which the backup does not list",
+                        self.id,
+                        e.path
+                    );
+                }
+            }
+            if e.kind == FileKind::Symlink && !self.is_tablespace_link(e) {
+                anyhow::bail!(
+                    "backup {}: entry {} is a symbolic link (to {:?}): refused, a restore makes only the pg_tblspc/<oid> links of the backup's tablespaces, itself",
+                    self.id,
+                    e.path,
+                    e.link.as_deref().unwrap_or("")
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `e` is the `pg_tblspc/<oid>` link of one of the backup's tablespaces.
+    pub fn is_tablespace_link(&self, e: &FileEntry) -> bool {
+        let mut parts = e.path.components();
+        let oid = match (parts.next(), parts.next(), parts.next()) {
+            (Some("pg_tblspc"), Some(oid), None) => oid.parse::<u32>().ok(),
+            _ => None,
+        };
+        e.kind == FileKind::Symlink
+            && e.tablespace.is_none()
+            && oid.is_some_and(|oid| self.tablespaces.iter().any(|t| t.oid == oid))
+    }
+
+    /// Whether the backed-up data directory allowed group access (PGDATA 0750, files 0640;
+    /// `initdb -g`), as its `global` directory's mode says: PostgreSQL gives every directory
+    /// it creates the data directory's mode.
+    pub fn group_access(&self) -> bool {
+        self.files.iter().any(|e| {
+            e.kind == FileKind::Directory
+                && e.tablespace.is_none()
+                && e.path.as_str() == "global"
+                && e.mode & 0o050 != 0
+        })
     }
 
     /// The summary `pitr list --json` prints.

@@ -16,8 +16,8 @@ use crate::progress::Reporter;
 use crate::repofile::BackupManifest;
 use crate::time::format_pg_time;
 use laydown::LayDown;
-pub use laydown::{sync_dir, LayDownStats};
-pub use plan::{Plan, Target, TimelineChoice};
+pub use laydown::LayDownStats;
+pub use plan::{Plan, PlannedTablespace, Target, TimelineChoice};
 pub use start::{pg_bindir, RecoveryOutcome};
 
 /// What the server does once recovery reached the target.
@@ -87,24 +87,48 @@ fn conf_value(s: &str) -> String {
     format!("'{}'", s.replace('\\', r"\\").replace('\'', "''"))
 }
 
+/// A piece of a `restore_command` or `recovery_end_command` as PostgreSQL reads it: every
+/// `%` doubled, so a path or URL holding one is not taken for `%f`, `%p` or `%r`.
+fn escape_percent(s: &str) -> String {
+    s.replace('%', "%%")
+}
+
+/// `restore_command` and `recovery_end_command` running `exe` against the repository at
+/// `repo_url`: shell-quoted, then `%`-escaped, with only pitr's own `%f %p` left for
+/// PostgreSQL to substitute.
+fn recovery_commands(exe: &str, repo_url: &str) -> (String, String) {
+    let prefix = format!(
+        "{} --repo {}",
+        escape_percent(&shell_word(exe)),
+        escape_percent(&shell_word(repo_url))
+    );
+    (
+        format!("{prefix} restore-wal %f %p"),
+        format!("{prefix} spool-clean pg_wal"),
+    )
+}
+
 /// Recovery settings, appended to postgresql.auto.conf after removing any earlier ones.
 fn recovery_settings(
     repo_url: &str,
     args: &RestoreRequest,
 ) -> anyhow::Result<Vec<(String, String)>> {
-    let target = &args.target;
     let exe = std::env::current_exe().context("find the pitr binary's own path")?;
     let exe = exe.canonicalize().unwrap_or(exe);
-    let command = format!(
-        "{} --repo {} restore-wal %f %p",
-        shell_word(&exe.display().to_string()),
-        shell_word(repo_url)
-    );
-    let cleanup = format!(
-        "{} --repo {} spool-clean pg_wal",
-        shell_word(&exe.display().to_string()),
-        shell_word(repo_url)
-    );
+    Ok(recovery_settings_for(
+        &exe.display().to_string(),
+        repo_url,
+        args,
+    ))
+}
+
+fn recovery_settings_for(
+    exe: &str,
+    repo_url: &str,
+    args: &RestoreRequest,
+) -> Vec<(String, String)> {
+    let target = &args.target;
+    let (command, cleanup) = recovery_commands(exe, repo_url);
     let mut out = vec![
         ("restore_command".to_string(), conf_value(&command)),
         ("recovery_end_command".to_string(), conf_value(&cleanup)),
@@ -138,7 +162,7 @@ fn recovery_settings(
         };
         out.push(("recovery_target_action".into(), conf_value(action)));
     }
-    Ok(out)
+    out
 }
 
 const MARK: &str = "# pitr restore";
@@ -148,12 +172,8 @@ fn write_recovery_conf(
     settings: &[(String, String)],
     header: &str,
 ) -> anyhow::Result<()> {
-    let path = pgdata.join("postgresql.auto.conf");
-    let old = match std::fs::read_to_string(&path) {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
-    };
+    let dir = laydown::open_dir(pgdata)?;
+    let old = laydown::read_at(&dir, pgdata, "postgresql.auto.conf")?.unwrap_or_default();
     let mut text: String = old
         .lines()
         .filter(|l| {
@@ -166,24 +186,16 @@ fn write_recovery_conf(
     for (k, v) in settings {
         text.push_str(&format!("{k} = {v}\n"));
     }
-    write_durably(&path, text.as_bytes(), 0o600)?;
-    write_durably(&pgdata.join("recovery.signal"), b"", 0o600)?;
-    sync_dir(pgdata)
+    let mode = if group_access(pgdata) { 0o640 } else { 0o600 };
+    laydown::write_durably_at(&dir, pgdata, "postgresql.auto.conf", text.as_bytes(), mode)?;
+    laydown::write_durably_at(&dir, pgdata, "recovery.signal", b"", mode)
 }
 
-fn write_durably(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("create {}", path.display()))?;
-    f.write_all(data)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("write {}", path.display()))
+/// Whether the laid-down data directory allows group access (0750), so that the files
+/// restore writes itself get 0640 like the rest.
+fn group_access(pgdata: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(pgdata).is_ok_and(|m| m.permissions().mode() & 0o050 != 0)
 }
 
 /// Point remapped tablespaces at their new directories in `tablespace_map` (PostgreSQL makes
@@ -192,9 +204,13 @@ fn rewrite_tablespace_map(pgdata: &Path, remap: &HashMap<u32, PathBuf>) -> anyho
     if remap.is_empty() {
         return Ok(());
     }
-    let path = pgdata.join("tablespace_map");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let dir = laydown::open_dir(pgdata)?;
+    let text = laydown::read_at(&dir, pgdata, "tablespace_map")?.with_context(|| {
+        format!(
+            "{} is missing: the backup has no tablespace map to remap",
+            pgdata.join("tablespace_map").display()
+        )
+    })?;
     let mut out = String::new();
     for line in text.lines() {
         let oid = line.split(' ').next().and_then(|o| o.parse::<u32>().ok());
@@ -206,7 +222,8 @@ fn rewrite_tablespace_map(pgdata: &Path, remap: &HashMap<u32, PathBuf>) -> anyho
             }
         }
     }
-    write_durably(&path, out.as_bytes(), 0o600)
+    let mode = if group_access(pgdata) { 0o640 } else { 0o600 };
+    laydown::write_durably_at(&dir, pgdata, "tablespace_map", out.as_bytes(), mode)
 }
 
 /// Plan the restore, and unless it is a dry run lay the backup down, configure recovery and
@@ -224,7 +241,7 @@ pub async fn restore(
         BackupManifest::segment_size,
     );
     let index = ArchiveIndex::list(repo, seg_size).await?;
-    let plan = plan::plan(
+    let mut plan = plan::plan(
         repo.url(),
         &backups,
         &index,
@@ -247,6 +264,7 @@ pub async fn restore(
         delta: args.delta,
         reporter,
     };
+    plan.tablespaces = lay.planned_tablespaces()?;
     lay.check_targets()?;
     if args.dry_run {
         return Ok(RestoreReport {
@@ -262,7 +280,7 @@ pub async fn restore(
         pgdata.display(),
         plan.target
     );
-    let stats = lay.run().await?;
+    let (mut stats, last) = lay.run().await?;
     rewrite_tablespace_map(&pgdata, &args.remap)?;
     let settings = recovery_settings(repo.url(), &args)?;
     write_recovery_conf(
@@ -274,6 +292,8 @@ pub async fn restore(
             chrono::Utc::now().to_rfc3339()
         ),
     )?;
+    // Only now, with everything else durable, the file PostgreSQL cannot start without.
+    lay.finish(last, &mut stats).await?;
     tracing::info!(
         "restore {}: {} files, {} MiB fetched, {} MiB reused in {:.1} s; recovery configured",
         plan.backup,

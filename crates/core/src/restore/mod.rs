@@ -315,3 +315,453 @@ pub async fn restore(
         recovery,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use bytes::Bytes;
+    use pitr_store::{ChunkId, ChunkRef, RepoConfig};
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::progress::Silent;
+
+    const ID: &str = "20261126T000000Z";
+
+    async fn file(repo: &Repo, path: &str, data: &[u8], mode: u32) -> Value {
+        let (r, _) = repo.put_chunk(Bytes::copy_from_slice(data)).await.unwrap();
+        json!({"path": path, "kind": "file", "mode": mode, "size": data.len(), "mtime": 0,
+               "chunks": [r]})
+    }
+
+    fn dir(path: &str, mode: u32) -> Value {
+        json!({"path": path, "kind": "directory", "mode": mode, "size": 0, "mtime": 0})
+    }
+
+    fn link(path: &str, target: &str) -> Value {
+        json!({"path": path, "kind": "symlink", "mode": 0o777, "size": 0, "mtime": 0,
+               "link": target})
+    }
+
+    /// A memory repository holding one backup of `files` (a cluster without group access
+    /// unless `files` says otherwise) and `tablespaces` (oid, location).
+    async fn repo_with(
+        files: impl AsyncFnOnce(&Repo) -> Vec<Value>,
+        tablespaces: &[(u32, &str)],
+    ) -> Repo {
+        // One store per memory:// URL in the process: one per test repository.
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (repo, _) = Repo::init(&format!("memory://restore-test-{n}"), RepoConfig::default())
+            .await
+            .unwrap();
+        let files = files(&repo).await;
+        let server = file(&repo, "backup_manifest", b"{}", 0o600).await;
+        let tablespaces: Vec<Value> = tablespaces
+            .iter()
+            .map(|(oid, loc)| json!({"oid": oid, "location": loc}))
+            .collect();
+        let m = json!({
+            "format_version": 1, "id": ID, "label": ID,
+            "start_time": "2026-11-26T00:00:00Z", "stop_time": "2026-11-26T00:00:01Z",
+            "start_lsn": "0/2000028", "stop_lsn": "0/2000100", "timeline": 1,
+            "system_identifier": "1", "pg_version": "15.18", "pg_version_num": 150018,
+            "size_bytes": 3, "stored_bytes": 3,
+            "wal_start": "000000010000000000000002", "wal_stop": "000000010000000000000002",
+            "files": files, "tablespaces": tablespaces, "wal": [], "server_manifest": server,
+        });
+        repo.put_doc(
+            &BackupManifest::key(ID),
+            serde_json::to_vec(&m).unwrap().into(),
+        )
+        .await
+        .unwrap();
+        repo
+    }
+
+    fn request(pgdata: &Path) -> RestoreRequest {
+        RestoreRequest {
+            pgdata: pgdata.to_path_buf(),
+            target: Target::Immediate,
+            exclusive: false,
+            timeline: TimelineChoice::Latest,
+            action: TargetAction::Promote,
+            backup: None,
+            delta: false,
+            remap: HashMap::new(),
+            dry_run: false,
+            start: None,
+        }
+    }
+
+    async fn refused(repo: &Repo, req: RestoreRequest) -> String {
+        match restore(repo, req, &Silent).await {
+            Ok(r) => panic!("restored {}, expected a refusal", r.pgdata.display()),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    fn mode_of(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p)
+            .unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o7777
+    }
+
+    fn is_empty(p: &Path) -> bool {
+        std::fs::read_dir(p).unwrap().next().is_none()
+    }
+
+    /// A symlink entry pointing out of the data directory, then a file "inside" it: refused
+    /// before anything is written (by --dry-run too), naming the backup and the entry.
+    #[tokio::test]
+    async fn a_symlink_entry_is_refused_and_nothing_is_written_through_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let target = outside.display().to_string();
+        let repo = repo_with(
+            async |r: &Repo| {
+                vec![
+                    link("base", &target),
+                    file(r, "base/evil", b"owned", 0o600).await,
+                ]
+            },
+            &[],
+        )
+        .await;
+        let pgdata = tmp.path().join("data");
+        let dry = RestoreRequest {
+            dry_run: true,
+            ..request(&pgdata)
+        };
+        for req in [dry, request(&pgdata)] {
+            let e = refused(&repo, req).await;
+            assert!(
+                e.contains(ID) && e.contains("entry base is a symbolic link"),
+                "{e}"
+            );
+        }
+        assert!(is_empty(&outside), "something was written outside");
+        assert!(!pgdata.join("base").exists());
+    }
+
+    /// `--delta` over a directory with links planted where the backup has a directory, a file
+    /// and the files restore writes itself: none is followed, each is replaced.
+    #[tokio::test]
+    async fn delta_follows_no_planted_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let victim = outside.join("victim");
+        std::fs::write(&victim, b"keep me").unwrap();
+        let repo = repo_with(
+            async |r: &Repo| {
+                vec![
+                    dir("global", 0o700),
+                    file(r, "global/pg_control", b"control", 0o600).await,
+                    dir("base", 0o700),
+                    file(r, "base/1", b"relation", 0o600).await,
+                    file(r, "PG_VERSION", b"15\n", 0o600).await,
+                ]
+            },
+            &[],
+        )
+        .await;
+        let pgdata = tmp.path().join("data");
+        std::fs::create_dir(&pgdata).unwrap();
+        let planted = |name: &str, to: &Path| {
+            std::os::unix::fs::symlink(to, pgdata.join(name)).unwrap();
+        };
+        planted("base", &outside);
+        planted("PG_VERSION", &victim);
+        planted("postgresql.auto.conf", &victim);
+        planted("recovery.signal", &victim);
+        planted("global", &outside);
+        let req = RestoreRequest {
+            delta: true,
+            ..request(&pgdata)
+        };
+        restore(&repo, req, &Silent).await.unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+        assert_eq!(
+            std::fs::read_dir(&outside).unwrap().count(),
+            1,
+            "only the victim file is outside"
+        );
+        for (p, want) in [
+            ("base/1", &b"relation"[..]),
+            ("PG_VERSION", b"15\n"),
+            ("global/pg_control", b"control"),
+        ] {
+            let path = pgdata.join(p);
+            assert!(!std::fs::symlink_metadata(&path).unwrap().is_symlink());
+            assert_eq!(std::fs::read(&path).unwrap(), want, "{p}");
+        }
+        for p in ["base", "global", "postgresql.auto.conf", "recovery.signal"] {
+            let meta = std::fs::symlink_metadata(pgdata.join(p)).unwrap();
+            assert!(!meta.is_symlink(), "{p} is still a link");
+        }
+        let auto = std::fs::read_to_string(pgdata.join("postgresql.auto.conf")).unwrap();
+        assert!(auto.contains("restore_command"), "{auto}");
+    }
+
+    /// Modes are PostgreSQL's, by the backup's group access: 0777 and setuid entries are laid
+    /// down 0700/0600, or 0750/0640 when the backed-up directory allowed group access.
+    #[tokio::test]
+    async fn modes_are_masked_to_what_postgresql_creates() {
+        for (global, want_dir, want_file) in [(0o700, 0o700, 0o600), (0o750, 0o750, 0o640)] {
+            let tmp = tempfile::tempdir().unwrap();
+            let repo = repo_with(
+                async |r: &Repo| {
+                    vec![
+                        dir("global", global),
+                        dir("base", 0o1777),
+                        file(r, "base/x", b"x", 0o4777).await,
+                        file(r, "base/y", b"y", 0o4755).await,
+                        file(r, "global/pg_control", b"c", 0o2777).await,
+                    ]
+                },
+                &[],
+            )
+            .await;
+            let pgdata = tmp.path().join("data");
+            restore(&repo, request(&pgdata), &Silent).await.unwrap();
+            for (p, want) in [
+                ("", want_dir),
+                ("global", want_dir),
+                ("base", want_dir),
+                ("base/x", want_file),
+                ("base/y", want_file),
+                ("global/pg_control", want_file),
+                ("postgresql.auto.conf", want_file),
+                ("recovery.signal", want_file),
+            ] {
+                assert_eq!(
+                    mode_of(&pgdata.join(p)),
+                    want,
+                    "mode of {p:?} (backup's global {global:o})"
+                );
+            }
+        }
+    }
+
+    fn ts_files(oid: u32) -> impl AsyncFnOnce(&Repo) -> Vec<Value> {
+        async move |r: &Repo| {
+            let mut f = file(r, "PG_15_202209061/5/1", b"ts", 0o600).await;
+            f["tablespace"] = json!(oid);
+            vec![
+                dir("global", 0o700),
+                dir("pg_tblspc", 0o700),
+                link(&format!("pg_tblspc/{oid}"), "/stored/target"),
+                f,
+            ]
+        }
+    }
+
+    /// A tablespace location from the backup inside or above the data directory, or not
+    /// absolute, is refused with and without --delta (and by --dry-run); a non-empty one
+    /// without --delta; with --delta, one that holds no PG_15_* layout.
+    #[tokio::test]
+    async fn foreign_tablespace_locations_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pgdata = tmp.path().join("data");
+        let inside = pgdata.join("ts");
+        let cases = [
+            (inside.display().to_string(), "inside the data directory"),
+            (
+                tmp.path().display().to_string(),
+                "contains the data directory",
+            ),
+            ("relative/ts".to_string(), "not a plain absolute path"),
+            (
+                format!("{}/x/../data/ts", tmp.path().display()),
+                "not a plain absolute path",
+            ),
+        ];
+        for (location, why) in &cases {
+            let repo = repo_with(ts_files(16400), &[(16400, location)]).await;
+            for (delta, dry_run) in [(false, false), (true, false), (false, true)] {
+                let req = RestoreRequest {
+                    delta,
+                    dry_run,
+                    ..request(&pgdata)
+                };
+                let e = refused(&repo, req).await;
+                assert!(e.contains(why), "{location} (delta {delta}): {e}");
+            }
+            assert!(
+                !pgdata.exists(),
+                "{location}: the data directory was created"
+            );
+        }
+
+        // Not empty: refused without --delta; with it, only if it holds this cluster's layout.
+        let foreign = tmp.path().join("foreign");
+        std::fs::create_dir(&foreign).unwrap();
+        std::fs::write(foreign.join("precious"), b"data").unwrap();
+        let loc = foreign.display().to_string();
+        let repo = repo_with(ts_files(16400), &[(16400, &loc)]).await;
+        let e = refused(&repo, request(&pgdata)).await;
+        assert!(e.contains("is not empty") && e.contains(&loc), "{e}");
+        let delta = || RestoreRequest {
+            delta: true,
+            ..request(&pgdata)
+        };
+        let e = refused(&repo, delta()).await;
+        assert!(
+            e.contains("holds no PG_15_* tablespace layout") && e.contains(&loc),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(foreign.join("precious")).unwrap(), b"data");
+        assert!(!pgdata.exists());
+
+        // With the layout --delta goes ahead, but leaves what is not this backup's alone.
+        std::fs::create_dir_all(foreign.join("PG_15_202209061/5/old")).unwrap();
+        restore(&repo, delta(), &Silent).await.unwrap();
+        assert_eq!(std::fs::read(foreign.join("precious")).unwrap(), b"data");
+        assert!(!foreign.join("PG_15_202209061/5/old").exists());
+        assert_eq!(
+            std::fs::read(foreign.join("PG_15_202209061/5/1")).unwrap(),
+            b"ts"
+        );
+    }
+
+    /// The dry run shows each tablespace's directory; pitr makes the pg_tblspc link to it
+    /// itself, never to the target the manifest stored; --tablespace-map wins.
+    #[tokio::test]
+    async fn tablespaces_go_where_the_plan_shows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pgdata = tmp.path().join("data");
+        let orig = tmp.path().join("ts-orig");
+        let moved = tmp.path().join("ts-moved");
+        let loc = orig.display().to_string();
+        let repo = repo_with(ts_files(16400), &[(16400, &loc)]).await;
+        let dry = RestoreRequest {
+            dry_run: true,
+            ..request(&pgdata)
+        };
+        let r = restore(&repo, dry, &Silent).await.unwrap();
+        let plan = serde_json::to_value(&r.plan).unwrap();
+        assert_eq!(
+            plan["tablespaces"],
+            json!([{"oid": 16400, "location": loc, "directory": loc, "remapped": false}])
+        );
+        let r = restore(&repo, request(&pgdata), &Silent).await.unwrap();
+        assert_eq!(r.plan.tablespaces[0].directory, orig);
+        assert_eq!(
+            std::fs::read_link(pgdata.join("pg_tblspc/16400")).unwrap(),
+            orig
+        );
+        assert_eq!(
+            std::fs::read(orig.join("PG_15_202209061/5/1")).unwrap(),
+            b"ts"
+        );
+
+        let pgdata2 = tmp.path().join("data2");
+        let mut req = request(&pgdata2);
+        req.remap.insert(16400, moved.clone());
+        // The backup has no tablespace_map file here; the remap itself is what is checked.
+        let e = refused(&repo, req).await;
+        assert!(e.contains("tablespace_map"), "{e}");
+        assert_eq!(
+            std::fs::read_link(pgdata2.join("pg_tblspc/16400")).unwrap(),
+            moved
+        );
+        assert!(!pgdata2.join("global/pg_control").exists());
+    }
+
+    /// A lay-down that fails half-way (a chunk missing from the repository) leaves no
+    /// global/pg_control, so PostgreSQL cannot be started on the directory; --delta removes
+    /// the old one before it changes anything.
+    #[tokio::test]
+    async fn a_failed_restore_leaves_no_pg_control() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = ChunkRef {
+            id: ChunkId::of(b"never stored"),
+            len: 12,
+        };
+        let repo = repo_with(
+            async |r: &Repo| {
+                let mut files = vec![
+                    dir("global", 0o700),
+                    file(r, "global/pg_control", b"control", 0o600).await,
+                    dir("base", 0o700),
+                ];
+                for i in 0..20 {
+                    files.push(file(r, &format!("base/{i}"), b"x", 0o600).await);
+                }
+                files.push(json!({"path": "base/lost", "kind": "file", "mode": 0o600,
+                                  "size": 12, "mtime": 0, "chunks": [missing]}));
+                files
+            },
+            &[],
+        )
+        .await;
+        let pgdata = tmp.path().join("data");
+        let e = refused(&repo, request(&pgdata)).await;
+        assert!(e.contains("base/lost"), "{e}");
+        assert!(pgdata.join("base/0").exists(), "the lay-down had started");
+        assert!(!pgdata.join("global/pg_control").exists());
+
+        std::fs::write(pgdata.join("global/pg_control"), b"old cluster").unwrap();
+        let req = RestoreRequest {
+            delta: true,
+            ..request(&pgdata)
+        };
+        refused(&repo, req).await;
+        assert!(!pgdata.join("global/pg_control").exists());
+    }
+
+    /// What PostgreSQL does to a restore_command: %f, %p, %r substituted, %% → %.
+    fn substitute(cmd: &str, f: &str, p: &str) -> String {
+        let mut out = String::new();
+        let mut it = cmd.chars();
+        while let Some(c) = it.next() {
+            if c != '%' {
+                out.push(c);
+                continue;
+            }
+            match it.next() {
+                Some('f') => out.push_str(f),
+                Some('p') => out.push_str(p),
+                Some('r') => out.push_str("000000010000000000000001"),
+                Some('%') => out.push('%'),
+                Some(o) => {
+                    out.push('%');
+                    out.push(o);
+                }
+                None => out.push('%'),
+            }
+        }
+        out
+    }
+
+    /// A `%` in the repository URL or the binary's path reaches the shell as it was.
+    #[test]
+    fn percent_in_paths_is_escaped_for_postgresql() {
+        let settings = recovery_settings_for(
+            "/opt/pitr%p/bin/pitr",
+            "file:///srv/repo%f%20x",
+            &request(Path::new("/d")),
+        );
+        let value = |k: &str| {
+            let v = &settings.iter().find(|(key, _)| key == k).unwrap().1;
+            v.trim_matches('\'').to_string()
+        };
+        assert_eq!(
+            substitute(
+                &value("restore_command"),
+                "000000010000000000000002",
+                "pg_wal/RECOVERYXLOG"
+            ),
+            "/opt/pitr%p/bin/pitr --repo file:///srv/repo%f%20x restore-wal 000000010000000000000002 pg_wal/RECOVERYXLOG"
+        );
+        assert_eq!(
+            substitute(&value("recovery_end_command"), "x", "y"),
+            "/opt/pitr%p/bin/pitr --repo file:///srv/repo%f%20x spool-clean pg_wal"
+        );
+    }
+}

@@ -6,6 +6,7 @@
 
 mod archive;
 mod backup;
+mod hardening_restore;
 mod harness;
 mod quickstart;
 mod restore;

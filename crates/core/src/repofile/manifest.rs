@@ -195,6 +195,18 @@ impl BackupManifest {
                     );
                 }
             }
+            let mut parts = e.path.components();
+            if e.tablespace.is_none()
+                && parts.next() == Some("pg_tblspc")
+                && parts.next().is_some()
+                && parts.next().is_some()
+            {
+                anyhow::bail!(
+                    "backup {}: entry {} is below pg_tblspc/<oid>, where a tablespace link goes: refused",
+                    self.id,
+                    e.path
+                );
+            }
             if e.kind == FileKind::Symlink && !self.is_tablespace_link(e) {
                 anyhow::bail!(
                     "backup {}: entry {} is a symbolic link (to {:?}): refused, a restore makes only the pg_tblspc/<oid> links of the backup's tablespaces, itself",

@@ -476,6 +476,7 @@ impl LayDown<'_> {
         let group = self.group_access();
         let base_dir_mode = dir_mode(0o777, group);
 
+        raise_open_file_limit();
         let mut roots: HashMap<Option<u32>, Root> = HashMap::new();
         let data = Root::open(self.pgdata)?;
         rustix::fs::fchmod(data.fd(), base_dir_mode)
@@ -826,6 +827,19 @@ fn sync_filesystems(roots: &[(PathBuf, Arc<OwnedFd>)]) -> anyhow::Result<()> {
             .with_context(|| format!("sync the filesystem of {}", path.display()))?;
     }
     Ok(())
+}
+
+/// The lay-down keeps a descriptor open per directory (a cluster has one per database):
+/// allow as many open files as the hard limit does, as PostgreSQL's own tools do.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum || (limit.current.is_some() && limit.maximum.is_none()) {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!("raise the open-file limit: {e}");
+        }
+    }
 }
 
 /// Open the data directory (the user's path) for [`write_durably_at`] and [`read_at`].

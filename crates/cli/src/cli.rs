@@ -114,13 +114,17 @@ pub struct RestoreArgs {
     /// Backup to restore (default: the newest that finished before the target)
     #[arg(long)]
     pub backup: Option<String>,
-    /// Reuse files already in the data directory when their content matches
+    /// Reuse files already in the data directory when their content matches, and remove
+    /// what the backup does not have; a non-empty tablespace directory is changed only if it
+    /// holds a PG_<major>_* layout or was given with --tablespace-map
     #[arg(long)]
     pub delta: bool,
-    /// Put tablespace OID in DIR instead of its original location (repeatable)
+    /// Put tablespace OID in DIR instead of the location the backup recorded (repeatable);
+    /// needed when that location is not absolute, overlaps the data directory or another
+    /// tablespace, or is not empty
     #[arg(long, value_name = "OID=DIR")]
     pub tablespace_map: Vec<String>,
-    /// Show the plan (backup, timeline, WAL needed) and change nothing
+    /// Show the plan (backup, timeline, WAL needed, tablespace directories) and change nothing
     #[arg(long)]
     pub dry_run: bool,
     /// JSON on stdout

@@ -118,6 +118,22 @@ fn print(report: &RestoreReport, json: bool) -> anyhow::Result<()> {
             None => println!("wal:       only the backup's own"),
         }
         println!("into:      {}", report.pgdata.display());
+        for t in &plan.tablespaces {
+            if t.remapped {
+                println!(
+                    "tablespace {}: {} (--tablespace-map; the backup's location was {})",
+                    t.oid,
+                    t.directory.display(),
+                    t.location
+                );
+            } else {
+                println!(
+                    "tablespace {}: {} (the backup's location)",
+                    t.oid,
+                    t.directory.display()
+                );
+            }
+        }
         return Ok(());
     };
     match &report.recovery {

@@ -56,6 +56,33 @@ pub struct Tablespace {
     pub location: String,
 }
 
+impl Tablespace {
+    /// The stored location as a path, if it is one a restore may use: absolute, with no `.`
+    /// or `..` component and no NUL. Whether it overlaps the data directory or another
+    /// tablespace, and whether it is empty, only the restore can tell.
+    pub fn location_path(&self) -> anyhow::Result<std::path::PathBuf> {
+        let p = std::path::Path::new(&self.location);
+        let clean = p.is_absolute()
+            && !self.location.contains('\0')
+            && p.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::RootDir | std::path::Component::Normal(_)
+                )
+            })
+            && !self.location.split('/').any(|c| c == "." || c == "..");
+        if !clean {
+            anyhow::bail!(
+                "tablespace {} location {:?} is not a plain absolute path: remap it with --tablespace-map {}=DIR",
+                self.oid,
+                self.location,
+                self.oid
+            );
+        }
+        Ok(p.to_path_buf())
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BackupManifest {
     pub format_version: u32,
@@ -183,6 +210,98 @@ impl BackupManifest {
             .iter()
             .chain(&self.wal)
             .chain(std::iter::once(&self.server_manifest))
+    }
+
+    /// Refuse what a restore must not trust, before anything is planned or written: an entry
+    /// below a symbolic link (PostgreSQL never sends one: it does not descend into links, so
+    /// such a manifest can only be a way to write through the link), an entry below
+    /// `pg_tblspc/<oid>`, a file of a tablespace the backup does not list, a tablespace
+    /// listed twice. Symbolic links themselves are never created from a stored target: the
+    /// `pg_tblspc/<oid>` links pitr makes itself, to the directories the plan shows, and any
+    /// other link (a DBA's `log -> /var/log/…`) is named by the restore, not made
+    /// ([`BackupManifest::links_not_restored`]).
+    pub fn check_restorable(&self) -> anyhow::Result<()> {
+        let links: std::collections::HashSet<(Option<u32>, &str)> = self
+            .all_files()
+            .filter(|e| e.kind == FileKind::Symlink)
+            .map(|e| (e.tablespace, e.path.as_str()))
+            .collect();
+        let mut oids = std::collections::HashSet::new();
+        for t in &self.tablespaces {
+            if !oids.insert(t.oid) {
+                anyhow::bail!("backup {}: tablespace {} is listed twice", self.id, t.oid);
+            }
+        }
+        for e in self.all_files() {
+            if let Some(oid) = e.tablespace {
+                if !oids.contains(&oid) {
+                    anyhow::bail!(
+                        "backup {}: entry {} belongs to tablespace {oid}, which the backup does not list",
+                        self.id,
+                        e.path
+                    );
+                }
+            }
+            let mut parts = e.path.components();
+            if e.tablespace.is_none()
+                && parts.next() == Some("pg_tblspc")
+                && parts.next().is_some()
+                && parts.next().is_some()
+            {
+                anyhow::bail!(
+                    "backup {}: entry {} is below pg_tblspc/<oid>, where a tablespace link goes: refused",
+                    self.id,
+                    e.path
+                );
+            }
+            let path = e.path.as_str();
+            let below_link = path
+                .match_indices('/')
+                .map(|(i, _)| &path[..i])
+                .find(|parent| links.contains(&(e.tablespace, *parent)));
+            if let Some(link) = below_link {
+                anyhow::bail!(
+                    "backup {}: entry {} is below {link}, which is a symbolic link: refused, nothing is written through a link",
+                    self.id,
+                    e.path
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The symbolic links of the backup a restore does not make (every one but the
+    /// tablespaces' `pg_tblspc/<oid>`): `(path, target)`, to be named so that the DBA can
+    /// recreate them where the restored server runs.
+    pub fn links_not_restored(&self) -> Vec<(&RelPath, &str)> {
+        self.all_files()
+            .filter(|e| e.kind == FileKind::Symlink && !self.is_tablespace_link(e))
+            .map(|e| (&e.path, e.link.as_deref().unwrap_or("")))
+            .collect()
+    }
+
+    /// Whether `e` is the `pg_tblspc/<oid>` link of one of the backup's tablespaces.
+    pub fn is_tablespace_link(&self, e: &FileEntry) -> bool {
+        let mut parts = e.path.components();
+        let oid = match (parts.next(), parts.next(), parts.next()) {
+            (Some("pg_tblspc"), Some(oid), None) => oid.parse::<u32>().ok(),
+            _ => None,
+        };
+        e.kind == FileKind::Symlink
+            && e.tablespace.is_none()
+            && oid.is_some_and(|oid| self.tablespaces.iter().any(|t| t.oid == oid))
+    }
+
+    /// Whether the backed-up data directory allowed group access (PGDATA 0750, files 0640;
+    /// `initdb -g`), as its `global` directory's mode says: PostgreSQL gives every directory
+    /// it creates the data directory's mode.
+    pub fn group_access(&self) -> bool {
+        self.files.iter().any(|e| {
+            e.kind == FileKind::Directory
+                && e.tablespace.is_none()
+                && e.path.as_str() == "global"
+                && e.mode & 0o050 != 0
+        })
     }
 
     /// The summary `pitr list --json` prints.

@@ -5,6 +5,8 @@
 //! answers (history files, archive times and commit times of segments): the repository is
 //! one reader ([`RepoArchive`]), a test's fixture another.
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use pitr_pg::{parse_history, timeline_path, HistoryEntry, Lsn, TimelineId, WalFileName};
@@ -82,6 +84,18 @@ pub struct SegmentNeed {
     pub count: usize,
 }
 
+/// Where a tablespace goes, as the plan shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlannedTablespace {
+    pub oid: u32,
+    /// The location the backup recorded.
+    pub location: String,
+    /// Where the restore puts it.
+    pub directory: PathBuf,
+    /// Moved with `--tablespace-map`.
+    pub remapped: bool,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Plan {
     pub backup: String,
@@ -93,6 +107,8 @@ pub struct Plan {
     pub wal: Option<SegmentNeed>,
     pub recoverable_from: DateTime<Utc>,
     pub recoverable_to: Option<DateTime<Utc>>,
+    /// Where each tablespace goes (filled in by the restore, which knows the remapping).
+    pub tablespaces: Vec<PlannedTablespace>,
     #[serde(skip)]
     pub manifest: BackupManifest,
 }
@@ -164,6 +180,7 @@ pub async fn plan(
     req: PlanRequest<'_>,
 ) -> anyhow::Result<Plan> {
     let manifest = choose_backup(repo_url, backups, &req)?;
+    manifest.check_restorable()?;
     let earliest = backups[0].stop_time;
     let (stop_lsn, start_lsn) = (manifest.stop_lsn, manifest.start_lsn);
     let backup_tli = manifest.timeline;
@@ -318,6 +335,7 @@ pub async fn plan(
         wal,
         recoverable_from: earliest,
         recoverable_to,
+        tablespaces: Vec::new(),
         manifest: manifest.clone(),
     })
 }

@@ -1,9 +1,9 @@
 //! `pitr verify [--backup ID]`: re-read every chunk the backups and the archived WAL name
 //! (each read decompresses and re-hashes, so a missing or corrupt chunk is reported with its
 //! key), check that each document holds together (a manifest that parses and names its own
-//! backup; a WAL ref under its own name, of a segment's size, whose first page is that
-//! segment's, of this repository's cluster; a history file that parses), and that the
-//! archived WAL of each timeline has no missing segment.
+//! backup and that a restore would accept; a WAL ref under its own name, of a segment's size,
+//! whose first page is that segment's, of this repository's cluster; a history file that
+//! parses), and that the archived WAL of each timeline has no missing segment.
 //!
 //! Each problem is one line naming the object and who needs it. A chunk shared by many files
 //! is read once and reported under the first file that names it.
@@ -85,6 +85,13 @@ pub async fn verify(repo: &Repo, req: VerifyRequest) -> anyhow::Result<VerifyRep
         }
     };
     for b in &backups {
+        // What a restore would refuse (an entry below a link, a foreign tablespace, …).
+        if let Err(e) = b.check_restorable() {
+            problems.push(format!(
+                "{} cannot be restored: {e:#}",
+                BackupManifest::key(&b.id)
+            ));
+        }
         for f in b.all_files() {
             name(&f.chunks, &|| format!("backup {} file {}", b.id, f.path));
         }
@@ -384,6 +391,25 @@ mod tests {
                 report.problems
             );
         }
+
+        // One that parses but that a restore would refuse: an entry below a link.
+        let mut linked = manifest("linked", serde_json::json!([]));
+        linked["files"] = serde_json::json!([
+            {"path": "base", "kind": "symlink", "mode": 511, "size": 0, "mtime": 0,
+             "link": "/etc"},
+            {"path": "base/x", "kind": "file", "mode": 384, "size": 0, "mtime": 0},
+        ]);
+        put(&repo, &BackupManifest::key("linked"), &linked).await;
+        let report = verify(&repo, VerifyRequest::default()).await.unwrap();
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.starts_with("backups/linked.json cannot be restored")
+                    && p.contains("base/x is below base")),
+            "{:?}",
+            report.problems
+        );
     }
 
     /// Refs under another segment's key, of the wrong size, whose first page belongs to

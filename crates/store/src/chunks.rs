@@ -1,6 +1,6 @@
-//! The one seam between the repository logic and where chunks live: [`ChunkBackend`], the
-//! whole-chunk operations (store, fetch, exists, sync), so that `Repo` never branches on the
-//! backend. Two implementations: [`ObjectChunks`] over any `object_store` backend (below) and
+//! The one seam between the repository logic and where objects live: [`ChunkBackend`], the
+//! whole-chunk operations (store, fetch, exists, sync) and whole-document ones (create-only
+//! write, read), so that `Repo` never branches on the backend. Two implementations: [`ObjectChunks`] over any `object_store` backend (below) and
 //! `LocalBackend` for local directories (`local.rs`), which does each chunk's hashing,
 //! compression and file I/O in one blocking step.
 //!
@@ -54,6 +54,13 @@ pub(crate) trait ChunkBackend: Send + Sync + fmt::Debug {
     /// Make the names of every chunk stored or relied on through this backend durable,
     /// `concurrency` operations at a time.
     fn sync(&self, concurrency: usize) -> BoxFuture<'_, Result<()>>;
+
+    /// Write a small document create-only, durable (name included) on return; true when this
+    /// call created it, false when the key already held a document.
+    fn put_doc(&self, key: String, body: Bytes, concurrency: usize) -> BoxFuture<'_, Result<bool>>;
+
+    /// A document's bytes, `None` when absent.
+    fn get_doc(&self, key: String) -> BoxFuture<'_, Result<Option<Bytes>>>;
 }
 
 /// Chunks in any `object_store` backend: a completed PUT is durable, so `sync` has nothing
@@ -175,6 +182,39 @@ impl ChunkBackend for ObjectChunks {
 
     fn sync(&self, _concurrency: usize) -> BoxFuture<'_, Result<()>> {
         async { Ok(()) }.boxed()
+    }
+
+    fn put_doc(&self, key: String, body: Bytes, _: usize) -> BoxFuture<'_, Result<bool>> {
+        async move {
+            let opts = PutOptions::from(PutMode::Create);
+            let path = self.backend.path(&key);
+            match self
+                .backend
+                .store
+                .put_opts(&path, PutPayload::from(body), opts)
+                .await
+            {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+                Err(e) => Err(StoreError::backend(key, e)),
+            }
+        }
+        .boxed()
+    }
+
+    fn get_doc(&self, key: String) -> BoxFuture<'_, Result<Option<Bytes>>> {
+        async move {
+            let got = match self.backend.store.get(&self.backend.path(&key)).await {
+                Ok(g) => g,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(StoreError::backend(key, e)),
+            };
+            got.bytes()
+                .await
+                .map(Some)
+                .map_err(|e| StoreError::backend(key, e))
+        }
+        .boxed()
     }
 }
 

@@ -48,15 +48,11 @@ pub(crate) struct LocalBackend {
 }
 
 impl LocalBackend {
-    #[cfg(test)]
     pub fn new(root: PathBuf, level: i32) -> Self {
-        Self::with_files(Arc::new(LocalChunks::new(root)), level)
-    }
-
-    /// Over `files`, shared with the repository's document writes (one set of directories
-    /// waiting for their fsync).
-    pub fn with_files(files: Arc<LocalChunks>, level: i32) -> Self {
-        LocalBackend { files, level }
+        LocalBackend {
+            files: Arc::new(LocalChunks::new(root)),
+            level,
+        }
     }
 
     /// Directories waiting for [`ChunkBackend::sync`].
@@ -118,6 +114,23 @@ impl ChunkBackend for LocalBackend {
                 })
         }
         .boxed()
+    }
+
+    /// Written with the chunks' modes and durability rather than `object_store`'s (whose
+    /// modes follow the umask); the new name is fsynced before this returns.
+    fn put_doc(&self, key: String, body: Bytes, concurrency: usize) -> BoxFuture<'_, Result<bool>> {
+        async move {
+            let files = Arc::clone(&self.files);
+            let created = blocking(move || files.put_doc(&key, &body)).await?;
+            self.sync(concurrency).await?;
+            Ok(created)
+        }
+        .boxed()
+    }
+
+    fn get_doc(&self, key: String) -> BoxFuture<'_, Result<Option<Bytes>>> {
+        let files = Arc::clone(&self.files);
+        blocking(move || Ok(files.get_doc(&key)?.map(Bytes::from))).boxed()
     }
 }
 

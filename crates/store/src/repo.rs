@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::chunk::{ChunkId, Fingerprint};
-use crate::chunks::{blocking, ChunkBackend, ObjectChunks, OutFile};
-use crate::local::{LocalBackend, LocalChunks};
+use crate::chunks::{ChunkBackend, ObjectChunks, OutFile};
+use crate::local::LocalBackend;
 use crate::{keys, Backend, Chunker, Result, StoreError};
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -156,11 +156,8 @@ pub struct Repo {
     /// at about twice this times the chunk size).
     concurrency: usize,
     limiter: Arc<Semaphore>,
-    /// Where the chunks live (see `chunks.rs`), shared by clones.
+    /// Where the chunks and documents live (see `chunks.rs`), shared by clones.
     chunks: Arc<dyn ChunkBackend>,
-    /// A local repository's files, for its documents: written with the chunks' modes and
-    /// durability rather than `object_store`'s (whose modes follow the umask).
-    local: Option<Arc<LocalChunks>>,
 }
 
 /// Chunks in flight by default: enough to overlap every fsync or network round trip of a
@@ -196,10 +193,8 @@ impl Repo {
     fn new(backend: Backend, config: RepoConfig) -> Repo {
         let level = config.compression_level;
         // The one place that looks at the kind of backend.
-        let local =
-            (backend.local_root.as_ref()).map(|root| Arc::new(LocalChunks::new(root.clone())));
-        let chunks: Arc<dyn ChunkBackend> = match &local {
-            Some(files) => Arc::new(LocalBackend::with_files(Arc::clone(files), level)),
+        let chunks: Arc<dyn ChunkBackend> = match &backend.local_root {
+            Some(root) => Arc::new(LocalBackend::new(root.clone(), level)),
             None => Arc::new(ObjectChunks::new(backend.clone(), level)),
         };
         Repo {
@@ -208,7 +203,6 @@ impl Repo {
             concurrency: default_concurrency(),
             limiter: Arc::new(Semaphore::new(default_concurrency())),
             chunks,
-            local,
         }
     }
 
@@ -447,48 +441,20 @@ impl Repo {
     /// name is durable.
     pub async fn put_doc(&self, key: &str, body: Bytes) -> Result<DocWrite> {
         self.sync().await?;
-        if let Some(files) = &self.local {
-            let created = {
-                let (files, key) = (Arc::clone(files), key.to_string());
-                blocking(move || files.put_doc(&key, &body)).await?
-            };
-            files
-                .sync_dirs(self.concurrency)
-                .await
-                .map_err(|(dir, source)| StoreError::Io {
-                    key: dir.display().to_string(),
-                    source,
-                })?;
-            if created {
-                return Ok(DocWrite::Created);
-            }
-            let existing = self
-                .get_doc(key)
-                .await?
-                .ok_or_else(|| StoreError::NotFound {
-                    key: key.to_string(),
-                })?;
-            return Ok(DocWrite::Exists(existing));
-        }
-        let path = self.backend.path(key);
-        let opts = PutOptions::from(PutMode::Create);
-        match self
-            .store()
-            .put_opts(&path, PutPayload::from(body), opts)
-            .await
+        if self
+            .chunks
+            .put_doc(key.to_string(), body, self.concurrency)
+            .await?
         {
-            Ok(_) => Ok(DocWrite::Created),
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                let existing = self
-                    .get_doc(key)
-                    .await?
-                    .ok_or_else(|| StoreError::NotFound {
-                        key: key.to_string(),
-                    })?;
-                Ok(DocWrite::Exists(existing))
-            }
-            Err(e) => Err(StoreError::backend(key, e)),
+            return Ok(DocWrite::Created);
         }
+        let existing = self
+            .get_doc(key)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                key: key.to_string(),
+            })?;
+        Ok(DocWrite::Exists(existing))
     }
 
     /// Make every chunk this handle (or a clone) stored or relied on durable under its name.
@@ -500,22 +466,7 @@ impl Repo {
 
     /// Read a document; `None` when absent.
     pub async fn get_doc(&self, key: &str) -> Result<Option<Bytes>> {
-        if let Some(files) = &self.local {
-            let (files, key) = (Arc::clone(files), key.to_string());
-            return blocking(move || files.get_doc(&key))
-                .await
-                .map(|b| b.map(Bytes::from));
-        }
-        let path = self.backend.path(key);
-        let got = match self.store().get(&path).await {
-            Ok(g) => g,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(StoreError::backend(key, e)),
-        };
-        got.bytes()
-            .await
-            .map(Some)
-            .map_err(|e| StoreError::backend(key, e))
+        self.chunks.get_doc(key.to_string()).await
     }
 
     /// Keys and sizes of every object below `prefix` (a key prefix such as `wal/`).

@@ -134,14 +134,24 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub start: bool,
     /// With --start: stop the server once recovery is done
-    #[arg(long)]
+    #[arg(long, requires = "start")]
     pub stop_after: bool,
     /// With --start: port to run the server on (default: the restored configuration's)
-    #[arg(long)]
+    #[arg(long, requires = "start")]
     pub port: Option<u16>,
     /// With --start: extra server setting NAME=VALUE (repeatable)
-    #[arg(long)]
+    #[arg(long, requires = "start")]
     pub pg_option: Vec<String>,
+    /// archive_mode of the restored server: preserve the backup's, or off (for a clone that
+    /// must never archive into this repository, or anywhere)
+    #[arg(long, value_enum, default_value_t = ArchiveMode::Preserve)]
+    pub archive_mode: ArchiveMode,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ArchiveMode {
+    Preserve,
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -167,8 +177,8 @@ pub struct BackupArgs {
     /// Backup label (default "pitr <id>")
     #[arg(long)]
     pub label: Option<String>,
-    /// Server-side rate limit in kB/s (32..1048576)
-    #[arg(long)]
+    /// Server-side rate limit in kB/s (32..1048576, PostgreSQL's range)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(32..=1048576))]
     pub max_rate: Option<u32>,
 }
 
@@ -305,5 +315,25 @@ mod tests {
     fn cli_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    /// Options that cannot work are refused by the parser, before anything runs.
+    #[test]
+    fn options_that_cannot_work_are_refused() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["pitr", "--repo", "/r"], args].concat());
+        for start_only in [
+            &["--port", "5433"][..],
+            &["--stop-after"],
+            &["--pg-option", "a=b"],
+        ] {
+            let args = [&["restore", "-D", "/d"], start_only].concat();
+            let e = parse(&args).expect_err("a --start option without --start");
+            assert!(e.to_string().contains("--start"), "{e}");
+            assert!(parse(&[&args[..], &["--start"]].concat()).is_ok());
+        }
+        for rate in ["31", "1048577"] {
+            assert!(parse(&["backup", "--max-rate", rate]).is_err(), "{rate}");
+        }
+        assert!(parse(&["backup", "--max-rate", "32"]).is_ok());
     }
 }

@@ -41,6 +41,7 @@ fn request(args: RestoreArgs) -> anyhow::Result<RestoreRequest> {
         delta: args.delta,
         remap,
         dry_run: args.dry_run,
+        archive_off: args.archive_mode == cli::ArchiveMode::Off,
         start: args.start.then_some(StartOptions {
             port: args.port,
             stop_after: args.stop_after,

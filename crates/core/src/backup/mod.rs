@@ -97,6 +97,22 @@ pub async fn backup(
             known.len()
         );
     }
+    if args.checkpoint == CheckpointMode::Spread {
+        // The server answers nothing until its checkpoint is done, which a spread checkpoint
+        // paces over most of checkpoint_timeout: say so, rather than sit silent for minutes.
+        let timeout = main.show("checkpoint_timeout").await.ok();
+        let target = main.show("checkpoint_completion_target").await.ok();
+        let bound = match (&timeout, &target) {
+            (Some(t), Some(c)) => {
+                format!(" (up to about checkpoint_timeout {t} × checkpoint_completion_target {c})")
+            }
+            _ => String::new(),
+        };
+        tracing::info!(
+            "backup {id}: waiting for the server's spread checkpoint{bound}; \
+             --checkpoint fast starts at once, at the cost of an I/O burst"
+        );
+    }
     let mut stream = main.base_backup(&options).await?;
     let (start_lsn, timeline) = match stream.next().await? {
         Some(BackupEvent::Start { lsn, timeline }) => (lsn, timeline),

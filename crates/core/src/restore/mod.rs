@@ -45,6 +45,8 @@ pub struct RestoreRequest {
     pub remap: HashMap<u32, PathBuf>,
     /// Plan only; change nothing.
     pub dry_run: bool,
+    /// Set `archive_mode = off` in the restored server (a clone); otherwise keep the backup's.
+    pub archive_off: bool,
     /// Start PostgreSQL and wait until recovery reached the target.
     pub start: Option<StartOptions>,
 }
@@ -162,6 +164,10 @@ fn recovery_settings_for(
         };
         out.push(("recovery_target_action".into(), conf_value(action)));
     }
+    if args.archive_off {
+        // A clone: it must never archive (into this repository least of all).
+        out.push(("archive_mode".into(), conf_value("off")));
+    }
     out
 }
 
@@ -174,11 +180,17 @@ fn write_recovery_conf(
 ) -> anyhow::Result<()> {
     let dir = laydown::open_dir(pgdata)?;
     let old = laydown::read_at(&dir, pgdata, "postgresql.auto.conf")?.unwrap_or_default();
+    // Earlier settings of the keys written now go (a restore over a restore, with --delta).
+    let ours = |key: &str| {
+        key == "restore_command"
+            || key.starts_with("recovery_")
+            || settings.iter().any(|(k, _)| k == key)
+    };
     let mut text: String = old
         .lines()
         .filter(|l| {
             let key = l.split(['=', ' ', '\t']).next().unwrap_or("").trim();
-            !(l.starts_with(MARK) || key == "restore_command" || key.starts_with("recovery_target"))
+            !(l.starts_with(MARK) || ours(key))
         })
         .map(|l| format!("{l}\n"))
         .collect();
@@ -233,6 +245,9 @@ pub async fn restore(
     args: RestoreRequest,
     reporter: &dyn Reporter,
 ) -> anyhow::Result<RestoreReport> {
+    if args.start.is_some() && !args.dry_run {
+        start::refuse_root()?;
+    }
     let backups = BackupManifest::list(repo)
         .await?
         .for_restore(args.backup.as_deref())?;
@@ -400,6 +415,7 @@ mod tests {
             delta: false,
             remap: HashMap::new(),
             dry_run: false,
+            archive_off: false,
             start: None,
         }
     }
@@ -803,5 +819,22 @@ mod tests {
             substitute(&value("recovery_end_command"), "x", "y"),
             "/opt/pitr%p/bin/pitr --repo file:///srv/repo%f%20x spool-clean pg_wal"
         );
+    }
+
+    /// `--archive-mode off` (a clone) writes archive_mode = off; the default keeps the
+    /// backup's setting untouched.
+    #[test]
+    fn archive_mode_off_only_when_asked() {
+        let has_off = |archive_off| {
+            let req = RestoreRequest {
+                archive_off,
+                ..request(Path::new("/d"))
+            };
+            recovery_settings_for("/bin/pitr", "/repo", &req)
+                .iter()
+                .any(|(k, v)| k == "archive_mode" && v == "'off'")
+        };
+        assert!(has_off(true));
+        assert!(!has_off(false));
     }
 }

@@ -221,11 +221,13 @@ pub async fn plan(
     let on_path = path.iter().find(|(t, _, _)| *t == backup_tli);
     match on_path {
         None => bail!(
-            "backup {} is on timeline {backup_tli}, which is not an ancestor of target timeline {target_tli}",
+            "backup {} is on timeline {backup_tli}, which is not an ancestor of target timeline {target_tli}: \
+             --target-timeline current (or {backup_tli}) follows the backup's own timeline",
             manifest.id
         ),
         Some((_, _, Some(end))) if *end < stop_lsn => bail!(
-            "timeline {target_tli} forked from timeline {backup_tli} at {end}, before backup {} was consistent at {stop_lsn}",
+            "timeline {target_tli} forked from timeline {backup_tli} at {end}, before backup {} was consistent at {stop_lsn}: \
+             --target-timeline current (or {backup_tli}) stays on the backup's timeline; to reach timeline {target_tli}, restore a backup that finished before {end}",
             manifest.id
         ),
         _ => {}

@@ -75,9 +75,7 @@ pub async fn start_and_wait(
     action: TargetAction,
     args: &StartOptions,
 ) -> anyhow::Result<RecoveryOutcome> {
-    if unsafe_is_root() {
-        bail!("--start: PostgreSQL refuses to run as root; run pitr restore as the database owner (e.g. runuser -u postgres --)");
-    }
+    refuse_root()?;
     let major = manifest.pg_version_num / 10000;
     let bindir = pg_bindir(major)?;
     let log = pgdata.join("pitr-recovery.log");
@@ -208,6 +206,15 @@ fn stop(bindir: &Path, pgdata: &Path) -> anyhow::Result<()> {
         .context("run pg_ctl stop")?;
     if !status.success() {
         bail!("pg_ctl stop on {} failed ({status})", pgdata.display());
+    }
+    Ok(())
+}
+
+/// `--start` as root cannot work (PostgreSQL refuses to run as root): say so before anything
+/// is written.
+pub fn refuse_root() -> anyhow::Result<()> {
+    if unsafe_is_root() {
+        bail!("--start: PostgreSQL refuses to run as root; run pitr restore as the database owner (e.g. runuser -u postgres --)");
     }
     Ok(())
 }

@@ -1080,3 +1080,65 @@ fn restore_follows_a_timeline_switch_archived_into_the_same_repository() {
     assert_eq!(r.rows(), "1,2,3", "rows at the end of timeline 1");
     drop(tl2);
 }
+
+/// `info`'s recoverable window and `restore` agree: both ends of the interval info prints are
+/// targets restore accepts (the end one restored to with `--start`), a microsecond past the end
+/// is refused, and with an archived segment deleted the window ends before the gap.
+#[test]
+fn info_window_ends_are_targets_restore_reaches() {
+    let dir = TestDir::new();
+    let (pitr, pg) = source(&dir, &[]);
+    take_backup(&pitr, &pg);
+    let mut segments = Vec::new();
+    for i in 1..=3 {
+        insert(&pg, i);
+        segments.push(switch_and_archive(&pg));
+    }
+    let window = |what: &str| -> Vec<(String, String)> {
+        let info = pitr.info_json();
+        let ranges = info["recoverable"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{what}: info --json has no recoverable list: {info}"));
+        ranges
+            .iter()
+            .map(|r| {
+                let end = |k: &str| r[k].as_str().expect("a time").to_string();
+                (end("from"), end("to"))
+            })
+            .collect()
+    };
+    let micro_later = |t: &str| {
+        let t: chrono::DateTime<chrono::Utc> = t.parse().expect("an RFC 3339 time");
+        (t + chrono::Duration::microseconds(1)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    };
+    let whole = window("whole archive");
+    assert_eq!(whole.len(), 1, "one unbroken interval: {whole:?}");
+    let (from, to) = whole[0].clone();
+    let pgdata = dir.path().join("d-window");
+    for t in [&from, &to] {
+        dry_run(&pitr, &pgdata, &["--target-time", t]);
+    }
+    let e = restore_refused(&pitr, &pgdata, &["--target-time", &micro_later(&to)]);
+    assert!(
+        e.contains("recoverable window") || e.contains("could not stop there"),
+        "{e}"
+    );
+    restore_started(&pitr, &dir, "window-end", &["--target-time", &to], "off");
+
+    // A hole after the first segment archived after the backup: the window ends before it.
+    let hole = &segments[1];
+    std::fs::remove_file(pitr.wal_ref_path(hole)).expect("remove a WAL ref");
+    let holed = window("with a hole");
+    assert_eq!(holed.len(), 1, "{holed:?}");
+    let (_, holed_to) = holed[0].clone();
+    let time = |t: &str| {
+        t.parse::<chrono::DateTime<chrono::Utc>>()
+            .expect("an RFC 3339 time")
+    };
+    assert!(
+        time(&holed_to) < time(&to),
+        "the window still ends at {holed_to} past the hole at {hole}"
+    );
+    dry_run(&pitr, &pgdata, &["--target-time", &holed_to]);
+    restore_refused(&pitr, &pgdata, &["--target-time", &micro_later(&holed_to)]);
+}

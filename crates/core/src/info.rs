@@ -7,6 +7,8 @@ use serde::Serialize;
 
 use crate::index::{ArchiveIndex, TimelineSummary};
 use crate::repofile::{load_wal_refs, repo_system_identifier, BackupManifest, Damaged};
+use crate::restore::plan::RepoArchive;
+use crate::window::{window, Recoverable};
 
 #[derive(Serialize)]
 pub struct Info {
@@ -21,6 +23,9 @@ pub struct Info {
     /// From the end of the earliest backup to the last archived WAL.
     pub recoverable_from: Option<chrono::DateTime<chrono::Utc>>,
     pub recoverable_to: Option<chrono::DateTime<chrono::Utc>>,
+    /// Every interval of target times a restore reaches (a gap in the archived WAL ends one;
+    /// a later backup opens the next), as `crate::window` computes it for restore too.
+    pub recoverable: Vec<Recoverable>,
     pub wal: WalInfo,
     /// Documents that could not be used (each key and why); the rest is summarised without
     /// them.
@@ -35,6 +40,8 @@ pub struct WalInfo {
     pub files: usize,
     pub last_archived: Option<WalFileName>,
     pub last_archived_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Seconds since the last file was archived (when this ran): what a monitor alerts on.
+    pub last_archived_age_seconds: Option<i64>,
     /// Bytes of the archived files as PostgreSQL wrote them.
     pub raw_bytes: u64,
     /// Bytes of new chunks archiving added.
@@ -64,10 +71,15 @@ pub async fn info(repo: &Repo) -> anyhow::Result<Info> {
         // Look-ahead stores later segments before earlier ones finish, so "when" is the
         // latest archive time of any file.
         last_archived_at: refs.iter().map(|r| r.archived_at).max(),
+        last_archived_age_seconds: refs
+            .iter()
+            .map(|r| r.archived_at)
+            .max()
+            .map(|t| (chrono::Utc::now() - t).num_seconds()),
         raw_bytes: refs.iter().map(|r| r.size).sum(),
         stored_bytes: refs.iter().map(|r| r.stored_bytes).sum(),
     };
-    let recoverable_from = backups.first().map(|b| b.stop_time);
+    let recoverable = window(&backups, &index, &RepoArchive(repo)).await?;
     Ok(Info {
         repository: repo.url().to_string(),
         system_identifier: sysid.map(|s| s.to_string()),
@@ -75,10 +87,9 @@ pub async fn info(repo: &Repo) -> anyhow::Result<Info> {
         compression_level: repo.config().compression_level,
         stored_bytes,
         backups: backups.iter().map(BackupManifest::summary).collect(),
-        recoverable_from,
-        recoverable_to: recoverable_from
-            .and(wal.last_archived_at)
-            .max(recoverable_from),
+        recoverable_from: recoverable.first().map(|r| r.from),
+        recoverable_to: recoverable.last().map(|r| r.to),
+        recoverable,
         wal,
         damaged,
     })

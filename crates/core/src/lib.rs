@@ -14,6 +14,10 @@ pub mod restore;
 pub mod restore_wal;
 pub mod time;
 pub mod verify;
+pub mod window;
+
+#[cfg(test)]
+mod testutil;
 
 pub use error::{Failure, NotArchived};
 pub use index::ArchiveIndex;

@@ -1,6 +1,7 @@
 //! `pitr info [--json]`: the repository summary.
 
 use pitr_core::info::Info;
+use pitr_core::time::format_pg_time;
 use pitr_store::Repo;
 
 use crate::cli::InfoArgs;
@@ -36,8 +37,12 @@ fn print_text(info: &Info) {
             b["stored_bytes"].as_u64().unwrap_or(0) >> 20,
         );
     }
-    if let (Some(from), Some(to)) = (info.recoverable_from, info.recoverable_to) {
-        println!("recoverable: {} .. {}", from.to_rfc3339(), to.to_rfc3339());
+    for r in &info.recoverable {
+        println!(
+            "recoverable: {} .. {}",
+            format_pg_time(&r.from),
+            format_pg_time(&r.to)
+        );
     }
     let w = &info.wal;
     println!(
@@ -45,7 +50,10 @@ fn print_text(info: &Info) {
         w.files, w.raw_bytes, w.stored_bytes
     );
     if let (Some(n), Some(t)) = (&w.last_archived, &w.last_archived_at) {
-        println!("last:        {n} at {}", t.to_rfc3339());
+        let age = w
+            .last_archived_age_seconds
+            .map_or(String::new(), |s| format!(" ({s} s ago)"));
+        println!("last:        {n} at {}{age}", format_pg_time(t));
     }
     for t in &w.timelines {
         println!(

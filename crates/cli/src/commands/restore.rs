@@ -118,6 +118,13 @@ fn print(report: &RestoreReport, json: bool) -> anyhow::Result<()> {
             ),
             None => println!("wal:       only the backup's own"),
         }
+        for r in &plan.recoverable {
+            println!(
+                "window:    {} .. {} (recoverable target times)",
+                format_pg_time(&r.from),
+                format_pg_time(&r.to)
+            );
+        }
         println!("into:      {}", report.pgdata.display());
         for t in &plan.tablespaces {
             if t.remapped {

@@ -271,6 +271,11 @@ pub async fn restore(
         },
     )
     .await?;
+    if args.dry_run {
+        // The window as info shows it, from the same computation.
+        plan.recoverable =
+            crate::window::window(&backups, &index, &plan::RepoArchive(repo)).await?;
+    }
     let pgdata = std::path::absolute(&args.pgdata)
         .with_context(|| format!("resolve {}", args.pgdata.display()))?;
     let lay = LayDown {

@@ -107,6 +107,10 @@ pub struct Plan {
     pub wal: Option<SegmentNeed>,
     pub recoverable_from: DateTime<Utc>,
     pub recoverable_to: Option<DateTime<Utc>>,
+    /// With `--dry-run`: every interval of target times a restore reaches (`crate::window`,
+    /// the same computation `info` shows).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recoverable: Vec<crate::window::Recoverable>,
     /// Where each tablespace goes (filled in by the restore, which knows the remapping).
     pub tablespaces: Vec<PlannedTablespace>,
     #[serde(skip)]
@@ -182,8 +186,7 @@ pub async fn plan(
     let manifest = choose_backup(repo_url, backups, &req)?;
     manifest.check_restorable()?;
     let earliest = backups[0].stop_time;
-    let (stop_lsn, start_lsn) = (manifest.stop_lsn, manifest.start_lsn);
-    let backup_tli = manifest.timeline;
+    let stop_lsn = manifest.stop_lsn;
     if let Target::Time(t) = req.target {
         if *t <= manifest.stop_time {
             bail!(
@@ -203,47 +206,11 @@ pub async fn plan(
         }
     }
     let seg_size = index.segment_size();
-
-    // The timeline to follow, and the path of timelines that leads to it.
-    let target_tli = match req.timeline {
-        TimelineChoice::Current => backup_tli,
-        TimelineChoice::Id(n) => TimelineId(*n),
-        TimelineChoice::Latest => index
-            .newest_timeline()
-            .map_or(backup_tli, |t| t.max(backup_tli)),
-    };
-    let history = if target_tli.0 == 1 {
-        Vec::new()
-    } else {
-        archive.history(target_tli).await?
-    };
-    let path = timeline_path(target_tli, &history);
-    let on_path = path.iter().find(|(t, _, _)| *t == backup_tli);
-    match on_path {
-        None => bail!(
-            "backup {} is on timeline {backup_tli}, which is not an ancestor of target timeline {target_tli}: \
-             --target-timeline current (or {backup_tli}) follows the backup's own timeline",
-            manifest.id
-        ),
-        Some((_, _, Some(end))) if *end < stop_lsn => bail!(
-            "timeline {target_tli} forked from timeline {backup_tli} at {end}, before backup {} was consistent at {stop_lsn}: \
-             --target-timeline current (or {backup_tli}) stays on the backup's timeline; to reach timeline {target_tli}, restore a backup that finished before {end}",
-            manifest.id
-        ),
-        _ => {}
-    }
-
-    // Segments recovery will ask for: from the backup's stop segment (the backup carries its
-    // own WAL before that) up to the target.
-    let tli_for = |segno: u64| -> TimelineId {
-        path.iter()
-            .rev()
-            .find(|(_, begin, _)| begin.segment_number(seg_size) <= segno)
-            .map_or(backup_tli, |(t, _, _)| *t)
-    };
-    let name = |segno: u64| index.segment_name(tli_for(segno), segno);
-    let first = stop_lsn.0.saturating_sub(1).max(start_lsn.0) / u64::from(seg_size);
-    let has = |segno: u64| index.has_segment(tli_for(segno), segno);
+    let route = Route::new(manifest, index, archive, req.timeline).await?;
+    let (target_tli, path) = (route.target, &route.path);
+    let name = |segno: u64| route.segment_name(index, segno);
+    let first = route.first_segment();
+    let has = |segno: u64| route.has(index, segno);
     // The newest archived segment on the path.
     let last_on_path = path
         .iter()
@@ -337,9 +304,106 @@ pub async fn plan(
         wal,
         recoverable_from: earliest,
         recoverable_to,
+        recoverable: Vec::new(),
         tablespaces: Vec::new(),
         manifest: manifest.clone(),
     })
+}
+
+/// How recovery from one backup walks the archive: the path of timelines that leads to the
+/// target timeline, and for each segment number the timeline it is read from. Shared by the
+/// planner and the recoverable window (`crate::window`), so both walk the same way.
+pub(crate) struct Route {
+    pub target: TimelineId,
+    pub path: Vec<(TimelineId, Lsn, Option<Lsn>)>,
+    backup_tli: TimelineId,
+    first: u64,
+    seg_size: u32,
+}
+
+impl Route {
+    /// The route from `manifest` to the timeline `choice` names; refused when the backup is
+    /// not on that timeline's path, or the path forks before the backup was consistent.
+    pub async fn new(
+        manifest: &BackupManifest,
+        index: &ArchiveIndex,
+        archive: &impl ArchiveReader,
+        choice: &TimelineChoice,
+    ) -> anyhow::Result<Route> {
+        let (backup_tli, stop_lsn) = (manifest.timeline, manifest.stop_lsn);
+        let target = match choice {
+            TimelineChoice::Current => backup_tli,
+            TimelineChoice::Id(n) => TimelineId(*n),
+            TimelineChoice::Latest => index
+                .newest_timeline()
+                .map_or(backup_tli, |t| t.max(backup_tli)),
+        };
+        let history = if target.0 == 1 {
+            Vec::new()
+        } else {
+            archive.history(target).await?
+        };
+        let path = timeline_path(target, &history);
+        match path.iter().find(|(t, _, _)| *t == backup_tli) {
+            None => bail!(
+                "backup {} is on timeline {backup_tli}, which is not an ancestor of target timeline {target}: \
+                 --target-timeline current (or {backup_tli}) follows the backup's own timeline",
+                manifest.id
+            ),
+            Some((_, _, Some(end))) if *end < stop_lsn => bail!(
+                "timeline {target} forked from timeline {backup_tli} at {end}, before backup {} was consistent at {stop_lsn}: \
+                 --target-timeline current (or {backup_tli}) stays on the backup's timeline; to reach timeline {target}, restore a backup that finished before {end}",
+                manifest.id
+            ),
+            _ => {}
+        }
+        let seg_size = index.segment_size();
+        // Recovery asks for segments from the backup's stop segment on (the backup carries
+        // its own WAL before that).
+        let first = stop_lsn.0.saturating_sub(1).max(manifest.start_lsn.0) / u64::from(seg_size);
+        Ok(Route {
+            target,
+            path,
+            backup_tli,
+            first,
+            seg_size,
+        })
+    }
+
+    /// The first segment recovery asks the archive for.
+    pub fn first_segment(&self) -> u64 {
+        self.first
+    }
+
+    /// The timeline segment `segno` is read from.
+    pub fn timeline_of(&self, segno: u64) -> TimelineId {
+        self.path
+            .iter()
+            .rev()
+            .find(|(_, begin, _)| begin.segment_number(self.seg_size) <= segno)
+            .map_or(self.backup_tli, |(t, _, _)| *t)
+    }
+
+    pub fn segment_name(&self, index: &ArchiveIndex, segno: u64) -> WalFileName {
+        index.segment_name(self.timeline_of(segno), segno)
+    }
+
+    pub fn has(&self, index: &ArchiveIndex, segno: u64) -> bool {
+        index.has_segment(self.timeline_of(segno), segno)
+    }
+
+    /// The last segment of the unbroken run of archived segments from the first one on, if
+    /// the first is archived.
+    pub fn last_unbroken(&self, index: &ArchiveIndex) -> Option<u64> {
+        let mut segno = self.first;
+        if !self.has(index, segno) {
+            return None;
+        }
+        while self.has(index, segno + 1) {
+            segno += 1;
+        }
+        Some(segno)
+    }
 }
 
 /// The backup a restore starts from: the one asked for, else the newest that finished before
@@ -398,73 +462,9 @@ async fn holds_stop_record(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
 
-    const SEG: u32 = pitr_pg::DEFAULT_WAL_SEGMENT_SIZE;
-
-    fn at(s: &str) -> DateTime<Utc> {
-        s.parse().unwrap()
-    }
-
-    /// A backup of timeline 1 from `start` to `stop` (LSNs), finished at `stop_time`.
-    fn backup(id: &str, start: &str, stop: &str, stop_time: &str) -> BackupManifest {
-        let start: Lsn = start.parse().unwrap();
-        let seg = |l: Lsn| WalFileName::segment(TimelineId(1), l.segment_number(SEG), SEG);
-        let server = serde_json::json!({"path": "backup_manifest", "kind": "file", "mode": 384,
-                                        "size": 0, "mtime": 0});
-        serde_json::from_value(serde_json::json!({
-            "format_version": 1, "id": id, "label": id,
-            "start_time": "2026-11-26T00:00:00Z", "stop_time": stop_time,
-            "start_lsn": start, "stop_lsn": stop, "timeline": 1,
-            "system_identifier": "1", "pg_version": "15.18", "pg_version_num": 150018,
-            "size_bytes": 0, "stored_bytes": 0,
-            "wal_start": seg(start), "wal_stop": seg(start),
-            "files": [], "tablespaces": [], "wal": [], "server_manifest": server,
-        }))
-        .unwrap()
-    }
-
-    /// An archive in memory: when each segment was archived and the commit times it holds.
-    #[derive(Default)]
-    struct Fixture {
-        segments: HashMap<String, (DateTime<Utc>, Vec<DateTime<Utc>>)>,
-        histories: HashMap<u32, String>,
-    }
-
-    impl Fixture {
-        fn segment(&mut self, name: &str, archived: &str, commits: &[&str]) -> &mut Self {
-            let commits = commits.iter().map(|c| at(c)).collect();
-            self.segments.insert(name.into(), (at(archived), commits));
-            self
-        }
-
-        fn index(&self) -> ArchiveIndex {
-            let mut index = ArchiveIndex::new(SEG);
-            for name in self.segments.keys() {
-                index.insert(&name.parse().unwrap());
-            }
-            for tli in self.histories.keys() {
-                index.insert(&format!("{tli:08X}.history").parse().unwrap());
-            }
-            index
-        }
-    }
-
-    impl ArchiveReader for Fixture {
-        async fn history(&self, tli: TimelineId) -> anyhow::Result<Vec<HistoryEntry>> {
-            let text = self.histories.get(&tli.0).context("no history")?;
-            Ok(parse_history(text)?)
-        }
-        async fn archived_at(&self, name: &WalFileName) -> anyhow::Result<DateTime<Utc>> {
-            Ok(self.segments[name.as_str()].0)
-        }
-        async fn record_times(&self, name: &WalFileName, _: u32) -> anyhow::Result<Vec<i64>> {
-            let commits = &self.segments[name.as_str()].1;
-            Ok(commits.iter().map(DateTime::timestamp_micros).collect())
-        }
-    }
+    use crate::testutil::{at, backup, Fixture};
 
     async fn plan_for(
         backups: &[BackupManifest],

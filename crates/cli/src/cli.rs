@@ -90,7 +90,8 @@ pub struct RestoreArgs {
     /// Data directory to create (empty or absent unless --delta)
     #[arg(long, short = 'D')]
     pub pgdata: PathBuf,
-    /// Recover to this time (RFC 3339, or '2026-11-25 14:02:59+00')
+    /// Recover to this time, with its zone: RFC 3339 or '2026-11-25 14:02:59+00' (the form
+    /// `list` and `info` print); a time without a zone is refused, showing both readings
     #[arg(long)]
     pub target_time: Option<String>,
     /// Recover to this LSN (X/X)

@@ -1,6 +1,7 @@
 //! `pitr info [--json]`: the repository summary.
 
 use pitr_core::info::Info;
+use pitr_core::time::{format_time, parse_time};
 use pitr_store::Repo;
 
 use crate::cli::InfoArgs;
@@ -14,6 +15,12 @@ pub async fn run(url: &str, args: InfoArgs) -> anyhow::Result<()> {
         print_text(&info);
     }
     Ok(())
+}
+
+/// A backup summary's RFC 3339 time in the form `list` prints and `--target-time` takes.
+fn shown(v: &serde_json::Value) -> String {
+    let s = v.as_str().unwrap_or("");
+    parse_time(s).map_or_else(|_| s.to_string(), |t| format_time(&t))
 }
 
 fn print_text(info: &Info) {
@@ -30,14 +37,18 @@ fn print_text(info: &Info) {
         println!(
             "  {}  {} .. {}  {} MiB ({} MiB new)",
             b["id"].as_str().unwrap_or(""),
-            b["start_time"].as_str().unwrap_or(""),
-            b["stop_time"].as_str().unwrap_or(""),
+            shown(&b["start_time"]),
+            shown(&b["stop_time"]),
             b["size_bytes"].as_u64().unwrap_or(0) >> 20,
             b["stored_bytes"].as_u64().unwrap_or(0) >> 20,
         );
     }
     if let (Some(from), Some(to)) = (info.recoverable_from, info.recoverable_to) {
-        println!("recoverable: {} .. {}", from.to_rfc3339(), to.to_rfc3339());
+        println!(
+            "recoverable: {} .. {}",
+            format_time(&from),
+            format_time(&to)
+        );
     }
     let w = &info.wal;
     println!(
@@ -45,7 +56,7 @@ fn print_text(info: &Info) {
         w.files, w.raw_bytes, w.stored_bytes
     );
     if let (Some(n), Some(t)) = (&w.last_archived, &w.last_archived_at) {
-        println!("last:        {n} at {}", t.to_rfc3339());
+        println!("last:        {n} at {}", format_time(t));
     }
     for t in &w.timelines {
         println!(

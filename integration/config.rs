@@ -96,3 +96,50 @@ fn unknown_config_key_names_the_nearest() {
     let out = output(&mut cmd);
     assert_eq!(out.status.code(), Some(255), "{}", describe(&cmd, &out));
 }
+
+/// An S3 repository whose endpoint, keys and region come from the configuration file alone
+/// (the secret key from a `_file`), with no `AWS_*` variable set: the options reach the store.
+#[test]
+fn s3_options_from_the_config_file() {
+    let Some(server) = pitr_testkit::s3::start_or_skip("s3_options_from_the_config_file") else {
+        return;
+    };
+    server.create_bucket("pitr-config");
+    let dir = TestDir::new();
+    let pitr = Pitr::new(&dir, "unused");
+    let secret = dir.path().join("s3-secret");
+    std::fs::write(&secret, "pitr-test-secret\n").unwrap();
+    let config = dir.path().join("s3.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "repo = \"s3://pitr-config/cluster\"\n[s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\n\
+             access_key_id = \"pitr-test-key\"\nsecret_access_key_file = \"s3-secret\"\n\
+             virtual_hosted_style_request = false\nallow_http = true\n",
+            server.endpoint()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let mut cmd = pitr.bare_command();
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("AWS_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.arg("--config").arg(&config).args(args);
+        let out = output(&mut cmd);
+        (out.status.success(), stdout_of(&out), describe(&cmd, &out))
+    };
+    let (ok, _, what) = run(&["init"]);
+    assert!(
+        ok,
+        "init on S3 configured by the file\n{what}\n{}",
+        server.log()
+    );
+    let (ok, stdout, what) = run(&["info"]);
+    assert!(
+        ok && stdout.contains("s3://pitr-config/cluster"),
+        "info on S3 configured by the file\n{what}"
+    );
+}

@@ -297,6 +297,8 @@ impl Settings {
             }
         };
         let file = parse(&text).with_context(|| format!("config file {}", path.display()))?;
+        // Absolute, because it is handed on (restore_command runs in the data directory).
+        let path = std::path::absolute(&path).unwrap_or(path);
         Ok(Settings {
             path: Some(path),
             file,

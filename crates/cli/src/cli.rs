@@ -1,8 +1,9 @@
-//! Command-line interface: global options, the configuration file, and each command's flags.
+//! Command-line interface: global options and each command's flags. A setting the
+//! configuration file can also give is an `Option` here, filled by `config.rs` (a flag beats
+//! the file); its default is the `DEFAULT_…` constant beside it.
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
@@ -13,7 +14,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     long_about = "WAL archiving and point-in-time recovery for PostgreSQL.\n\n\
         postgresql.conf:\n  archive_mode = on\n  archive_command = 'pitr archive-wal %p %f'\n\
         and for recovery:\n  restore_command = 'pitr restore-wal %f %p'\n\n\
-        The repository comes from --repo, PITR_REPO, or `repo = \"...\"` in the config file."
+        The repository comes from --repo, PITR_REPO, or `repo = \"...\"` in the config file\n\
+        (--config, PITR_CONFIG, default /etc/pitr/pitr.toml), which can hold every setting."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -36,12 +38,13 @@ pub struct Global {
     /// Only errors on stderr
     #[arg(short, long, global = true)]
     pub quiet: bool,
-    /// Log line format on stderr
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    pub log_format: LogFormat,
+    /// Log line format on stderr [default: text]
+    #[arg(long, value_enum, global = true)]
+    pub log_format: Option<LogFormat>,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
@@ -87,7 +90,8 @@ pub struct RestoreArgs {
     /// Data directory to create (empty or absent unless --delta)
     #[arg(long, short = 'D')]
     pub pgdata: PathBuf,
-    /// Recover to this time (RFC 3339, or '2026-11-25 14:02:59+00')
+    /// Recover to this time, with its zone: RFC 3339 or '2026-11-25 14:02:59+00' (the form
+    /// `list` and `info` print); a time without a zone is refused, showing both readings
     #[arg(long)]
     pub target_time: Option<String>,
     /// Recover to this LSN (X/X)
@@ -172,8 +176,9 @@ pub struct BackupArgs {
     #[arg(long, short = 'd')]
     pub dbname: Option<String>,
     /// Checkpoint at the start: fast (immediately) or spread (paced by the server)
-    #[arg(long, value_enum, default_value_t = Checkpoint::Spread)]
-    pub checkpoint: Checkpoint,
+    /// [default: spread]
+    #[arg(long, value_enum)]
+    pub checkpoint: Option<Checkpoint>,
     /// Backup label (default "pitr <id>")
     #[arg(long)]
     pub label: Option<String>,
@@ -182,7 +187,8 @@ pub struct BackupArgs {
     pub max_rate: Option<u32>,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Checkpoint {
     Fast,
     Spread,
@@ -197,15 +203,15 @@ pub struct ListArgs {
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
-    /// Bytes per chunk (a multiple of 8 KiB; suffixes K, M accepted)
-    #[arg(long, default_value = "1M", value_parser = parse_size)]
-    pub chunk_size: u32,
-    /// Bytes per chunk for archived WAL files
-    #[arg(long, default_value = "4M", value_parser = parse_size)]
-    pub wal_chunk_size: u32,
-    /// zstd compression level for new chunks
-    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
-    pub compression_level: i32,
+    /// Bytes per chunk (a multiple of 8 KiB; suffixes K, M accepted) [default: 1M]
+    #[arg(long, value_parser = parse_size)]
+    pub chunk_size: Option<u32>,
+    /// Bytes per chunk for archived WAL files [default: 4M]
+    #[arg(long, value_parser = parse_size)]
+    pub wal_chunk_size: Option<u32>,
+    /// zstd compression level for new chunks [default: 1]
+    #[arg(long, allow_negative_numbers = true)]
+    pub compression_level: Option<i32>,
     /// Create a local repository even when running as root. Without it `pitr init` refuses:
     /// a repository owned by root is one the PostgreSQL user's archive_command cannot write
     /// to; run init as the user PostgreSQL runs as
@@ -220,9 +226,9 @@ pub struct ArchiveWalArgs {
     /// Name of the WAL file (%f)
     pub name: String,
     /// Also push up to N upcoming segments that are ready (pg_wal/archive_status/*.ready) in
-    /// parallel, so that the next calls find them already stored
-    #[arg(long, default_value_t = 8)]
-    pub lookahead: usize,
+    /// parallel, so that the next calls find them already stored [default: 8]
+    #[arg(long)]
+    pub lookahead: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -233,8 +239,9 @@ pub struct RestoreWalArgs {
     pub dest: PathBuf,
     /// When PostgreSQL asks for a segment, fetch up to N following segments in the background
     /// into pg_wal/pitr-spool, so that the next calls find them ready (0 disables)
-    #[arg(long, default_value_t = 8)]
-    pub prefetch: usize,
+    /// [default: 8]
+    #[arg(long)]
+    pub prefetch: Option<usize>,
     /// Internal: run as the prefetch worker (NAME is the segment just served, DEST the spool)
     #[arg(long, hide = true)]
     pub prefetch_worker: bool,
@@ -254,7 +261,13 @@ pub struct InfoArgs {
     pub json: bool,
 }
 
-fn parse_size(s: &str) -> Result<u32, String> {
+pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
+pub const DEFAULT_WAL_CHUNK_SIZE: u32 = 4 << 20;
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 1;
+pub const DEFAULT_LOOKAHEAD: usize = 8;
+pub const DEFAULT_PREFETCH: usize = 8;
+
+pub fn parse_size(s: &str) -> Result<u32, String> {
     let (num, mult) = match s.trim().to_ascii_uppercase() {
         t if t.ends_with("MIB") || t.ends_with('M') => (
             t.trim_end_matches("MIB").trim_end_matches('M').to_string(),
@@ -268,34 +281,6 @@ fn parse_size(s: &str) -> Result<u32, String> {
     };
     let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size"))?;
     u32::try_from(n * mult).map_err(|_| format!("{s:?} is too large"))
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    repo: Option<String>,
-}
-
-/// The repository URL: flag beats environment beats configuration file.
-pub fn repo_url(global: &Global) -> anyhow::Result<String> {
-    if let Some(repo) = &global.repo {
-        return Ok(repo.clone());
-    }
-    let (path, explicit) = match &global.config {
-        Some(p) => (p.clone(), true),
-        None => (PathBuf::from("/etc/pitr/pitr.toml"), false),
-    };
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
-            bail!("no repository given: use --repo URL, PITR_REPO, or repo = \"...\" in /etc/pitr/pitr.toml")
-        }
-        Err(e) => return Err(e).with_context(|| format!("read config file {}", path.display())),
-    };
-    let cfg: ConfigFile =
-        toml::from_str(&text).with_context(|| format!("parse config file {}", path.display()))?;
-    cfg.repo
-        .with_context(|| format!("config file {} has no repo = \"...\"", path.display()))
 }
 
 #[cfg(test)]

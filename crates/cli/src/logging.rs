@@ -6,7 +6,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Global, LogFormat};
 
-pub fn init(global: &Global) {
+pub fn init(global: &Global, format: LogFormat) {
     crate::progress::set_quiet(global.quiet);
     let level = if global.quiet {
         "error"
@@ -24,7 +24,7 @@ pub fn init(global: &Global) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal());
-    match global.log_format {
+    match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.without_time().init(),
     }

@@ -4,6 +4,7 @@
 
 mod cli;
 mod commands;
+mod config;
 mod logging;
 mod progress;
 
@@ -13,6 +14,7 @@ use clap::Parser;
 use pitr_core::Failure;
 
 use cli::{Cli, Command};
+use config::{Env, Settings};
 
 /// Exit statuses: the one table (the README's command table mirrors it).
 mod exit {
@@ -76,9 +78,17 @@ fn main() -> ExitCode {
         }
     };
     let restore_wal = matches!(cli.command, Command::RestoreWal(_));
-    logging::init(&cli.global);
+    let env = Env::process();
+    // A broken configuration file is reported once logging is up.
+    let settings = Settings::load(&cli.global, &env);
+    let format = match &settings {
+        Ok(s) => s.log_format(&cli.global),
+        Err(_) => cli.global.log_format.unwrap_or(cli::LogFormat::Text),
+    };
+    logging::init(&cli.global, format);
     // A panic must not exit 101: for restore_command that would read as "not found".
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli)));
+    let outcome =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli, settings?, &env)));
     match outcome {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(err)) => {
@@ -97,8 +107,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let repo_url = cli::repo_url(&cli.global)?;
+fn run(mut cli: Cli, settings: Settings, env: &Env) -> anyhow::Result<()> {
+    let repo_url = settings.repo_url(&cli.global)?;
+    settings.apply(&mut cli.command)?;
+    hand_over(&settings, &cli.command, &repo_url, env)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -115,6 +127,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::SpoolClean(args) => commands::spool_clean::run(args),
         }
     })
+}
+
+/// Hands the configuration's process-wide settings to the store and to the processes pitr
+/// starts (restore-wal's prefetch worker): called before the runtime's threads exist, because
+/// it sets variables.
+fn hand_over(
+    settings: &Settings,
+    command: &Command,
+    repo_url: &str,
+    env: &Env,
+) -> anyhow::Result<()> {
+    pitr_store::Backend::set_remote_options(settings.remote_options(repo_url)?);
+    if let Some(jobs) = settings.jobs(env) {
+        std::env::set_var("PITR_JOBS", jobs);
+    }
+    // The password only where it is used: archive_command has no systemd credentials.
+    if matches!(command, Command::Backup(_)) {
+        if let Some(password) = settings.pg_password(env)? {
+            std::env::set_var("PGPASSWORD", password);
+        }
+    }
+    if let Some(path) = &settings.path {
+        std::env::set_var("PITR_CONFIG", path);
+    }
+    Ok(())
 }
 
 /// Chunk buffers are 1 MiB: above glibc's default mmap threshold, each one would be a fresh

@@ -1,10 +1,12 @@
 //! Turning a repository URL into an `object_store` backend. Local directories are built by
 //! hand because `parse_url` leaves fsync off, and pitr's promise is durability on success.
+//! Cloud backends take their options (endpoint, region, credentials) from the binary's
+//! configuration file ([`Backend::set_remote_options`]) and from the environment, which wins.
 
 use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -12,6 +14,11 @@ use object_store::path::Path;
 use object_store::ObjectStore;
 
 use crate::{Result, StoreError};
+
+/// Options for cloud backends, set once by the binary before any repository is opened: every
+/// command opens its repository by URL alone, so they are process-wide rather than threaded
+/// through each command's signature.
+static REMOTE_OPTIONS: RwLock<Vec<(String, String)>> = RwLock::new(Vec::new());
 
 /// Where a repository lives.
 #[derive(Debug, Clone)]
@@ -31,8 +38,24 @@ impl Backend {
         url.starts_with('/') || url.starts_with("file://")
     }
 
-    /// Connect to the repository at `url`. With `create`, a missing local directory is made.
+    /// Options for every cloud repository this process opens: `object_store` configuration
+    /// keys (`aws_endpoint`, `aws_region`, `aws_secret_access_key`, `google_service_account`,
+    /// `azure_storage_account_name`, `allow_http`, …) with their values. The environment's
+    /// `AWS_*`, `GOOGLE_*` and `AZURE_*` variables still apply and beat these.
+    pub fn set_remote_options(options: Vec<(String, String)>) {
+        *REMOTE_OPTIONS.write().expect("remote options lock") = options;
+    }
+
+    /// Connect to the repository at `url` with the options given to
+    /// [`Backend::set_remote_options`]. With `create`, a missing local directory is made.
     pub fn connect(url: &str, create: bool) -> Result<Backend> {
+        let options = REMOTE_OPTIONS.read().expect("remote options lock").clone();
+        Self::connect_with(url, create, &options)
+    }
+
+    /// Connect to the repository at `url`; `options` configure a cloud backend (the
+    /// environment's `AWS_*`/`GOOGLE_*`/`AZURE_*` variables are applied after them).
+    pub fn connect_with(url: &str, create: bool, options: &[(String, String)]) -> Result<Backend> {
         let bad = |reason: &str| StoreError::BadUrl {
             url: url.to_string(),
             reason: reason.to_string(),
@@ -82,15 +105,17 @@ impl Backend {
                 )))
             }
         }
-        // Credentials and endpoints come from the environment (AWS_*, GOOGLE_*, AZURE_*).
-        let env_opts: Vec<(String, String)> = std::env::vars()
-            .filter(|(k, _)| {
-                k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
-            })
-            .map(|(k, v)| (k.to_ascii_lowercase(), v))
-            .collect();
+        // The configured options first, then the environment (AWS_*, GOOGLE_*, AZURE_*):
+        // the builder applies them in order, so a variable beats the configuration file.
+        let opts = options.iter().cloned().chain(
+            std::env::vars()
+                .filter(|(k, _)| {
+                    k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
+                })
+                .map(|(k, v)| (k.to_ascii_lowercase(), v)),
+        );
         let (store, prefix) =
-            object_store::parse_url_opts(&parsed, env_opts).map_err(|e| bad(&e.to_string()))?;
+            object_store::parse_url_opts(&parsed, opts).map_err(|e| bad(&e.to_string()))?;
         Ok(Backend {
             store: Arc::from(store),
             prefix,
@@ -210,5 +235,18 @@ mod tests {
         assert_eq!(b.path("config.json").as_ref(), "some/prefix/config.json");
         let p = b.path("chunks/ab/abcd");
         assert_eq!(b.key_of(&p), "chunks/ab/abcd");
+    }
+
+    /// Options handed in explicitly reach the cloud backend's builder.
+    #[test]
+    fn remote_options_are_applied() {
+        let opts = vec![
+            ("aws_region".to_string(), "eu-west-3".to_string()),
+            ("aws_endpoint".to_string(), "http://127.0.0.1:9".to_string()),
+            ("allow_http".to_string(), "true".to_string()),
+        ];
+        let b = Backend::connect_with("s3://bucket/p", false, &opts).unwrap();
+        let debug = format!("{:?}", b.store);
+        assert!(debug.contains("http://127.0.0.1:9"), "{debug}");
     }
 }

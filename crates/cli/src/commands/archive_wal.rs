@@ -8,7 +8,7 @@ pub async fn run(url: &str, args: ArchiveWalArgs) -> anyhow::Result<()> {
     let req = ArchiveWalRequest {
         name: args.name.parse()?,
         path: args.path,
-        lookahead: args.lookahead,
+        lookahead: args.lookahead.unwrap_or(crate::cli::DEFAULT_LOOKAHEAD),
     };
     pitr_core::archive::archive_wal(url, req).await
 }

@@ -11,7 +11,7 @@ pub async fn run(url: &str, args: BackupArgs) -> anyhow::Result<()> {
     let repo = Repo::open(url).await?;
     let req = BackupRequest {
         dbname: args.dbname,
-        checkpoint: match args.checkpoint {
+        checkpoint: match args.checkpoint.unwrap_or(Checkpoint::Spread) {
             Checkpoint::Fast => CheckpointMode::Fast,
             Checkpoint::Spread => CheckpointMode::Spread,
         },

@@ -1,7 +1,7 @@
 //! `pitr info [--json]`: the repository summary.
 
 use pitr_core::info::Info;
-use pitr_core::time::format_pg_time;
+use pitr_core::time::{format_time, parse_time};
 use pitr_store::Repo;
 
 use crate::cli::InfoArgs;
@@ -15,6 +15,12 @@ pub async fn run(url: &str, args: InfoArgs) -> anyhow::Result<()> {
         print_text(&info);
     }
     Ok(())
+}
+
+/// A backup summary's RFC 3339 time in the form `list` prints and `--target-time` takes.
+fn shown(v: &serde_json::Value) -> String {
+    let s = v.as_str().unwrap_or("");
+    parse_time(s).map_or_else(|_| s.to_string(), |t| format_time(&t))
 }
 
 fn print_text(info: &Info) {
@@ -31,8 +37,8 @@ fn print_text(info: &Info) {
         println!(
             "  {}  {} .. {}  {} MiB ({} MiB new)",
             b["id"].as_str().unwrap_or(""),
-            b["start_time"].as_str().unwrap_or(""),
-            b["stop_time"].as_str().unwrap_or(""),
+            shown(&b["start_time"]),
+            shown(&b["stop_time"]),
             b["size_bytes"].as_u64().unwrap_or(0) >> 20,
             b["stored_bytes"].as_u64().unwrap_or(0) >> 20,
         );
@@ -40,8 +46,8 @@ fn print_text(info: &Info) {
     for r in &info.recoverable {
         println!(
             "recoverable: {} .. {}",
-            format_pg_time(&r.from),
-            format_pg_time(&r.to)
+            format_time(&r.from),
+            format_time(&r.to)
         );
     }
     let w = &info.wal;
@@ -53,7 +59,7 @@ fn print_text(info: &Info) {
         let age = w
             .last_archived_age_seconds
             .map_or(String::new(), |s| format!(" ({s} s ago)"));
-        println!("last:        {n} at {}{age}", format_pg_time(t));
+        println!("last:        {n} at {}{age}", format_time(t));
     }
     for t in &w.timelines {
         println!(

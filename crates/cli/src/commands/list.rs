@@ -1,6 +1,7 @@
 //! `pitr list [--json]`: backups, oldest first.
 
 use pitr_core::repofile::BackupManifest;
+use pitr_core::time::format_time;
 use pitr_store::Repo;
 
 use crate::cli::ListArgs;
@@ -19,15 +20,15 @@ pub async fn run(url: &str, args: ListArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<17} {:<20} {:<20} {:>12} {:>12} {:>4}  wal",
+        "{:<17} {:<29} {:<29} {:>9} {:>9} {:>4}  wal",
         "id", "start", "stop", "size MiB", "new MiB", "tli"
     );
     for b in &backups {
         println!(
-            "{:<17} {:<20} {:<20} {:>12} {:>12} {:>4}  {}..{}",
+            "{:<17} {:<29} {:<29} {:>9} {:>9} {:>4}  {}..{}",
             b.id,
-            b.start_time.format("%Y-%m-%d %H:%M:%S"),
-            b.stop_time.format("%Y-%m-%d %H:%M:%S"),
+            format_time(&b.start_time),
+            format_time(&b.stop_time),
             b.size_bytes >> 20,
             b.stored_bytes >> 20,
             b.timeline.0,

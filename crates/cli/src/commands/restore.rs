@@ -53,7 +53,7 @@ fn request(args: RestoreArgs) -> anyhow::Result<RestoreRequest> {
 fn target_of(args: &RestoreArgs) -> anyhow::Result<Target> {
     let mut targets = Vec::new();
     if let Some(t) = &args.target_time {
-        targets.push(Target::Time(parse_time(t)?));
+        targets.push(Target::Time(parse_time(t).context("--target-time")?));
     }
     if let Some(l) = &args.target_lsn {
         targets.push(Target::Lsn(l.parse()?));

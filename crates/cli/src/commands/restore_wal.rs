@@ -8,7 +8,7 @@ pub async fn run(url: &str, args: RestoreWalArgs) -> anyhow::Result<()> {
     let req = RestoreWalRequest {
         name: args.name.parse()?,
         dest: args.dest,
-        prefetch: args.prefetch,
+        prefetch: args.prefetch.unwrap_or(crate::cli::DEFAULT_PREFETCH),
         prefetch_worker: args.prefetch_worker,
     };
     pitr_core::restore_wal::restore_wal(url, req).await

@@ -96,11 +96,15 @@ fn escape_percent(s: &str) -> String {
 }
 
 /// `restore_command` and `recovery_end_command` running `exe` against the repository at
-/// `repo_url`: shell-quoted, then `%`-escaped, with only pitr's own `%f %p` left for
-/// PostgreSQL to substitute.
-fn recovery_commands(exe: &str, repo_url: &str) -> (String, String) {
+/// `repo_url` (with the configuration file `config`, which holds the repository's options):
+/// shell-quoted, then `%`-escaped, with only pitr's own `%f %p` left for PostgreSQL to
+/// substitute.
+fn recovery_commands(exe: &str, config: Option<&str>, repo_url: &str) -> (String, String) {
+    let config = config.map_or(String::new(), |c| {
+        format!(" --config {}", escape_percent(&shell_word(c)))
+    });
     let prefix = format!(
-        "{} --repo {}",
+        "{}{config} --repo {}",
         escape_percent(&shell_word(exe)),
         escape_percent(&shell_word(repo_url))
     );
@@ -117,8 +121,12 @@ fn recovery_settings(
 ) -> anyhow::Result<Vec<(String, String)>> {
     let exe = std::env::current_exe().context("find the pitr binary's own path")?;
     let exe = exe.canonicalize().unwrap_or(exe);
+    // The binary exports the configuration file it read (it may hold the repository's
+    // endpoint and credentials), so that restore_command reads the same one.
+    let config = std::env::var("PITR_CONFIG").ok().filter(|c| !c.is_empty());
     Ok(recovery_settings_for(
         &exe.display().to_string(),
+        config.as_deref(),
         repo_url,
         args,
     ))
@@ -126,11 +134,12 @@ fn recovery_settings(
 
 fn recovery_settings_for(
     exe: &str,
+    config: Option<&str>,
     repo_url: &str,
     args: &RestoreRequest,
 ) -> Vec<(String, String)> {
     let target = &args.target;
-    let (command, cleanup) = recovery_commands(exe, repo_url);
+    let (command, cleanup) = recovery_commands(exe, config, repo_url);
     let mut out = vec![
         ("restore_command".to_string(), conf_value(&command)),
         ("recovery_end_command".to_string(), conf_value(&cleanup)),
@@ -805,6 +814,7 @@ mod tests {
     fn percent_in_paths_is_escaped_for_postgresql() {
         let settings = recovery_settings_for(
             "/opt/pitr%p/bin/pitr",
+            None,
             "file:///srv/repo%f%20x",
             &request(Path::new("/d")),
         );
@@ -824,6 +834,22 @@ mod tests {
             substitute(&value("recovery_end_command"), "x", "y"),
             "/opt/pitr%p/bin/pitr --repo file:///srv/repo%f%20x spool-clean pg_wal"
         );
+        // The configuration file the restore read goes along (quoted, escaped).
+        let settings = recovery_settings_for(
+            "/usr/bin/pitr",
+            Some("/etc/pitr/my cluster%.toml"),
+            "s3://b/p",
+            &request(Path::new("/d")),
+        );
+        let value = &settings
+            .iter()
+            .find(|(key, _)| key == "restore_command")
+            .unwrap()
+            .1;
+        assert_eq!(
+            substitute(&value[1..value.len() - 1].replace("''", "'"), "N", "P"),
+            "/usr/bin/pitr --config '/etc/pitr/my cluster%.toml' --repo s3://b/p restore-wal N P"
+        );
     }
 
     /// `--archive-mode off` (a clone) writes archive_mode = off; the default keeps the
@@ -835,7 +861,7 @@ mod tests {
                 archive_off,
                 ..request(Path::new("/d"))
             };
-            recovery_settings_for("/bin/pitr", "/repo", &req)
+            recovery_settings_for("/bin/pitr", None, "/repo", &req)
                 .iter()
                 .any(|(k, v)| k == "archive_mode" && v == "'off'")
         };

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Checks the units in contrib/systemd with `systemd-analyze verify`, as CI does (.ci/run).
+# No systemd needs to be running: the units are installed by contrib/install.sh into a
+# scratch root together with a copy of this machine's own unit directory (sysinit.target and
+# friends) and the built binary, so that ExecStart= resolves, and verified there with --root.
+# systemd-analyze only warns (exit 0) on unknown keys and unparsable values, so any output at
+# all is a failure. A deliberately broken unit must be caught too, or the check proves nothing.
+#
+#   contrib/systemd/check-units.sh [PITR_BIN]      (default target/debug/pitr)
+set -euo pipefail
+
+top="$(cd "$(dirname "$0")/../.." && pwd)"
+bin="${1:-$top/target/debug/pitr}"
+command -v systemd-analyze >/dev/null || { echo "systemd-analyze not found (apt-get install systemd)" >&2; exit 1; }
+[[ -x "$bin" ]] || { echo "no pitr binary at $bin (cargo build first)" >&2; exit 1; }
+
+root="$(mktemp -d)"
+trap 'rm -rf "$root"' EXIT
+sysunits=""
+for d in /usr/lib/systemd/system /lib/systemd/system; do
+    if [[ -e "$d/sysinit.target" ]]; then sysunits="$d"; break; fi
+done
+[[ -n "$sysunits" ]] || { echo "no systemd unit directory with sysinit.target on this machine" >&2; exit 1; }
+mkdir -p "$root/usr/lib/systemd"
+cp -a "$sysunits/." "$root/usr/lib/systemd/system/"
+PITR_BIN="$bin" DESTDIR="$root" PREFIX=/usr/local "$top/contrib/install.sh" 2>/dev/null
+unitdir="$root/usr/local/lib/systemd/system"
+
+verify() { # unit files...; prints what systemd-analyze said, fails on any output or status
+    local out
+    if ! out="$(cd "$root" && systemd-analyze verify --man=no --root="$root" "$@" 2>&1)" || [[ -n "$out" ]]; then
+        printf '%s\n' "${out:-systemd-analyze verify failed without output}"
+        return 1
+    fi
+}
+
+units=()
+for f in "$unitdir"/pitr-*; do
+    name="$(basename "$f")"
+    case "$name" in
+        *@.*) units+=("$unitdir/${name/@./@main.}") ;; # a template, as instance "main"
+        *) units+=("$f") ;;
+    esac
+done
+echo "==> systemd-analyze verify ${#units[@]} units" >&2
+verify "${units[@]}" || { echo "unit check failed" >&2; exit 1; }
+
+# The check must see a broken unit: a misspelt key, a bad value, a missing binary.
+sed -e 's|^PrivateTmp=yes|PrivateTmpp=yes|' "$unitdir/pitr-check.service" >"$unitdir/broken-key.service"
+sed -e 's|^ProtectSystem=strict|ProtectSystem=bogus|' "$unitdir/pitr-check.service" >"$unitdir/broken-value.service"
+sed -e 's|/usr/local/bin/pitr|/usr/local/bin/no-such-pitr|' "$unitdir/pitr-check.service" >"$unitdir/broken-exec.service"
+for broken in broken-key broken-value broken-exec; do
+    if verify "$unitdir/$broken.service" >/dev/null; then
+        echo "the unit check did not notice $broken.service: it checks nothing" >&2
+        exit 1
+    fi
+done
+echo "==> units ok (${#units[@]} units; broken ones are caught)" >&2

@@ -62,7 +62,10 @@ fn check_passes_when_archiving_into_the_repository_and_names_what_is_wrong() {
     // elsewhere.
     let other = Pitr::init(&dir, "other");
     let (code, stdout, what) = check(&other, Some(&pg), &["--json", "--archive-timeout", "5s"]);
-    assert_eq!(code, 2, "archive_command points at another repository\n{what}");
+    assert_eq!(
+        code, 2,
+        "archive_command points at another repository\n{what}"
+    );
     let doc = statuses(&stdout, &what);
     let critical: Vec<&str> = doc["checks"]
         .as_array()
@@ -86,7 +89,10 @@ fn check_passes_when_archiving_into_the_repository_and_names_what_is_wrong() {
     assert_eq!(code, 0, "a fresh backup and fresh WAL\n{what}");
     std::thread::sleep(std::time::Duration::from_secs(2));
     let (code, stdout, what) = check(&pitr, None, &["--json", "--max-backup-age", "1s"]);
-    assert_eq!(code, 2, "the newest backup is older than --max-backup-age\n{what}");
+    assert_eq!(
+        code, 2,
+        "the newest backup is older than --max-backup-age\n{what}"
+    );
     let doc = statuses(&stdout, &what);
     assert_eq!(doc["status"], "critical", "{what}");
     assert_eq!(doc["checks"][0]["check"], "backup_age", "{what}");

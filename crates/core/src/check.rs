@@ -247,12 +247,18 @@ async fn server(repo: &Repo, req: &CheckRequest, report: &mut CheckReport) {
             report.push(
                 "archive_mode",
                 Status::Critical,
-                format!("archive_mode = {m}: the server archives nothing (set it to on and restart)"),
+                format!(
+                    "archive_mode = {m}: the server archives nothing (set it to on and restart)"
+                ),
             )
         }
         Err(e) => {
             settings_ok = false;
-            report.push("archive_mode", Status::Critical, format!("SHOW archive_mode: {e}"))
+            report.push(
+                "archive_mode",
+                Status::Critical,
+                format!("SHOW archive_mode: {e}"),
+            )
         }
     }
     match client.show("wal_level").await {
@@ -262,9 +268,15 @@ async fn server(repo: &Repo, req: &CheckRequest, report: &mut CheckReport) {
         Ok(l) => report.push(
             "wal_level",
             Status::Critical,
-            format!("wal_level = {l}: archived WAL cannot restore a base backup (set it to replica)"),
+            format!(
+                "wal_level = {l}: archived WAL cannot restore a base backup (set it to replica)"
+            ),
         ),
-        Err(e) => report.push("wal_level", Status::Critical, format!("SHOW wal_level: {e}")),
+        Err(e) => report.push(
+            "wal_level",
+            Status::Critical,
+            format!("SHOW wal_level: {e}"),
+        ),
     }
     match client.show("archive_command").await {
         Ok(cmd) => {
@@ -345,13 +357,13 @@ async fn switch_and_wait(
             .last()
             .and_then(|s| s.rows.first())
             .and_then(|r| r.first().cloned().flatten()),
-        Err(e) => {
-            return report.push(
-                "archive_push",
-                Status::Critical,
-                format!("switch WAL (pg_switch_wal() needs superuser or EXECUTE on it, and a primary): {e}"),
-            )
-        }
+        Err(e) => return report.push(
+            "archive_push",
+            Status::Critical,
+            format!(
+                "switch WAL (pg_switch_wal() needs superuser or EXECUTE on it, and a primary): {e}"
+            ),
+        ),
     };
     let Some(name) = segment.and_then(|s| s.parse::<pitr_pg::WalFileName>().ok()) else {
         return report.push(
@@ -465,7 +477,11 @@ pub fn judge_archive_command(cmd: &str, repo_url: &str) -> (Status, String) {
 fn same_repo(a: &str, b: &str) -> bool {
     let norm = |s: &str| {
         let s = s.strip_prefix("file://").unwrap_or(s);
-        let s = if s.len() > 1 { s.trim_end_matches('/') } else { s };
+        let s = if s.len() > 1 {
+            s.trim_end_matches('/')
+        } else {
+            s
+        };
         if s.starts_with('/') {
             std::fs::canonicalize(s)
                 .map(|p| p.display().to_string())
@@ -534,9 +550,15 @@ mod tests {
     fn archive_commands_are_judged_by_their_repository() {
         let here = "/var/lib/pitr/repo";
         let ok = |cmd: &str| judge_archive_command(cmd, here).0 == Status::Ok;
-        assert!(ok("/usr/bin/pitr --repo /var/lib/pitr/repo archive-wal %p %f"));
-        assert!(ok("pitr --repo=file:///var/lib/pitr/repo/ archive-wal %p %f"));
-        assert!(ok("'/opt/my pitr/pitr' --repo '/var/lib/pitr/repo' archive-wal \"%p\" %f"));
+        assert!(ok(
+            "/usr/bin/pitr --repo /var/lib/pitr/repo archive-wal %p %f"
+        ));
+        assert!(ok(
+            "pitr --repo=file:///var/lib/pitr/repo/ archive-wal %p %f"
+        ));
+        assert!(ok(
+            "'/opt/my pitr/pitr' --repo '/var/lib/pitr/repo' archive-wal \"%p\" %f"
+        ));
         assert!(ok("PITR_REPO=/var/lib/pitr/repo pitr archive-wal %p %f"));
         // no repository named: the server's environment decides; the switch tells
         assert!(ok("pitr archive-wal %p %f"));

@@ -644,7 +644,10 @@ async fn restore_and_check(
                 // the production archive. The command line beats postgresql(.auto).conf.
                 "archive_mode=off".into(),
                 "listen_addresses=''".into(),
-                format!("unix_socket_directories={}", sh_quote(&scratch.display().to_string())),
+                format!(
+                    "unix_socket_directories={}",
+                    sh_quote(&scratch.display().to_string())
+                ),
                 format!("hba_file={}", sh_quote(&hba.display().to_string())),
                 // The production value may not fit next to the production server.
                 "shared_buffers=128MB".into(),
@@ -666,9 +669,12 @@ async fn restore_and_check(
         target: target.describe(),
         restore_seconds,
         recovery_seconds: (total - restore_seconds).max(0.0),
-        recovery: recovery
-            .as_ref()
-            .map(|r| r.stopped.clone().or(r.redo_done.clone()).unwrap_or(r.state.clone())),
+        recovery: recovery.as_ref().map(|r| {
+            r.stopped
+                .clone()
+                .or(r.redo_done.clone())
+                .unwrap_or(r.state.clone())
+        }),
         checks: Vec::new(),
     };
     if !recovery
@@ -700,12 +706,17 @@ async fn restore_and_check(
         if amcheck.is_file() && available {
             let mut cmd = std::process::Command::new(&amcheck);
             clear_pg_env(&mut cmd);
-            cmd.arg("-h")
-                .arg(scratch)
-                .args(["-p", &port.to_string(), "--install-missing", "--all"]);
+            cmd.arg("-h").arg(scratch).args([
+                "-p",
+                &port.to_string(),
+                "--install-missing",
+                "--all",
+            ]);
             checks.push(("pg_amcheck --install-missing --all".into(), cmd));
         } else {
-            tracing::info!("restore test: pg_amcheck or the amcheck extension is not installed; skipping it");
+            tracing::info!(
+                "restore test: pg_amcheck or the amcheck extension is not installed; skipping it"
+            );
         }
     } else {
         for sql in &test.check_sql {
@@ -969,7 +980,9 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(usable.len(), 1);
 
-        let report = verify(&repo, VerifyRequest::default(), &crate::progress::Silent).await.unwrap();
+        let report = verify(&repo, VerifyRequest::default(), &crate::progress::Silent)
+            .await
+            .unwrap();
         assert_eq!(report.backups, 1);
         for key in damaged {
             assert!(
@@ -990,7 +1003,9 @@ pub(crate) mod tests {
             {"path": "base/x", "kind": "file", "mode": 384, "size": 0, "mtime": 0},
         ]);
         put(&repo, &BackupManifest::key("linked"), &linked).await;
-        let report = verify(&repo, VerifyRequest::default(), &crate::progress::Silent).await.unwrap();
+        let report = verify(&repo, VerifyRequest::default(), &crate::progress::Silent)
+            .await
+            .unwrap();
         assert!(
             report
                 .problems
@@ -1032,7 +1047,9 @@ pub(crate) mod tests {
         .await;
         archive(&repo, "00000002.history", b"not a history\n".to_vec(), None).await;
 
-        let report = verify(&repo, VerifyRequest::default(), &crate::progress::Silent).await.unwrap();
+        let report = verify(&repo, VerifyRequest::default(), &crate::progress::Silent)
+            .await
+            .unwrap();
         let has = |needle: &str| report.problems.iter().any(|p| p.contains(needle));
         assert!(
             has("000000010000000000000003 (wal/00000001/000000010000000000000003.json): its chunks add up to"),
@@ -1067,7 +1084,10 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert!(
-            report.problems.iter().any(|p| p.starts_with("no backup in")),
+            report
+                .problems
+                .iter()
+                .any(|p| p.starts_with("no backup in")),
             "{:?}",
             report.problems
         );
@@ -1092,8 +1112,10 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(
             report.problems,
-            ["archived WAL on timeline 1: segments 000000010000000000000002 to \
-              000000010000000000000003 are missing (recovery from backup b1 cannot get past it)"]
+            [
+                "archived WAL on timeline 1: segments 000000010000000000000002 to \
+              000000010000000000000003 are missing (recovery from backup b1 cannot get past it)"
+            ]
         );
         let one = verify(
             &repo,

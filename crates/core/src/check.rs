@@ -357,13 +357,15 @@ async fn switch_and_wait(
             .last()
             .and_then(|s| s.rows.first())
             .and_then(|r| r.first().cloned().flatten()),
-        Err(e) => return report.push(
-            "archive_push",
-            Status::Critical,
-            format!(
+        Err(e) => {
+            return report.push(
+                "archive_push",
+                Status::Critical,
+                format!(
                 "switch WAL (pg_switch_wal() needs superuser or EXECUTE on it, and a primary): {e}"
             ),
-        ),
+            )
+        }
     };
     let Some(name) = segment.and_then(|s| s.parse::<pitr_pg::WalFileName>().ok()) else {
         return report.push(

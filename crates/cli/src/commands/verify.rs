@@ -15,7 +15,7 @@ pub async fn run(url: &str, args: VerifyArgs) -> anyhow::Result<()> {
         VerifyRequest {
             backup: args.backup,
             max_age: args.max_age,
-            restore_test: args.restore_test.then(|| RestoreTest {
+            restore_test: args.restore_test.then_some(RestoreTest {
                 scratch: args.scratch,
                 port: args.port,
                 check_sql: args.check_sql,

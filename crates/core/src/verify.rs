@@ -670,10 +670,20 @@ async fn restore_and_check(
         restore_seconds,
         recovery_seconds: (total - restore_seconds).max(0.0),
         recovery: recovery.as_ref().map(|r| {
-            r.stopped
-                .clone()
-                .or(r.redo_done.clone())
-                .unwrap_or(r.state.clone())
+            let redo = r.redo_done.as_deref().map(|d| {
+                // "0/3000148 system usage: CPU: …": the position is what matters here.
+                let at = d.split(" system usage").next().unwrap_or(d).trim();
+                format!("redo done at {at}")
+            });
+            let mut said: Vec<String> = r.stopped.iter().cloned().chain(redo).collect();
+            if let Some(t) = &r.last_transaction {
+                said.push(format!("last transaction at {t}"));
+            }
+            if said.is_empty() {
+                r.state.clone()
+            } else {
+                said.join("; ")
+            }
         }),
         checks: Vec::new(),
     };

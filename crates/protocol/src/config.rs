@@ -842,6 +842,19 @@ mod tests {
         );
     }
 
+    /// A physical connection names `replication` (pg_hba.conf, the password file); a
+    /// replication=database one its database, by default the user's name.
+    #[test]
+    fn startup_database() {
+        let mut c = ConnConfig::parse_with_env("host=/tmp user=u", no_env).unwrap();
+        assert!(!c.replication_database);
+        assert_eq!(c.startup_database(), "replication");
+        c.replication_database = true;
+        assert_eq!(c.startup_database(), "u");
+        c.dbname = Some("app".into());
+        assert_eq!(c.startup_database(), "app");
+    }
+
     #[test]
     fn key_value_errors() {
         for bad in [

@@ -6,6 +6,7 @@
 
 mod archive;
 mod backup;
+mod check;
 mod config;
 mod hardening_restore;
 mod hardening_wal;

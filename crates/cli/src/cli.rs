@@ -73,16 +73,78 @@ pub enum Command {
     /// Build a data directory that recovers to a point in time (or the end of the archive)
     Restore(RestoreArgs),
     /// Re-read and re-hash every chunk the backups and archived WAL name; check WAL continuity
+    ///
+    /// Exit 0 when there is no problem; 1 naming each (a missing or corrupt object, a missing
+    /// segment on a backup's way forward, no backup at all, a newest backup older than
+    /// --max-age, a failed --restore-test).
     Verify(VerifyArgs),
+    /// Check that the server archives into this repository, or (with --max-*-age) probe its age
+    ///
+    /// Without an age limit: connects like `pitr backup` (a replication=database connection,
+    /// so pg_hba.conf must allow the database, and pg_switch_wal() needs superuser or EXECUTE),
+    /// checks archive_mode, wal_level and archive_command, switches WAL and waits until the
+    /// segment is in the repository, and compares system identifiers. With --max-archive-age
+    /// or --max-backup-age: looks at the repository only, connecting to no server.
+    /// Exit 0 OK, 1 warning, 2 critical (Nagios); see docs/monitoring.md.
+    Check(CheckArgs),
     /// Remove restore-wal's prefetch spool (recovery_end_command)
     SpoolClean(SpoolCleanArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// Only this backup (and the archived WAL of its timeline from its start on)
+    /// Only this backup (and the archived WAL from its start on); with --restore-test, the
+    /// backup to restore (default: the newest)
     #[arg(long)]
     pub backup: Option<String>,
+    /// Fail when the newest backup finished longer ago than this (30m, 26h, 7d, 1h30m)
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub max_age: Option<std::time::Duration>,
+    /// Also restore a backup into a scratch directory with archive_mode=off, start it on a
+    /// socket in that directory, run the checks, stop it and remove the directory. Run it as
+    /// the database owner (PostgreSQL refuses root)
+    #[arg(long)]
+    pub restore_test: bool,
+    /// Where to restore (absent or empty; emptied afterwards). Default: a new temp directory
+    #[arg(long, value_name = "DIR", requires = "restore_test")]
+    pub scratch: Option<PathBuf>,
+    /// Port of the scratch instance (default: a free one)
+    #[arg(long, requires = "restore_test")]
+    pub port: Option<u16>,
+    /// SQL each to run with psql on the scratch instance (repeatable). Default: SELECT
+    /// count(*) FROM pg_class, and pg_amcheck --all when pg_amcheck and amcheck are installed
+    #[arg(long, value_name = "SQL", requires = "restore_test")]
+    pub check_sql: Vec<String>,
+    /// Stop recovery as soon as the backup is consistent (default: the end of archived WAL)
+    #[arg(long, requires = "restore_test")]
+    pub target_immediate: bool,
+    /// One JSON object on stdout: counts, problems, ok, and the restore test
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Connection, as for `pitr backup` (libpq key=value string or postgres:// URL; PG*
+    /// environment). The database is dbname= or PGDATABASE, default the user's name
+    #[arg(long, short = 'd')]
+    pub dbname: Option<String>,
+    /// How long to wait for the switched WAL segment to reach the repository
+    #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
+    pub archive_timeout: std::time::Duration,
+    /// Probe: critical when the newest archived segment was stored longer ago than this
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub max_archive_age: Option<std::time::Duration>,
+    /// Probe: critical when the newest backup finished longer ago than this
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub max_backup_age: Option<std::time::Duration>,
+    /// One JSON object on stdout: the overall status and each check's status and message
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    pitr_core::verify::parse_duration(s)
 }
 
 #[derive(Args, Debug)]

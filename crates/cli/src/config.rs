@@ -515,6 +515,13 @@ impl Settings {
                 a.checkpoint = a.checkpoint.or(f.backup.checkpoint);
                 a.max_rate = a.max_rate.or(f.backup.max_rate);
             }
+            // check connects like backup does.
+            Command::Check(a) if a.dbname.is_none() => {
+                a.dbname = f.backup.dbname.clone();
+            }
+            Command::Verify(a) if a.check_sql.is_empty() => {
+                a.check_sql = f.verify.check_sql.clone();
+            }
             _ => {}
         }
         Ok(())

@@ -27,14 +27,31 @@ mod exit {
     /// restore_command: any status above 125 makes PostgreSQL stop recovery instead of
     /// treating the file as missing and ending recovery early at the wrong point.
     pub const RECOVERY_FATAL: u8 = 255;
+    /// check (Nagios): a warning.
+    pub const CHECK_WARNING: u8 = 1;
+    /// check (Nagios): critical, and any error of the check itself (an unreachable
+    /// repository): a probe that cannot look must not read as "only a warning".
+    pub const CHECK_CRITICAL: u8 = 2;
 }
 
-/// The exit status for a failure of a command (`restore_wal`: the restore_command contract).
-fn exit_status(failure: Failure, restore_wal: bool) -> u8 {
-    match (failure, restore_wal) {
-        (Failure::NotArchived, true) => exit::NOT_ARCHIVED,
-        (_, true) => exit::RECOVERY_FATAL,
-        (_, false) => exit::FAILURE,
+/// Commands whose exit statuses follow another program's contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Contract {
+    /// restore_command's.
+    RestoreWal,
+    /// Nagios': 1 warning, 2 critical.
+    Check,
+    Other,
+}
+
+/// The exit status for a failure of a command.
+fn exit_status(failure: Failure, contract: Contract) -> u8 {
+    match (failure, contract) {
+        (Failure::NotArchived, Contract::RestoreWal) => exit::NOT_ARCHIVED,
+        (_, Contract::RestoreWal) => exit::RECOVERY_FATAL,
+        (Failure::Warning, Contract::Check) => exit::CHECK_WARNING,
+        (_, Contract::Check) => exit::CHECK_CRITICAL,
+        (_, Contract::Other) => exit::FAILURE,
     }
 }
 
@@ -77,7 +94,12 @@ fn main() -> ExitCode {
             };
         }
     };
-    let restore_wal = matches!(cli.command, Command::RestoreWal(_));
+    let contract = match cli.command {
+        Command::RestoreWal(_) => Contract::RestoreWal,
+        Command::Check(_) => Contract::Check,
+        _ => Contract::Other,
+    };
+    let restore_wal = contract == Contract::RestoreWal;
     let env = Env::process();
     // A broken configuration file is reported once logging is up.
     let settings = Settings::load(&cli.global, &env);
@@ -93,16 +115,16 @@ fn main() -> ExitCode {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(err)) => {
             let failure = Failure::of(&err);
-            if restore_wal && failure == Failure::NotArchived {
-                tracing::info!("{err:#}");
-            } else {
-                tracing::error!("{err:#}");
+            match failure {
+                Failure::NotArchived if restore_wal => tracing::info!("{err:#}"),
+                Failure::Warning => tracing::warn!("{err:#}"),
+                _ => tracing::error!("{err:#}"),
             }
-            ExitCode::from(exit_status(failure, restore_wal))
+            ExitCode::from(exit_status(failure, contract))
         }
         Err(_) => {
             tracing::error!("internal error (panic); see the message above");
-            ExitCode::from(exit_status(Failure::Fatal, restore_wal))
+            ExitCode::from(exit_status(Failure::Fatal, contract))
         }
     }
 }
@@ -124,6 +146,7 @@ fn run(mut cli: Cli, settings: Settings, env: &Env) -> anyhow::Result<()> {
             Command::List(args) => commands::list::run(&repo_url, args).await,
             Command::Restore(args) => commands::restore::run(&repo_url, args).await,
             Command::Verify(args) => commands::verify::run(&repo_url, args).await,
+            Command::Check(args) => commands::check::run(&repo_url, args).await,
             Command::SpoolClean(args) => commands::spool_clean::run(args),
         }
     })
@@ -143,7 +166,7 @@ fn hand_over(
         std::env::set_var("PITR_JOBS", jobs);
     }
     // The password only where it is used: archive_command has no systemd credentials.
-    if matches!(command, Command::Backup(_)) {
+    if matches!(command, Command::Backup(_) | Command::Check(_)) {
         if let Some(password) = settings.pg_password(env)? {
             std::env::set_var("PGPASSWORD", password);
         }
@@ -204,5 +227,16 @@ mod tests {
         assert!(!refused(&["pitr", "--bogus"]));
         assert_eq!(usage_status(true), exit::RECOVERY_FATAL);
         assert_eq!(usage_status(false), exit::USAGE);
+    }
+
+    /// check follows Nagios; its own errors are critical, never a mere warning or OK.
+    #[test]
+    fn check_statuses() {
+        assert_eq!(exit_status(Failure::Warning, Contract::Check), 1);
+        assert_eq!(exit_status(Failure::Critical, Contract::Check), 2);
+        assert_eq!(exit_status(Failure::Fatal, Contract::Check), 2);
+        assert_eq!(exit_status(Failure::Fatal, Contract::Other), 1);
+        assert_eq!(exit_status(Failure::NotArchived, Contract::RestoreWal), 1);
+        assert_eq!(exit_status(Failure::Fatal, Contract::RestoreWal), 255);
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use pitr_pg::{TimelineId, WalFileKind, WalFileName, DEFAULT_WAL_SEGMENT_SIZE};
+use pitr_pg::{Lsn, TimelineId, WalFileKind, WalFileName, DEFAULT_WAL_SEGMENT_SIZE};
 use pitr_store::{keys, Repo};
 use serde::Serialize;
 
@@ -150,6 +150,72 @@ impl ArchiveIndex {
             .collect()
     }
 
+    /// The segments missing on the way recovery would take along `path` (timelines oldest
+    /// first, each with the LSN where it begins and where it ends, as
+    /// [`pitr_pg::timeline_path`] gives them): from segment `from` up to the newest segment
+    /// archived on the path, or up to `through` when that is later. A segment belongs to the
+    /// newest timeline of the path that began at or before it, as recovery asks for it.
+    pub fn missing_along(
+        &self,
+        path: &[(TimelineId, Lsn, Option<Lsn>)],
+        from: u64,
+        through: Option<u64>,
+    ) -> Vec<Gap> {
+        let seg = self.segment_size;
+        let Some(&(first_tli, _, _)) = path.first() else {
+            return Vec::new();
+        };
+        let tli_for = |segno: u64| -> TimelineId {
+            path.iter()
+                .rev()
+                .find(|(_, begin, _)| begin.segment_number(seg) <= segno)
+                .map_or(first_tli, |(t, _, _)| *t)
+        };
+        let newest = path
+            .iter()
+            .filter_map(|(t, begin, end)| {
+                let lo = begin.segment_number(seg).max(from);
+                let hi = end.map_or(u64::MAX, |e| e.segment_number(seg));
+                if lo > hi {
+                    return None;
+                }
+                self.segments.get(t)?.range(lo..=hi).next_back().copied()
+            })
+            .max();
+        let Some(last) = newest.max(through) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Gap> = Vec::new();
+        let mut run: Option<(TimelineId, u64, u64)> = None;
+        for segno in from..=last {
+            let tli = tli_for(segno);
+            if self.has_segment(tli, segno) {
+                continue;
+            }
+            run = match run {
+                Some((t, a, b)) if t == tli && b + 1 == segno => Some((t, a, segno)),
+                other => {
+                    if let Some((t, a, b)) = other {
+                        out.push(Gap {
+                            timeline: t,
+                            first: self.segment_name(t, a),
+                            last: self.segment_name(t, b),
+                        });
+                    }
+                    Some((tli, segno, segno))
+                }
+            };
+        }
+        if let Some((t, a, b)) = run {
+            out.push(Gap {
+                timeline: t,
+                first: self.segment_name(t, a),
+                last: self.segment_name(t, b),
+            });
+        }
+        out
+    }
+
     /// Each timeline with archived segments: first, last, how many, gaps, partial files.
     pub fn timelines(&self) -> Vec<TimelineSummary> {
         self.segments
@@ -236,5 +302,62 @@ mod tests {
         assert_eq!(t[0].segments, 4);
         assert_eq!(t[0].partial.len(), 1);
         assert!(i.has_segment(TimelineId(1), 6) && !i.has_segment(TimelineId(1), 7));
+    }
+
+    /// From a backup's start: a segment missing before the first archived one is a gap too,
+    /// and after a timeline switch the segments are the new timeline's.
+    #[test]
+    fn missing_along_a_path() {
+        let seg = u64::from(DEFAULT_WAL_SEGMENT_SIZE);
+        let i = index(&[
+            "000000010000000000000004",
+            "000000010000000000000005",
+            "00000002.history",
+            "000000020000000000000005",
+            "000000020000000000000007",
+        ]);
+        let names = |gaps: Vec<Gap>| -> Vec<(u32, String, String)> {
+            gaps.into_iter()
+                .map(|g| (g.timeline.0, g.first.to_string(), g.last.to_string()))
+                .collect()
+        };
+        let one = [(TimelineId(1), Lsn(0), None)];
+        assert_eq!(
+            names(i.missing_along(&one, 2, None)),
+            [(
+                1,
+                "000000010000000000000002".into(),
+                "000000010000000000000003".into()
+            )]
+        );
+        assert!(i.missing_along(&one, 4, None).is_empty());
+        assert_eq!(
+            names(i.missing_along(&one, 4, Some(6))),
+            [(
+                1,
+                "000000010000000000000006".into(),
+                "000000010000000000000006".into()
+            )]
+        );
+        // timeline 2 began in segment 5
+        let two = [
+            (TimelineId(1), Lsn(0), Some(Lsn(5 * seg + 0x100))),
+            (TimelineId(2), Lsn(5 * seg + 0x100), None),
+        ];
+        assert_eq!(
+            names(i.missing_along(&two, 3, None)),
+            [
+                (
+                    1,
+                    "000000010000000000000003".into(),
+                    "000000010000000000000003".into()
+                ),
+                (
+                    2,
+                    "000000020000000000000006".into(),
+                    "000000020000000000000006".into()
+                ),
+            ]
+        );
     }
 }

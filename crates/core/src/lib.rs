@@ -1,10 +1,11 @@
 //! pitr's domain: the repository's documents (`repofile`), the archive's shape (`index`), and
 //! what each command does — archive, restore-wal, backup, restore (plan, lay-down, recovery
-//! settings, start), verify, info. Requests come in as plain types; nothing here knows clap or
+//! settings, start), verify, check, info. Requests come in as plain types; nothing here knows clap or
 //! prints to stdout: the binary formats what these functions return.
 
 pub mod archive;
 pub mod backup;
+pub mod check;
 pub mod error;
 pub mod index;
 pub mod info;
@@ -19,6 +20,6 @@ pub mod window;
 #[cfg(test)]
 mod testutil;
 
-pub use error::{Failure, NotArchived};
+pub use error::{CheckFailed, Failure, NotArchived};
 pub use index::ArchiveIndex;
 pub use progress::{Progress, Reporter};

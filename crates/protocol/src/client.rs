@@ -162,8 +162,13 @@ impl ReplicationClient {
     }
 
     async fn startup(&mut self, config: &ConnConfig) -> Result<(), Error> {
-        let mut params: Vec<(&str, &str)> =
-            vec![("user", config.user.as_str()), ("replication", "true")];
+        let mut params: Vec<(&str, &str)> = vec![("user", config.user.as_str())];
+        if config.replication_database {
+            params.push(("replication", "database"));
+            params.push(("database", config.startup_database()));
+        } else {
+            params.push(("replication", "true"));
+        }
         if let Some(app) = &config.application_name {
             params.push(("application_name", app));
         }

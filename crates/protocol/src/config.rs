@@ -213,8 +213,8 @@ pub struct ConnConfig {
     pub password: Option<String>,
     /// `passfile=` or PGPASSFILE; `~/.pgpass` when `None`.
     pub passfile: Option<PathBuf>,
-    /// Accepted for compatibility (`dbname=`, PGDATABASE) but not sent: physical replication
-    /// connections are not bound to a database.
+    /// Accepted for compatibility (`dbname=`, PGDATABASE) but not sent on physical
+    /// replication connections, which are not bound to a database.
     pub dbname: Option<String>,
     pub sslmode: SslMode,
     /// CA certificates for `verify-ca`/`verify-full`; `~/.postgresql/root.crt` when `None`.
@@ -227,6 +227,11 @@ pub struct ConnConfig {
     pub channel_binding: ChannelBinding,
     /// `require_auth=` or PGREQUIREAUTH; `None` lets the server choose any supported method.
     pub require_auth: Option<RequireAuth>,
+    /// Open a `replication=database` connection bound to `dbname` (default: the user's
+    /// name) instead of a physical one: it also runs SQL (`pitr check` calls
+    /// `pg_switch_wal()`). pg_hba.conf and the password file match it by that database, not
+    /// by `replication`. Never set by parsing; a caller sets it.
+    pub replication_database: bool,
 }
 
 impl fmt::Debug for ConnConfig {
@@ -245,6 +250,7 @@ impl fmt::Debug for ConnConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("channel_binding", &self.channel_binding)
             .field("require_auth", &self.require_auth)
+            .field("replication_database", &self.replication_database)
             .finish()
     }
 }
@@ -295,6 +301,16 @@ impl ConnConfig {
             settings.set(&key, value)?;
         }
         settings.finish(&env)
+    }
+
+    /// The database the startup packet names: `replication` for a physical connection (as
+    /// pg_hba.conf and the password file see it), else `dbname` or the user's name.
+    pub(crate) fn startup_database(&self) -> &str {
+        if self.replication_database {
+            self.dbname.as_deref().unwrap_or(&self.user)
+        } else {
+            "replication"
+        }
     }
 
     /// The Unix socket path when `host` is a directory.
@@ -357,7 +373,7 @@ impl ConnConfig {
             &self.host,
             host_alias,
             self.port,
-            "replication",
+            self.startup_database(),
             &self.user,
         )
     }
@@ -498,6 +514,7 @@ impl Settings {
             connect_timeout,
             channel_binding,
             require_auth,
+            replication_database: false,
         })
     }
 }
@@ -823,6 +840,19 @@ mod tests {
             !format!("{c:?}").contains("ok"),
             "password leaks into Debug"
         );
+    }
+
+    /// A physical connection names `replication` (pg_hba.conf, the password file); a
+    /// replication=database one its database, by default the user's name.
+    #[test]
+    fn startup_database() {
+        let mut c = ConnConfig::parse_with_env("host=/tmp user=u", no_env).unwrap();
+        assert!(!c.replication_database);
+        assert_eq!(c.startup_database(), "replication");
+        c.replication_database = true;
+        assert_eq!(c.startup_database(), "u");
+        c.dbname = Some("app".into());
+        assert_eq!(c.startup_database(), "app");
     }
 
     #[test]

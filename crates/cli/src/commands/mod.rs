@@ -3,6 +3,7 @@
 
 pub mod archive_wal;
 pub mod backup;
+pub mod check;
 pub mod info;
 pub mod init;
 pub mod list;

@@ -1,10 +1,12 @@
-//! `pitr verify [--backup ID]`: one line per problem on stdout, exit 1 when there is any.
+//! `pitr verify`: one line per problem on stdout (or one JSON object with `--json`), exit 1
+//! when there is any.
 
 use anyhow::bail;
-use pitr_core::verify::VerifyRequest;
+use pitr_core::verify::{RestoreTest, VerifyRequest};
 use pitr_store::Repo;
 
 use crate::cli::VerifyArgs;
+use crate::progress::Shown;
 
 pub async fn run(url: &str, args: VerifyArgs) -> anyhow::Result<()> {
     let repo = Repo::open(url).await?;
@@ -12,11 +14,45 @@ pub async fn run(url: &str, args: VerifyArgs) -> anyhow::Result<()> {
         &repo,
         VerifyRequest {
             backup: args.backup,
+            max_age: args.max_age,
+            restore_test: args.restore_test.then_some(RestoreTest {
+                scratch: args.scratch,
+                port: args.port,
+                check_sql: args.check_sql,
+                immediate: args.target_immediate,
+            }),
         },
+        &Shown,
     )
     .await?;
-    for p in &report.problems {
-        println!("{p}");
+    if args.json {
+        let mut doc = serde_json::to_value(&report)?;
+        doc["ok"] = report.ok().into();
+        doc["repository"] = repo.url().into();
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        for p in &report.problems {
+            println!("{p}");
+        }
+        if let Some(t) = &report.restore_test {
+            println!(
+                "restore test: backup {} restored in {:.1} s, recovered to {} in {:.1} s{}",
+                t.backup,
+                t.restore_seconds,
+                t.target,
+                t.recovery_seconds,
+                t.recovery
+                    .as_ref()
+                    .map_or(String::new(), |r| format!(" ({r})"))
+            );
+            for c in &t.checks {
+                println!(
+                    "restore test check {:?}: {}",
+                    c.check,
+                    if c.ok { "ok" } else { "FAILED" }
+                );
+            }
+        }
     }
     let n = report.problems.len();
     if n > 0 {
@@ -26,11 +62,13 @@ pub async fn run(url: &str, args: VerifyArgs) -> anyhow::Result<()> {
             repo.url()
         );
     }
-    println!(
-        "verified {} backups and {} archived WAL files ({} MiB of chunks): no problems",
-        report.backups,
-        report.wal_files,
-        report.bytes >> 20
-    );
+    if !args.json {
+        println!(
+            "verified {} backups and {} archived WAL files ({} MiB of chunks): no problems",
+            report.backups,
+            report.wal_files,
+            report.bytes >> 20
+        );
+    }
     Ok(())
 }

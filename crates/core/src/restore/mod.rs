@@ -18,7 +18,7 @@ use crate::time::format_pg_time;
 use laydown::LayDown;
 pub use laydown::LayDownStats;
 pub use plan::{Plan, PlannedTablespace, Target, TimelineChoice};
-pub use start::{pg_bindir, RecoveryOutcome};
+pub use start::{pg_bindir, start_and_wait, RecoveryOutcome};
 
 /// What the server does once recovery reached the target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -251,7 +251,10 @@ fn refuse_damaged(damaged: &[Damaged]) -> anyhow::Result<()> {
 /// The ancestry of every timeline with a history file among `refs`.
 async fn load_ancestry(repo: &Repo, refs: &[WalRef]) -> anyhow::Result<Ancestry> {
     let mut out = Ancestry::new();
-    for r in refs.iter().filter(|r| r.name.kind() == WalFileKind::History) {
+    for r in refs
+        .iter()
+        .filter(|r| r.name.kind() == WalFileKind::History)
+    {
         let what = || format!("read {} (expire deletes nothing without it)", r.name);
         let bytes = repo.get_bytes(&r.chunks).await.with_context(what)?;
         let text = String::from_utf8(bytes).with_context(what)?;
@@ -436,7 +439,10 @@ pub async fn expire(repo: &Repo, req: &ExpireRequest) -> anyhow::Result<ExpireRe
     // 5. Staging files older than the grace period (a chunk a killed expire had set aside
     //    goes back whatever its age).
     for l in listed.iter().filter(|l| l.staging) {
-        let set_aside = l.key.rsplit_once('#').is_some_and(|(_, s)| s.starts_with("gc"));
+        let set_aside = l
+            .key
+            .rsplit_once('#')
+            .is_some_and(|(_, s)| s.starts_with("gc"));
         if l.modified >= fresh_since && !set_aside {
             continue;
         }
@@ -507,10 +513,10 @@ async fn collect_chunks(
     }
     report.chunks.sort_by(|a, b| a.key.cmp(&b.key));
     if !report.chunks.is_empty() {
-        tracing::info!(
-            "collected {} chunks no document names",
-            report.chunks.len()
-        );
+        tracing::info!("collected {} chunks no document names", report.chunks.len());
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -73,6 +73,71 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Remove restore-wal's prefetch spool (recovery_end_command)
     SpoolClean(SpoolCleanArgs),
+    /// Apply retention: remove old backups, the WAL only they needed, unreferenced chunks
+    ///
+    /// Keeps the newest --retain-full N backups and/or what restores to any moment of the
+    /// last --retain-days D, plus pinned backups; without either flag nothing is deleted.
+    /// Backup manifests go first, then WAL no kept backup needs, then chunks no remaining
+    /// document names and older than --gc-grace. Safe while backup, archive-wal and restore
+    /// run: no chunk is collected while a backup is running (its marker is younger than
+    /// --marker-stale). Exit 0 done (or nothing to do); 1 when a document cannot be read (then
+    /// nothing is deleted), a flag is missing, or the repository failed.
+    Expire(ExpireArgs),
+    /// Keep a backup whatever the retention says
+    Pin(PinArgs),
+    /// Let the retention decide about a pinned backup again
+    Unpin(PinArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExpireArgs {
+    /// Keep the newest N backups
+    #[arg(long, value_name = "N")]
+    pub retain_full: Option<usize>,
+    /// Keep every backup and all WAL needed to restore to any moment of the last D days
+    #[arg(long, value_name = "D")]
+    pub retain_days: Option<u32>,
+    /// Also keep WAL archived in the last D days that no kept backup needs
+    #[arg(long, value_name = "D")]
+    pub retain_wal_days: Option<u32>,
+    /// Print what would go (backups, WAL files, chunks) and the bytes freed; delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+    /// Unreferenced chunks younger than this stay (a writer may be about to name them):
+    /// 90s, 30m, 1h, 2d
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub gc_grace: std::time::Duration,
+    /// A backup marker older than this belongs to a killed backup: reported and ignored
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub marker_stale: std::time::Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct PinArgs {
+    /// Backup ID (see `pitr list`)
+    pub id: String,
+}
+
+/// `90s`, `30m`, `1h`, `2d`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (90s, 30m, 1h, 2d)"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (s, m, h, d)")),
+    };
+    Ok(std::time::Duration::from_secs(n * secs))
 }
 
 #[derive(Args, Debug)]

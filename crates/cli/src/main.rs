@@ -113,6 +113,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Restore(args) => commands::restore::run(&repo_url, args).await,
             Command::Verify(args) => commands::verify::run(&repo_url, args).await,
             Command::SpoolClean(args) => commands::spool_clean::run(args),
+            Command::Expire(args) => commands::expire::run(&repo_url, args).await,
+            Command::Pin(args) => commands::pin::pin(&repo_url, args).await,
+            Command::Unpin(args) => commands::pin::unpin(&repo_url, args).await,
         }
     })
 }

@@ -1,6 +1,8 @@
 //! `pitr list [--json]`: backups, oldest first.
 
-use pitr_core::repofile::BackupManifest;
+use std::collections::BTreeSet;
+
+use pitr_core::repofile::{load_pins, BackupManifest};
 use pitr_store::Repo;
 
 use crate::cli::ListArgs;
@@ -9,8 +11,21 @@ pub async fn run(url: &str, args: ListArgs) -> anyhow::Result<()> {
     let repo = Repo::open(url).await?;
     // A damaged manifest is named on stderr; the others are listed.
     let backups = BackupManifest::list(&repo).await?.warn_damaged();
+    let pinned: BTreeSet<String> = load_pins(&repo)
+        .await?
+        .warn_damaged()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
     if args.json {
-        let list: Vec<_> = backups.iter().map(BackupManifest::summary).collect();
+        let list: Vec<_> = backups
+            .iter()
+            .map(|b| {
+                let mut s = b.summary();
+                s["pinned"] = pinned.contains(&b.id).into();
+                s
+            })
+            .collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
@@ -19,18 +34,19 @@ pub async fn run(url: &str, args: ListArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<17} {:<20} {:<20} {:>12} {:>12} {:>4}  wal",
-        "id", "start", "stop", "size MiB", "new MiB", "tli"
+        "{:<17} {:<20} {:<20} {:>12} {:>12} {:>4} {:<6}  wal",
+        "id", "start", "stop", "size MiB", "new MiB", "tli", "pinned"
     );
     for b in &backups {
         println!(
-            "{:<17} {:<20} {:<20} {:>12} {:>12} {:>4}  {}..{}",
+            "{:<17} {:<20} {:<20} {:>12} {:>12} {:>4} {:<6}  {}..{}",
             b.id,
             b.start_time.format("%Y-%m-%d %H:%M:%S"),
             b.stop_time.format("%Y-%m-%d %H:%M:%S"),
             b.size_bytes >> 20,
             b.stored_bytes >> 20,
             b.timeline.0,
+            if pinned.contains(&b.id) { "yes" } else { "" },
             b.wal_start,
             b.wal_stop
         );

@@ -6,6 +6,7 @@
 
 mod archive;
 mod backup;
+mod expire;
 mod hardening_restore;
 mod hardening_wal;
 mod harness;

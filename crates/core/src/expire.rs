@@ -470,8 +470,10 @@ pub async fn expire(repo: &Repo, req: &ExpireRequest) -> anyhow::Result<ExpireRe
     Ok(report)
 }
 
-/// Delete `candidates`, a batch at a time, looking at the markers again before each batch
-/// once [`MARKER_RECHECK`] has passed: a backup that started meanwhile stops the collection.
+/// Delete `candidates`, looking at the markers again whenever half of [`MARKER_RECHECK`] has
+/// passed, and starting no deletion more than [`MARKER_RECHECK`] after the last look (a
+/// deletion not started in time waits for the next look): a backup that started meanwhile
+/// stops the collection before it can rely on a chunk being deleted.
 async fn collect_chunks(
     repo: &Repo,
     req: &ExpireRequest,
@@ -479,9 +481,14 @@ async fn collect_chunks(
     fresh_since: DateTime<Utc>,
     report: &mut ExpireReport,
 ) -> anyhow::Result<()> {
+    let mut pending: std::collections::VecDeque<(ChunkId, String)> = candidates
+        .into_iter()
+        .map(|(id, key, _)| (id, key))
+        .collect();
     let mut checked = Instant::now();
-    for batch in candidates.chunks(repo.concurrency().max(1)) {
-        if checked.elapsed() >= MARKER_RECHECK {
+    let batch = repo.concurrency().max(1);
+    while !pending.is_empty() {
+        if checked.elapsed() >= MARKER_RECHECK / 2 {
             let (live, _) = markers(repo, Utc::now(), req.marker_stale).await?;
             if !live.is_empty() {
                 report.chunks_skipped = Some(format!(
@@ -493,21 +500,26 @@ async fn collect_chunks(
             }
             checked = Instant::now();
         }
-        let done: Vec<(ChunkRemoval, &String)> = futures::stream::iter(batch)
-            .map(|(id, key, _)| async move {
-                anyhow::Ok((repo.remove_chunk_unless_fresh(id, fresh_since).await?, key))
+        let n = batch.min(pending.len());
+        let this: Vec<(ChunkId, String)> = pending.drain(..n).collect();
+        let done: Vec<(Option<ChunkRemoval>, ChunkId, String)> = futures::stream::iter(this)
+            .map(|(id, key)| async move {
+                if checked.elapsed() >= MARKER_RECHECK {
+                    return anyhow::Ok((None, id, key));
+                }
+                let removal = repo.remove_chunk_unless_fresh(&id, fresh_since).await?;
+                Ok((Some(removal), id, key))
             })
-            .buffer_unordered(repo.concurrency().max(1))
+            .buffer_unordered(batch)
             .try_collect()
             .await?;
-        for (removal, key) in done {
+        for (removal, id, key) in done {
             match removal {
-                ChunkRemoval::Deleted(bytes) => report.chunks.push(Removed {
-                    key: key.clone(),
-                    bytes,
-                }),
-                ChunkRemoval::Fresh => report.chunks_in_grace += 1,
-                ChunkRemoval::Absent => {}
+                Some(ChunkRemoval::Deleted(bytes)) => report.chunks.push(Removed { key, bytes }),
+                Some(ChunkRemoval::Fresh) => report.chunks_in_grace += 1,
+                Some(ChunkRemoval::Absent) => {}
+                // Not started in time: again after the next look at the markers.
+                None => pending.push_back((id, key)),
             }
         }
     }

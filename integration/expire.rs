@@ -1,10 +1,12 @@
 //! `pitr expire`, `pin` and `unpin` against a real cluster: four backups with continuous WAL
 //! between them; `--retain-full 2` removes the two old backups, the WAL before the third and
 //! their unshared chunks, after which `verify` is clean and the oldest kept backup restores
-//! to the end of the archived WAL. A pin keeps a backup; no retention flag deletes nothing.
+//! to the end of the archived WAL. A pin keeps a backup; no retention flag deletes nothing;
+//! an expire killed with SIGKILL at any moment leaves a repository that verifies, and the
+//! next expire finishes.
 
 use pitr_testkit::cluster::stop_immediately;
-use pitr_testkit::cmd::{describe, output, run, stdout_of};
+use pitr_testkit::cmd::{describe, output, run, spawn, stdout_of};
 use pitr_testkit::dirs::tail;
 use pitr_testkit::programs::pg_bindir;
 use pitr_testkit::{free_port, PgCluster, TestDir};
@@ -83,6 +85,36 @@ fn expire_keeps_the_newest_backups_and_what_they_need() {
     assert_eq!(ids_of(&dry["backups"]), ids[..2], "{dry:#}");
     assert_eq!(pitr.archived_names(), before_names);
     assert_eq!(pitr.chunk_files().len(), before_chunks);
+
+    // kill -9 at several moments of an expire (on copies of the repository): what is left
+    // verifies, and a second expire finishes the work.
+    for (i, delay_ms) in [1u64, 5, 15, 40, 100].into_iter().enumerate() {
+        let name = format!("repo-kill-{i}");
+        let copy = dir.path().join(&name);
+        run(std::process::Command::new("cp")
+            .arg("-a")
+            .arg(pitr.repo())
+            .arg(&copy));
+        let killed = Pitr::new(&dir, &name);
+        let mut child =
+            spawn(&mut killed.command(["expire", "--retain-full", "2", "--gc-grace", "0s"]));
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        let verify_clean = |when: &str| {
+            let mut cmd = killed.command(["verify"]);
+            let out = output(&mut cmd);
+            assert!(
+                out.status.success(),
+                "verify {when} (expire killed after {delay_ms} ms: {status})\n{}",
+                describe(&cmd, &out)
+            );
+        };
+        verify_clean("after the kill");
+        let finished = expire_json(&killed, &["--retain-full", "2", "--gc-grace", "0s"]);
+        verify_clean("after the second expire");
+        assert_eq!(killed.list_json().len(), 2, "{finished:#}");
+    }
 
     let done = expire_json(&pitr, &["--retain-full", "2", "--gc-grace", "0s"]);
     assert_eq!(ids_of(&done["backups"]), ids[..2], "{done:#}");

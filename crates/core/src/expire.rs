@@ -370,8 +370,10 @@ pub async fn expire(repo: &Repo, req: &ExpireRequest) -> anyhow::Result<ExpireRe
         for b in &report.backups {
             tracing::info!("expired backup {} (finished {})", b.id, b.stop_time);
         }
+        // Oldest first (key order is segment order within a timeline): a killed expire leaves
+        // the archive without a hole.
         let wal: Vec<String> = gone_wal.iter().cloned().collect();
-        repo.delete_docs(&wal).await?;
+        repo.delete_docs_in_order(&wal).await?;
         if !wal.is_empty() {
             tracing::info!(
                 "expired {} WAL files ({} .. {})",

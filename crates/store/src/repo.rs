@@ -510,6 +510,19 @@ impl Repo {
         Ok(deleted.into_iter().filter(|&d| d).count())
     }
 
+    /// Delete documents one after the other, in the order given, then make the deletions
+    /// durable: a process killed in the middle leaves a prefix deleted and the rest intact
+    /// (expired WAL goes oldest first, so no hole opens in the archive). Returns how many
+    /// were there.
+    pub async fn delete_docs_in_order(&self, keys: &[String]) -> Result<usize> {
+        let mut deleted = 0;
+        for key in keys {
+            deleted += usize::from(self.chunks.delete(key.clone()).await?);
+        }
+        self.sync().await?;
+        Ok(deleted)
+    }
+
     /// Delete chunk `id` unless it was written or refreshed at or after `fresh_since` (a
     /// writer relies on it). Durable after [`Repo::sync`].
     pub async fn remove_chunk_unless_fresh(

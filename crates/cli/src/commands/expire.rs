@@ -7,6 +7,13 @@ use crate::cli::ExpireArgs;
 
 pub async fn run(url: &str, args: ExpireArgs) -> anyhow::Result<()> {
     let repo = Repo::open(url).await?;
+    if !args.dry_run && args.gc_grace < std::time::Duration::from_secs(600) {
+        tracing::warn!(
+            "--gc-grace {} s is shorter than archive-wal may take between storing a chunk and \
+             naming it (600 s): run this only while nothing archives or backs up",
+            args.gc_grace.as_secs()
+        );
+    }
     let days = |d: u32| chrono::Duration::days(i64::from(d));
     let req = ExpireRequest {
         retention: Retention {

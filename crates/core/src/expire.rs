@@ -14,7 +14,7 @@ use pitr_pg::{parse_history, TimelineId, WalFileKind};
 use pitr_store::{keys, ChunkId, ChunkRemoval, Listed, Repo};
 use serde::Serialize;
 
-use crate::repofile::{load_pins, load_wal_refs, BackupManifest, Damaged, WalRef};
+use crate::repofile::{load_pins, load_wal_refs, BackupManifest, BackupMarker, Damaged, WalRef};
 
 /// What to keep. At least one of `full` and `days` must be given.
 #[derive(Clone, Debug, Default)]
@@ -94,7 +94,8 @@ pub struct ExpireReport {
     /// Why no chunk was collected, when none was (a live backup marker).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chunks_skipped: Option<String>,
-    /// Markers of backups that were killed (older than the stale age), ignored.
+    /// Markers of backups that were killed: older than the stale age (ignored), or written by
+    /// a process of this host that is gone (removed).
     pub stale_markers: Vec<String>,
     pub bytes_freed: u64,
 }
@@ -267,25 +268,42 @@ async fn load_ancestry(repo: &Repo, refs: &[WalRef]) -> anyhow::Result<Ancestry>
     Ok(out)
 }
 
-/// Backup markers below `markers/`: (live, stale) keys.
-async fn markers(
-    repo: &Repo,
-    now: DateTime<Utc>,
-    stale: Duration,
-) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+/// Backup markers below `markers/`.
+#[derive(Default)]
+struct Markers {
+    live: Vec<String>,
+    /// Older than the stale age: reported and ignored.
+    stale: Vec<String>,
+    /// Of a backup process on this host that no longer exists (killed): removed.
+    dead: Vec<String>,
+}
+
+async fn markers(repo: &Repo, now: DateTime<Utc>, stale: Duration) -> anyhow::Result<Markers> {
     let stale_before = now - chrono::Duration::from_std(stale).unwrap_or(chrono::Duration::MAX);
-    let (mut live, mut old) = (Vec::new(), Vec::new());
+    let mut out = Markers::default();
     for m in repo.list_objects(keys::MARKERS_PREFIX).await? {
         if m.staging {
             continue;
         }
         if m.modified < stale_before {
-            old.push(m.key);
+            out.stale.push(m.key);
+            continue;
+        }
+        // A marker that cannot be read counts as live: the safe side.
+        let dead = match repo.get_doc(&m.key).await? {
+            Some(body) => {
+                serde_json::from_slice::<BackupMarker>(&body).is_ok_and(|b| b.is_dead_here())
+            }
+            // Removed since the listing: its backup finished.
+            None => continue,
+        };
+        if dead {
+            out.dead.push(m.key);
         } else {
-            live.push(m.key);
+            out.live.push(m.key);
         }
     }
-    Ok((live, old))
+    Ok(out)
 }
 
 /// How often the deletion of chunks looks at the markers again: a backup that starts
@@ -386,7 +404,7 @@ pub async fn expire(repo: &Repo, req: &ExpireRequest) -> anyhow::Result<ExpireRe
 
     // 4. Chunks, under the rules of docs/format.md: markers first, then the documents as
     //    they are now (a concurrent writer's new ones included), then the chunks.
-    let (live, stale) = markers(repo, Utc::now(), req.marker_stale).await?;
+    let Markers { live, stale, dead } = markers(repo, Utc::now(), req.marker_stale).await?;
     for m in &stale {
         tracing::warn!(
             "{m}: a backup marker older than {}s, ignored (its backup was killed); remove it \
@@ -394,7 +412,14 @@ pub async fn expire(repo: &Repo, req: &ExpireRequest) -> anyhow::Result<ExpireRe
             req.marker_stale.as_secs()
         );
     }
+    for m in &dead {
+        tracing::info!("{m}: the backup process that wrote it is gone (killed); ignored");
+    }
+    if !req.dry_run {
+        repo.delete_docs(&dead).await?;
+    }
     report.stale_markers = stale;
+    report.stale_markers.extend(dead);
     let referenced = if req.dry_run {
         let remaining_refs = docs
             .refs
@@ -491,7 +516,7 @@ async fn collect_chunks(
     let batch = repo.concurrency().max(1);
     while !pending.is_empty() {
         if checked.elapsed() >= MARKER_RECHECK / 2 {
-            let (live, _) = markers(repo, Utc::now(), req.marker_stale).await?;
+            let live = markers(repo, Utc::now(), req.marker_stale).await?.live;
             if !live.is_empty() {
                 report.chunks_skipped = Some(format!(
                     "a backup started while chunks were collected ({}); the rest stay until \

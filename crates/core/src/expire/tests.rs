@@ -516,3 +516,29 @@ async fn local_repository_expire_and_staging_files() {
         f.repo.get_chunk(c).await.unwrap();
     }
 }
+
+/// A marker written on this host by a process that is gone (a killed backup) does not hold
+/// the collection back: it is reported and removed.
+#[tokio::test]
+async fn a_dead_backups_marker_is_removed() {
+    let f = fixture("dead-marker").await;
+    let marker = MarkerGuard::write(&f.repo).await.unwrap();
+    let mut doc: crate::repofile::BackupMarker =
+        serde_json::from_slice(&f.repo.get_doc(marker.key()).await.unwrap().unwrap()).unwrap();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    child.wait().unwrap();
+    doc.pid = child.id();
+    let key = "markers/backup-dead.json".to_string();
+    f.repo
+        .put_doc(&key, serde_json::to_vec(&doc).unwrap().into())
+        .await
+        .unwrap();
+    marker.remove(&f.repo).await.unwrap();
+    let done = expire(&f.repo, &request(1, false)).await.unwrap();
+    assert_eq!(done.stale_markers, [key.clone()]);
+    assert!(
+        done.chunks_skipped.is_none() && !done.chunks.is_empty(),
+        "{done:?}"
+    );
+    assert_eq!(f.repo.get_doc(&key).await.unwrap(), None);
+}

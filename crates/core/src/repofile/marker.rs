@@ -12,6 +12,22 @@ pub struct BackupMarker {
     pub started_at: chrono::DateTime<chrono::Utc>,
     pub host: String,
     pub pid: u32,
+    /// The PID namespace `pid` is in (`pid:[4026531836]`), so that a marker is judged dead
+    /// only by a process that sees the same PIDs.
+    #[serde(default)]
+    pub pid_ns: String,
+}
+
+impl BackupMarker {
+    /// Whether this marker's backup is known to be gone: it ran on this host, in this PID
+    /// namespace, and its process no longer exists. (A reused PID only makes a dead backup
+    /// look alive, which is the safe mistake.)
+    pub fn is_dead_here(&self) -> bool {
+        !self.pid_ns.is_empty()
+            && self.host == hostname()
+            && self.pid_ns == pid_namespace()
+            && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
 }
 
 /// A backup's marker in the repository; remove it with [`MarkerGuard::remove`].
@@ -28,6 +44,7 @@ impl MarkerGuard {
             started_at: chrono::Utc::now(),
             host: hostname(),
             pid: std::process::id(),
+            pid_ns: pid_namespace(),
         };
         let body = serde_json::to_vec(&marker)?;
         let base = format!(
@@ -69,6 +86,12 @@ impl MarkerGuard {
             .with_context(|| format!("remove the backup marker {}", self.key))?;
         Ok(())
     }
+}
+
+fn pid_namespace() -> String {
+    std::fs::read_link("/proc/self/ns/pid")
+        .map(|l| l.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn hostname() -> String {

@@ -535,7 +535,7 @@ async fn a_dead_backups_marker_is_removed() {
         .unwrap();
     marker.remove(&f.repo).await.unwrap();
     let done = expire(&f.repo, &request(1, false)).await.unwrap();
-    assert_eq!(done.stale_markers, [key.clone()]);
+    assert_eq!(done.stale_markers, std::slice::from_ref(&key));
     assert!(
         done.chunks_skipped.is_none() && !done.chunks.is_empty(),
         "{done:?}"

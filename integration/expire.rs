@@ -69,6 +69,13 @@ fn expire_keeps_the_newest_backups_and_what_they_need() {
     let listed = pitr.listed_backup(&ids[1]);
     assert_eq!(listed["pinned"], true, "{listed}");
     assert_eq!(pitr.listed_backup(&ids[0])["pinned"], false);
+    let out = pitr.run(["list"]);
+    let text = stdout_of(&out);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&ids[1]) && l.split_whitespace().any(|w| w == "yes")),
+        "`list` shows the pin\n{text}"
+    );
     let dry = expire_json(
         &pitr,
         &["--retain-full", "2", "--dry-run", "--gc-grace", "0s"],

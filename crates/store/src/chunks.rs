@@ -114,8 +114,9 @@ pub(crate) trait ChunkBackend: Send + Sync + fmt::Debug {
     fn marker_settle(&self) -> Duration;
 }
 
-/// On object stores garbage collection looks at the markers again at most this long before
-/// any deletion; a backup waits twice that after writing its marker.
+/// On object stores garbage collection (`pitr_core::expire`) starts a deletion at most 1 s
+/// after it last looked at the markers; this bound leaves that a margin for the HEAD and
+/// DELETE themselves, and a backup waits twice it after writing its marker.
 pub(crate) const OBJECT_MARKER_RECHECK: Duration = Duration::from_secs(2);
 
 /// Chunks in any `object_store` backend: a completed PUT is durable, so `sync` has nothing

@@ -744,6 +744,13 @@ fn backup_dedups_and_survives_sigkill() {
             }
             Some("config.json" | "cluster.json") => {}
             Some("backups") => junk.extend(list_dir(&entry)),
+            // Its in-progress marker (docs/format.md, "Garbage collection"): `pitr expire`
+            // on this host removes it, as its process is gone.
+            Some("markers") => junk.extend(list_dir(&entry).into_iter().filter(|m| {
+                !m.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("backup-") && n.ends_with(".json"))
+            })),
             _ => junk.push(entry),
         }
     }
@@ -761,6 +768,23 @@ fn backup_dedups_and_survives_sigkill() {
         junk.is_empty(),
         "a killed backup should leave at most unreferenced chunks (SPEC.md), found {junk:?}"
     );
+    // ... which `expire` collects, with the killed backup's marker and staging files.
+    let mut cmd = fresh.command(["expire", "--retain-full", "1", "--gc-grace", "0s"]);
+    run(&mut cmd);
+    let left: Vec<PathBuf> = list_dir(&fresh.repo().join("markers"));
+    assert!(left.is_empty(), "markers left after expire: {left:?}");
+    let staged: Vec<PathBuf> = list_dir(&fresh.repo().join("chunks"))
+        .iter()
+        .flat_map(|sub| list_dir(sub))
+        .filter(|f| f.to_string_lossy().contains('#'))
+        .collect();
+    assert!(
+        staged.is_empty(),
+        "staging files left after expire: {staged:?}"
+    );
+    let mut cmd = fresh.command(["verify"]);
+    run(&mut cmd);
+    assert_eq!(fresh.list_json().len(), 1);
 }
 
 /// A repository on S3 (a moto server the test starts): a backup, changes, a second backup

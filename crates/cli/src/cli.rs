@@ -89,6 +89,52 @@ pub enum Command {
     Check(CheckArgs),
     /// Remove restore-wal's prefetch spool (recovery_end_command)
     SpoolClean(SpoolCleanArgs),
+    /// Apply retention: remove old backups, the WAL only they needed, unreferenced chunks
+    ///
+    /// Keeps the newest --retain-full N backups and/or what restores to any moment of the
+    /// last --retain-days D, plus pinned backups; without either flag nothing is deleted.
+    /// Backup manifests go first, then WAL no kept backup needs, then chunks no remaining
+    /// document names and older than --gc-grace. Safe while backup, archive-wal and restore
+    /// run: no chunk is collected while a backup is running (its marker is younger than
+    /// --marker-stale). Exit 0 done (or nothing to do); 1 when a document cannot be read (then
+    /// nothing is deleted), a flag is missing, or the repository failed.
+    Expire(ExpireArgs),
+    /// Keep a backup whatever the retention says
+    Pin(PinArgs),
+    /// Let the retention decide about a pinned backup again
+    Unpin(PinArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExpireArgs {
+    /// Keep the newest N backups
+    #[arg(long, value_name = "N")]
+    pub retain_full: Option<usize>,
+    /// Keep every backup and all WAL needed to restore to any moment of the last D days
+    #[arg(long, value_name = "D")]
+    pub retain_days: Option<u32>,
+    /// Also keep WAL archived in the last D days that no kept backup needs
+    #[arg(long, value_name = "D")]
+    pub retain_wal_days: Option<u32>,
+    /// Print what would go (backups, WAL files, chunks) and the bytes freed; delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+    /// Unreferenced chunks younger than this stay (a writer may be about to name them):
+    /// 90s, 30m, 1h, 2d
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub gc_grace: std::time::Duration,
+    /// A backup marker older than this belongs to a killed backup: reported and ignored
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub marker_stale: std::time::Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct PinArgs {
+    /// Backup ID (see `pitr list`)
+    pub id: String,
 }
 
 #[derive(Args, Debug)]
@@ -382,5 +428,18 @@ mod tests {
             assert!(parse(&["backup", "--max-rate", rate]).is_err(), "{rate}");
         }
         assert!(parse(&["backup", "--max-rate", "32"]).is_ok());
+    }
+
+    #[test]
+    fn durations_take_units() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        for bad in ["", "h", "-1h", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -515,6 +515,11 @@ impl Settings {
                 a.checkpoint = a.checkpoint.or(f.backup.checkpoint);
                 a.max_rate = a.max_rate.or(f.backup.max_rate);
             }
+            Command::Expire(a) => {
+                a.retain_full = a.retain_full.or(f.expire.retain_full.map(|n| n as usize));
+                a.retain_days = a.retain_days.or(f.expire.retain_days);
+                a.retain_wal_days = a.retain_wal_days.or(f.expire.retain_wal_days);
+            }
             // check connects like backup does.
             Command::Check(a) if a.dbname.is_none() => {
                 a.dbname = f.backup.dbname.clone();

@@ -148,6 +148,9 @@ fn run(mut cli: Cli, settings: Settings, env: &Env) -> anyhow::Result<()> {
             Command::Verify(args) => commands::verify::run(&repo_url, args).await,
             Command::Check(args) => commands::check::run(&repo_url, args).await,
             Command::SpoolClean(args) => commands::spool_clean::run(args),
+            Command::Expire(args) => commands::expire::run(&repo_url, args).await,
+            Command::Pin(args) => commands::pin::pin(&repo_url, args).await,
+            Command::Unpin(args) => commands::pin::unpin(&repo_url, args).await,
         }
     })
 }

@@ -137,6 +137,10 @@ enum Archived {
     AlreadyThere,
 }
 
+/// The longest archive-wal may take from storing (or refreshing) a WAL file's first chunk to
+/// writing its ref; well below `pitr expire`'s default grace period of an hour.
+const MAX_STORE_TO_REF: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Store one WAL file and publish its ref. The ref is written create-only and only after
 /// every chunk is durable; a name that already holds other content is an error.
 async fn archive_one(repo: &Repo, wal: &WalFile) -> anyhow::Result<Archived> {
@@ -163,7 +167,18 @@ async fn archive_one(repo: &Repo, wal: &WalFile) -> anyhow::Result<Archived> {
             wal.name
         );
     }
+    let storing = Instant::now();
     let summary = repo.put_file(Arc::clone(&wal.file), wal.len, &what).await?;
+    // `pitr expire` keeps an unnamed chunk only for its grace period after it was stored or
+    // refreshed (docs/format.md, "Garbage collection"): a ref must follow its chunks soon.
+    if storing.elapsed() > MAX_STORE_TO_REF {
+        bail!(
+            "storing {} took {} s, longer than the {} s a ref may follow its chunks;              nothing was published (PostgreSQL retries)",
+            wal.name,
+            storing.elapsed().as_secs(),
+            MAX_STORE_TO_REF.as_secs()
+        );
+    }
     let walref = WalRef {
         name: wal.name.clone(),
         size: wal.len,

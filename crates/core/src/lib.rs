@@ -7,6 +7,7 @@ pub mod archive;
 pub mod backup;
 pub mod check;
 pub mod error;
+pub mod expire;
 pub mod index;
 pub mod info;
 pub mod progress;

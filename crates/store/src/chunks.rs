@@ -10,15 +10,39 @@
 use std::fmt;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::FutureExt;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use futures::{FutureExt, StreamExt};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::chunk::{decode_chunk, encode_chunk, ChunkId, Fingerprint};
 use crate::repo::{BackupChunk, ChunkRef, KnownChunk};
 use crate::{Backend, Result, StoreError};
+
+/// An object as a listing shows it, with the time it was last written (or refreshed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    pub size: u64,
+    pub modified: chrono::DateTime<chrono::Utc>,
+    /// Not an object but what a killed process left: a staging file `<key>#<n>`, or a chunk
+    /// a killed garbage collection had set aside (`<key>#gc<pid>`, put back by
+    /// [`crate::Repo::clear_staging`]).
+    pub staging: bool,
+}
+
+/// What [`crate::Repo::remove_chunk_unless_fresh`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkRemoval {
+    /// Deleted; its stored size.
+    Deleted(u64),
+    /// Written or refreshed since the cut-off: a writer relies on it, so it stays.
+    Fresh,
+    /// Not there (another expire took it).
+    Absent,
+}
 
 /// Whole-chunk operations of one kind of backend. Chunk bytes are durable when a `put_*`
 /// returns; their names once [`ChunkBackend::sync`] has run.
@@ -61,7 +85,39 @@ pub(crate) trait ChunkBackend: Send + Sync + fmt::Debug {
 
     /// A document's bytes, `None` when absent.
     fn get_doc(&self, key: String) -> BoxFuture<'_, Result<Option<Bytes>>>;
+
+    /// Every object below `prefix` with its size and modification time, staging files
+    /// flagged, in key order.
+    fn list_objects(&self, prefix: String) -> BoxFuture<'_, Result<Vec<Listed>>>;
+
+    /// Delete a document (or marker); false when it was not there. Durable once
+    /// [`ChunkBackend::sync`] has run.
+    fn delete(&self, key: String) -> BoxFuture<'_, Result<bool>>;
+
+    /// Delete chunk `id` unless it was written or refreshed at or after `fresh_since`: a
+    /// writer that relies on an existing chunk refreshes it first (`put_*`), so a chunk it
+    /// relied on after garbage collection listed it is kept. The check and the deletion are
+    /// one step where the backend allows (local: rename aside, look, delete or put back).
+    fn remove_chunk_unless_fresh(
+        &self,
+        id: ChunkId,
+        fresh_since: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'_, Result<ChunkRemoval>>;
+
+    /// Remove a staging file a killed process left; a chunk a killed garbage collection set
+    /// aside is put back under its name instead. Returns the bytes freed.
+    fn clear_staging(&self, key: String) -> BoxFuture<'_, Result<u64>>;
+
+    /// How long a backup waits after writing its marker before relying on any existing
+    /// chunk: longer than garbage collection takes from its last look at the markers to a
+    /// deletion, where a relied-on chunk is not refreshed (object stores).
+    fn marker_settle(&self) -> Duration;
 }
+
+/// On object stores garbage collection (`pitr_core::expire`) starts a deletion at most 1 s
+/// after it last looked at the markers; this bound leaves that a margin for the HEAD and
+/// DELETE themselves, and a backup waits twice it after writing its marker.
+pub(crate) const OBJECT_MARKER_RECHECK: Duration = Duration::from_secs(2);
 
 /// Chunks in any `object_store` backend: a completed PUT is durable, so `sync` has nothing
 /// to do.
@@ -108,6 +164,8 @@ impl ObjectChunks {
         let key = chunk.id.key();
         let stored = body.len() as u64;
         let opts = PutOptions::from(PutMode::Create);
+        let body = Bytes::from(body);
+        let body_again = body.clone();
         match self
             .backend
             .store
@@ -115,8 +173,17 @@ impl ObjectChunks {
             .await
         {
             Ok(_) => Ok((chunk, stored)),
-            // Same key means same content: another writer got there first.
-            Err(object_store::Error::AlreadyExists { .. }) => Ok((chunk, 0)),
+            // Same key means same content: another writer got there first. The caller is
+            // about to rely on it, so it is written again (the same bytes) to refresh its
+            // modification time: garbage collection keeps chunks refreshed after its listing.
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                self.backend
+                    .store
+                    .put(&self.backend.path(&key), PutPayload::from(body_again))
+                    .await
+                    .map_err(|e| StoreError::backend(&key, e))?;
+                Ok((chunk, 0))
+            }
             Err(e) => Err(StoreError::backend(key, e)),
         }
     }
@@ -215,6 +282,83 @@ impl ChunkBackend for ObjectChunks {
                 .map_err(|e| StoreError::backend(key, e))
         }
         .boxed()
+    }
+
+    fn list_objects(&self, prefix: String) -> BoxFuture<'_, Result<Vec<Listed>>> {
+        async move {
+            let path = self.backend.path(prefix.trim_end_matches('/'));
+            let mut out = Vec::new();
+            let mut stream = self.backend.store.list(Some(&path));
+            while let Some(meta) = stream.next().await {
+                let meta = meta.map_err(|e| StoreError::backend(&prefix, e))?;
+                let key = self.backend.key_of(&meta.location).to_string();
+                out.push(Listed {
+                    staging: key.contains('#'),
+                    key,
+                    size: meta.size,
+                    modified: meta.last_modified,
+                });
+            }
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        }
+        .boxed()
+    }
+
+    fn delete(&self, key: String) -> BoxFuture<'_, Result<bool>> {
+        async move {
+            match self.backend.store.delete(&self.backend.path(&key)).await {
+                Ok(()) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(StoreError::backend(key, e)),
+            }
+        }
+        .boxed()
+    }
+
+    /// A HEAD, then the DELETE: the one window left is a refresh landing between the two
+    /// (docs/format.md, "Garbage collection").
+    fn remove_chunk_unless_fresh(
+        &self,
+        id: ChunkId,
+        fresh_since: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'_, Result<ChunkRemoval>> {
+        async move {
+            let key = id.key();
+            let path = self.backend.path(&key);
+            let meta = match self.backend.store.head(&path).await {
+                Ok(m) => m,
+                Err(object_store::Error::NotFound { .. }) => return Ok(ChunkRemoval::Absent),
+                Err(e) => return Err(StoreError::backend(key, e)),
+            };
+            if meta.last_modified >= fresh_since {
+                return Ok(ChunkRemoval::Fresh);
+            }
+            match self.backend.store.delete(&path).await {
+                Ok(()) => Ok(ChunkRemoval::Deleted(meta.size)),
+                Err(object_store::Error::NotFound { .. }) => Ok(ChunkRemoval::Absent),
+                Err(e) => Err(StoreError::backend(key, e)),
+            }
+        }
+        .boxed()
+    }
+
+    fn clear_staging(&self, key: String) -> BoxFuture<'_, Result<u64>> {
+        async move {
+            let path = self.backend.path(&key);
+            let size = match self.backend.store.head(&path).await {
+                Ok(m) => m.size,
+                Err(object_store::Error::NotFound { .. }) => return Ok(0),
+                Err(e) => return Err(StoreError::backend(key, e)),
+            };
+            self.delete(key).await?;
+            Ok(size)
+        }
+        .boxed()
+    }
+
+    fn marker_settle(&self) -> Duration {
+        2 * OBJECT_MARKER_RECHECK
     }
 }
 

@@ -22,6 +22,12 @@ pub const WAL_PREFIX: &str = "wal/";
 /// Prefix of every backup manifest, for listing.
 pub const BACKUPS_PREFIX: &str = "backups/";
 
+/// Prefix of every pin, for listing.
+pub const PINS_PREFIX: &str = "pins/";
+
+/// Prefix of every in-progress marker (a running backup's), for listing.
+pub const MARKERS_PREFIX: &str = "markers/";
+
 /// A chunk body: `chunks/<first 2 hex digits>/<64 hex digits>`.
 pub fn chunk(id: &ChunkId) -> String {
     let h = id.to_hex();
@@ -36,4 +42,15 @@ pub fn wal_ref(group: &str, name: &str) -> String {
 /// A backup manifest: `backups/<id>.json`.
 pub fn backup(id: &str) -> String {
     format!("{BACKUPS_PREFIX}{id}.json")
+}
+
+/// A pin: `pins/<backup id>.json` keeps that backup whatever the retention says.
+pub fn pin(id: &str) -> String {
+    format!("{PINS_PREFIX}{id}.json")
+}
+
+/// A running backup's marker: `markers/backup-<name>.json`, written before its first chunk
+/// and removed after its manifest; garbage collection deletes no chunk while one is live.
+pub fn backup_marker(name: &str) -> String {
+    format!("{MARKERS_PREFIX}backup-{name}.json")
 }

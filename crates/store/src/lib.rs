@@ -18,6 +18,7 @@ mod writer;
 pub use backend::Backend;
 pub use chunk::{decode_chunk, encode_chunk, ChunkId, Fingerprint, CHUNK_HEADER_LEN};
 pub use chunker::Chunker;
+pub use chunks::{ChunkRemoval, Listed};
 pub use error::StoreError;
 pub use repo::{
     ChunkRef, DocWrite, InitOutcome, KnownChunk, PutSummary, Repo, RepoConfig, FORMAT_VERSION,

@@ -35,7 +35,9 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 
 use crate::chunk::{encode_chunk, ChunkId, Fingerprint};
-use crate::chunks::{blocking, decode_checked, same_as_known, ChunkBackend, OutFile};
+use crate::chunks::{
+    blocking, decode_checked, same_as_known, ChunkBackend, ChunkRemoval, Listed, OutFile,
+};
 use crate::repo::{BackupChunk, ChunkRef, KnownChunk};
 use crate::{Result, StoreError};
 
@@ -77,7 +79,8 @@ impl ChunkBackend for LocalBackend {
         blocking(move || {
             let fingerprint = Fingerprint::of(&data);
             if let Some(k) = same_as_known(known, &fingerprint, data.len() as u32) {
-                if files.exists_or_io(&k.chunk.id)? {
+                // Refreshed, not just looked at: garbage collection keeps what was relied on.
+                if files.touch_or_io(&k.chunk.id)? {
                     return Ok(BackupChunk::recognised(k.chunk, fingerprint));
                 }
             }
@@ -131,6 +134,53 @@ impl ChunkBackend for LocalBackend {
     fn get_doc(&self, key: String) -> BoxFuture<'_, Result<Option<Bytes>>> {
         let files = Arc::clone(&self.files);
         blocking(move || Ok(files.get_doc(&key)?.map(Bytes::from))).boxed()
+    }
+
+    fn list_objects(&self, prefix: String) -> BoxFuture<'_, Result<Vec<Listed>>> {
+        let files = Arc::clone(&self.files);
+        blocking(move || files.list(&prefix)).boxed()
+    }
+
+    fn delete(&self, key: String) -> BoxFuture<'_, Result<bool>> {
+        let files = Arc::clone(&self.files);
+        blocking(move || {
+            let path = files.path(&key);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    files.mark_dirty(&path);
+                    Ok(true)
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(files.error(&key, e)),
+            }
+        })
+        .boxed()
+    }
+
+    fn remove_chunk_unless_fresh(
+        &self,
+        id: ChunkId,
+        fresh_since: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'_, Result<ChunkRemoval>> {
+        let files = Arc::clone(&self.files);
+        blocking(move || {
+            let key = id.key();
+            files
+                .remove_unless_fresh(&key, fresh_since.into())
+                .map_err(|e| files.error(&key, e))
+        })
+        .boxed()
+    }
+
+    fn clear_staging(&self, key: String) -> BoxFuture<'_, Result<u64>> {
+        let files = Arc::clone(&self.files);
+        blocking(move || files.clear_staging(&key).map_err(|e| files.error(&key, e))).boxed()
+    }
+
+    /// A chunk relied on is refreshed, and the deletion re-checks that atomically: nothing
+    /// to wait for.
+    fn marker_settle(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
     }
 }
 
@@ -348,6 +398,132 @@ impl LocalChunks {
         self.dirty.lock().unwrap().iter().cloned().collect()
     }
 
+    /// Refresh the object's modification time to now, telling garbage collection that a
+    /// writer relies on it; false when it is not there. Its directory joins the next sync
+    /// batch, as for [`Self::exists`].
+    pub fn touch(&self, key: &str) -> io::Result<bool> {
+        let path = self.path(key);
+        let c = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(ErrorKind::InvalidInput, "NUL in path"))?;
+        // SAFETY: a NUL-terminated path that outlives the call; NULL times means "now".
+        let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0) };
+        if rc == 0 {
+            self.mark_dirty(&path);
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() == ErrorKind::NotFound {
+            Ok(false)
+        } else {
+            Err(e)
+        }
+    }
+
+    /// [`Self::touch`] of chunk `id`, as a store error naming its key.
+    fn touch_or_io(&self, id: &ChunkId) -> Result<bool> {
+        let key = id.key();
+        self.touch(&key).map_err(|source| self.error(&key, source))
+    }
+
+    /// Every file below `prefix`, with its size and modification time.
+    fn list(&self, prefix: &str) -> Result<Vec<Listed>> {
+        let start = self.path(prefix.trim_end_matches('/'));
+        let mut out = Vec::new();
+        let mut dirs = vec![start];
+        while let Some(dir) = dirs.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.error(&dir.display().to_string(), e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| self.error(&dir.display().to_string(), e))?;
+                let path = entry.path();
+                let meta = match std::fs::symlink_metadata(&path) {
+                    Ok(m) => m,
+                    // Deleted between the listing and the look: not there any more.
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(self.error(&path.display().to_string(), e)),
+                };
+                if meta.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let key = path
+                    .strip_prefix(&self.root)
+                    .expect("listed below the root")
+                    .to_string_lossy()
+                    .into_owned();
+                let modified = meta.modified().map_err(|e| self.error(&key, e))?.into();
+                out.push(Listed {
+                    staging: key.contains('#'),
+                    key,
+                    size: meta.len(),
+                    modified,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// Set the chunk aside (rename, atomic), look at its modification time, then delete it
+    /// or put it back. A writer's refresh either happened before the rename — the set-aside
+    /// file shows it, and the chunk goes back — or after, and finds no chunk and writes it
+    /// anew: no refresh is lost between the look and the deletion.
+    fn remove_unless_fresh(
+        &self,
+        key: &str,
+        fresh_since: std::time::SystemTime,
+    ) -> io::Result<ChunkRemoval> {
+        let path = self.path(key);
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(format!("#gc{}", std::process::id()));
+        let aside = PathBuf::from(aside);
+        match std::fs::rename(&path, &aside) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(ChunkRemoval::Absent),
+            Err(e) => return Err(e),
+        }
+        let meta = std::fs::metadata(&aside)?;
+        let dir = path.parent().expect("object paths have a parent");
+        if meta.modified()? >= fresh_since {
+            put_back(&aside, &path)?;
+            fsync_dir(dir)?;
+            return Ok(ChunkRemoval::Fresh);
+        }
+        std::fs::remove_file(&aside)?;
+        self.mark_dirty(&path);
+        Ok(ChunkRemoval::Deleted(meta.len()))
+    }
+
+    /// Remove a staging file; a chunk set aside by a killed garbage collection (`#gc<pid>`)
+    /// goes back under its name first. Returns the bytes freed.
+    fn clear_staging(&self, key: &str) -> io::Result<u64> {
+        let path = self.path(key);
+        let Some((name, suffix)) = key.rsplit_once('#') else {
+            return Ok(0);
+        };
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        if suffix.starts_with("gc") {
+            put_back(&path, &self.path(name))?;
+            fsync_dir(path.parent().expect("object paths have a parent"))?;
+            return Ok(0);
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                self.mark_dirty(&path);
+                Ok(meta.len())
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Whether chunk `id` exists, as a store error naming its key.
     fn exists_or_io(&self, id: &ChunkId) -> Result<bool> {
         let key = id.key();
@@ -390,12 +566,20 @@ impl LocalChunks {
         };
         let key = chunk.id.key();
         let io = |source| self.error(&key, source);
-        if look_first && self.exists(&key).map_err(io)? {
+        // Relying on an existing chunk refreshes it, so that garbage collection keeps it.
+        if look_first && self.touch(&key).map_err(io)? {
             return Ok((chunk, 0));
         }
         let body = encode_chunk(data, level);
-        let created = self.create(&key, &body).map_err(io)?;
-        Ok((chunk, if created { body.len() as u64 } else { 0 }))
+        loop {
+            if self.create(&key, &body).map_err(io)? {
+                return Ok((chunk, body.len() as u64));
+            }
+            // It existed: refresh it, or, if garbage collection took it meanwhile, write it.
+            if self.touch(&key).map_err(io)? {
+                return Ok((chunk, 0));
+            }
+        }
     }
 
     /// Read and check one chunk.
@@ -439,6 +623,17 @@ fn user_name(uid: u32) -> Option<String> {
     // SAFETY: on success pw_name points to a NUL-terminated string inside buf.
     let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
     Some(name.to_string_lossy().into_owned())
+}
+
+/// Link `aside` back under `name` (create-only: a writer may have written it anew, with the
+/// same bytes) and remove `aside`.
+fn put_back(aside: &Path, name: &Path) -> io::Result<()> {
+    match std::fs::hard_link(aside, name) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::remove_file(aside)
 }
 
 fn fsync_dir(dir: &Path) -> io::Result<()> {

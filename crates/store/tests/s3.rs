@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{concurrent_writers, file_round_trip, suite};
+use common::{concurrent_writers, file_round_trip, gc_operations, suite};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use pitr_store::{Backend, Repo};
@@ -44,6 +44,7 @@ async fn s3_backend() {
     let repo = suite(&url).await;
     concurrent_writers(&repo).await;
     file_round_trip(&repo).await;
+    gc_operations(&repo).await;
     // a fresh open sees the same configuration
     let reopened = Repo::open(&url).await.unwrap();
     assert_eq!(reopened.config(), repo.config());

@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{concurrent_writers, file_round_trip, suite, walk};
+use common::{concurrent_writers, file_round_trip, gc_operations, suite, walk};
 use pitr_store::{Repo, RepoConfig, StoreError};
 
 #[tokio::test]
@@ -12,6 +12,7 @@ async fn memory_backend() {
     let repo = suite("memory://").await;
     concurrent_writers(&repo).await;
     file_round_trip(&repo).await;
+    gc_operations(&repo).await;
 }
 
 #[tokio::test]
@@ -21,6 +22,7 @@ async fn local_backend() {
     let repo = suite(&url).await;
     concurrent_writers(&repo).await;
     file_round_trip(&repo).await;
+    gc_operations(&repo).await;
     // a fresh open sees the same configuration
     let reopened = Repo::open(&url).await.unwrap();
     assert_eq!(reopened.config(), repo.config());
@@ -56,4 +58,52 @@ async fn open_without_init_says_so() {
     let err = Repo::open(dir.path().to_str().unwrap()).await.unwrap_err();
     assert!(matches!(err, StoreError::NotInitialized { .. }), "{err}");
     assert!(err.to_string().contains("pitr init"));
+}
+
+/// What killed processes leave in a local repository: a writer's staging file is listed as
+/// staging and removed; a chunk a killed garbage collection had set aside goes back.
+#[tokio::test]
+async fn local_staging_files_are_listed_and_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().display().to_string();
+    let (repo, _) = Repo::init(&url, RepoConfig::default()).await.unwrap();
+    let (c, _) = repo
+        .put_new_chunk(Bytes::from(vec![9u8; 10_000]))
+        .await
+        .unwrap();
+    let path = dir.path().join(c.id.key());
+    let staging = format!("{}#3", path.display());
+    std::fs::write(&staging, b"half a chunk").unwrap();
+    let aside = format!("{}#gc4242", path.display());
+    std::fs::rename(&path, &aside).unwrap();
+    let listed = repo.list_objects("chunks/").await.unwrap();
+    let flagged: Vec<&str> = listed
+        .iter()
+        .filter(|l| l.staging)
+        .map(|l| l.key.as_str())
+        .collect();
+    assert_eq!(flagged.len(), 2, "{listed:?}");
+    assert!(!repo.has_chunk(&c.id).await.unwrap());
+    for key in flagged {
+        let freed = repo.clear_staging(key).await.unwrap();
+        assert_eq!(freed, if key.ends_with("#3") { 12 } else { 0 }, "{key}");
+    }
+    assert!(
+        repo.has_chunk(&c.id).await.unwrap(),
+        "set-aside chunk is back"
+    );
+    assert_eq!(repo.get_chunk(&c).await.unwrap().len(), 10_000);
+    assert!(repo
+        .list_objects("chunks/")
+        .await
+        .unwrap()
+        .iter()
+        .all(|l| !l.staging));
+    // the old `list` never shows staging files
+    assert!(repo
+        .list("chunks/")
+        .await
+        .unwrap()
+        .iter()
+        .all(|(k, _)| !k.contains('#')));
 }

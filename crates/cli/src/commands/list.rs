@@ -1,6 +1,8 @@
 //! `pitr list [--json]`: backups, oldest first.
 
-use pitr_core::repofile::BackupManifest;
+use std::collections::BTreeSet;
+
+use pitr_core::repofile::{load_pins, BackupManifest};
 use pitr_core::time::format_time;
 use pitr_store::Repo;
 
@@ -10,8 +12,21 @@ pub async fn run(url: &str, args: ListArgs) -> anyhow::Result<()> {
     let repo = Repo::open(url).await?;
     // A damaged manifest is named on stderr; the others are listed.
     let backups = BackupManifest::list(&repo).await?.warn_damaged();
+    let pinned: BTreeSet<String> = load_pins(&repo)
+        .await?
+        .warn_damaged()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
     if args.json {
-        let list: Vec<_> = backups.iter().map(BackupManifest::summary).collect();
+        let list: Vec<_> = backups
+            .iter()
+            .map(|b| {
+                let mut s = b.summary();
+                s["pinned"] = pinned.contains(&b.id).into();
+                s
+            })
+            .collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
@@ -20,18 +35,19 @@ pub async fn run(url: &str, args: ListArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<17} {:<29} {:<29} {:>9} {:>9} {:>4}  wal",
-        "id", "start", "stop", "size MiB", "new MiB", "tli"
+        "{:<17} {:<29} {:<29} {:>9} {:>9} {:>4} {:<6}  wal",
+        "id", "start", "stop", "size MiB", "new MiB", "tli", "pinned"
     );
     for b in &backups {
         println!(
-            "{:<17} {:<29} {:<29} {:>9} {:>9} {:>4}  {}..{}",
+            "{:<17} {:<29} {:<29} {:>9} {:>9} {:>4} {:<6}  {}..{}",
             b.id,
             format_time(&b.start_time),
             format_time(&b.stop_time),
             b.size_bytes >> 20,
             b.stored_bytes >> 20,
             b.timeline.0,
+            if pinned.contains(&b.id) { "yes" } else { "" },
             b.wal_start,
             b.wal_stop
         );

@@ -4,9 +4,11 @@
 pub mod archive_wal;
 pub mod backup;
 pub mod check;
+pub mod expire;
 pub mod info;
 pub mod init;
 pub mod list;
+pub mod pin;
 pub mod restore;
 pub mod restore_wal;
 pub mod spool_clean;

@@ -21,7 +21,9 @@ use tokio::sync::watch;
 use sink::{ArchiveSink, PendingEntry};
 
 use crate::progress::Reporter;
-use crate::repofile::{claim_cluster, BackupManifest, FileEntry, FileKind, RelPath, Tablespace};
+use crate::repofile::{
+    claim_cluster, BackupManifest, FileEntry, FileKind, MarkerGuard, RelPath, Tablespace,
+};
 
 /// Where a file lives in a backup: tablespace OID (none for the data directory) and path.
 type FileKey = (Option<u32>, RelPath);
@@ -41,7 +43,27 @@ pub struct BackupRequest {
 }
 
 /// Take a base backup of the server `args` names into `repo`; returns the committed manifest.
+/// A marker (`markers/backup-…`) is in the repository from before the first chunk until
+/// after the manifest, so that `pitr expire` deletes no chunk this backup may rely on; a
+/// failed backup removes it too.
 pub async fn backup(
+    repo: &Repo,
+    args: BackupRequest,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<BackupManifest> {
+    let marker = MarkerGuard::write(repo).await?;
+    let result = take_backup(repo, args, reporter).await;
+    let key = marker.key().to_string();
+    match marker.remove(repo).await {
+        Ok(()) => {}
+        // The backup itself is committed (or failed for its own reason): a marker left
+        // behind only holds garbage collection back until it is stale.
+        Err(e) => tracing::warn!("{e:#}; `pitr expire` will report {key} until it is stale"),
+    }
+    result
+}
+
+async fn take_backup(
     repo: &Repo,
     args: BackupRequest,
     reporter: &dyn Reporter,

@@ -3,11 +3,15 @@
 
 pub mod cluster;
 pub mod manifest;
+pub mod marker;
+pub mod pin;
 pub mod relpath;
 pub mod walref;
 
 pub use cluster::{claim_cluster, repo_system_identifier};
 pub use manifest::{chunks_hash, BackupManifest, FileEntry, FileKind, Tablespace};
+pub use marker::{BackupMarker, MarkerGuard};
+pub use pin::{load_pins, Pin};
 pub use relpath::RelPath;
 pub use walref::{load_wal_refs, SourceFingerprint, WalRef};
 

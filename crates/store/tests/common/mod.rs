@@ -269,3 +269,80 @@ pub async fn known_chunks(repo: &Repo, stored: ChunkRef) {
     assert!(b.stored > 0 && !b.recognised);
     assert_eq!(repo.get_chunk(&b.chunk).await.unwrap(), missing);
 }
+
+/// Garbage collection's operations: listing with modification times, deleting documents,
+/// and deleting a chunk only when nobody refreshed it since the cut-off — a writer that
+/// relies on an existing chunk (create-only write finding it) refreshes it.
+pub async fn gc_operations(repo: &Repo) {
+    use pitr_store::ChunkRemoval;
+    let before = chrono::Utc::now() - chrono::Duration::seconds(2);
+    let data = Bytes::from(b"garbage or not ".repeat(5000));
+    let (c, stored) = repo.put_new_chunk(data.clone()).await.unwrap();
+    assert!(stored > 0);
+    let listed = repo.list_objects("chunks/").await.unwrap();
+    let entry = listed
+        .iter()
+        .find(|l| l.key == c.id.key())
+        .unwrap_or_else(|| panic!("{} not in {listed:?}", c.id.key()));
+    assert!(!entry.staging && entry.size == stored, "{entry:?}");
+    assert!(entry.modified >= before, "{entry:?}");
+    assert!(listed.windows(2).all(|w| w[0].key < w[1].key), "key order");
+
+    // written after the cut-off: kept
+    assert_eq!(
+        repo.remove_chunk_unless_fresh(&c.id, before).await.unwrap(),
+        ChunkRemoval::Fresh
+    );
+    assert!(repo.has_chunk(&c.id).await.unwrap());
+
+    // relying on it again refreshes it: its modification time moves past the first
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let first = entry.modified;
+    let (again, n) = repo.put_new_chunk(data.clone()).await.unwrap();
+    assert_eq!((again, n), (c, 0));
+    let listed = repo.list_objects("chunks/").await.unwrap();
+    let refreshed = listed.iter().find(|l| l.key == c.id.key()).unwrap();
+    assert!(refreshed.modified > first, "{refreshed:?} after {first}");
+    assert_eq!(repo.get_chunk(&c).await.unwrap(), data, "same bytes");
+
+    // older than the cut-off: deleted, then absent
+    let later = chrono::Utc::now() + chrono::Duration::seconds(5);
+    assert_eq!(
+        repo.remove_chunk_unless_fresh(&c.id, later).await.unwrap(),
+        ChunkRemoval::Deleted(stored)
+    );
+    assert!(!repo.has_chunk(&c.id).await.unwrap());
+    assert_eq!(
+        repo.remove_chunk_unless_fresh(&c.id, later).await.unwrap(),
+        ChunkRemoval::Absent
+    );
+    // a writer finding it gone writes it anew
+    let (_, n) = repo.put_new_chunk(data.clone()).await.unwrap();
+    assert!(n > 0);
+    assert_eq!(repo.get_chunk(&c).await.unwrap(), data);
+
+    // documents: listed with times below their prefix only, deleted durably
+    repo.put_doc("pins/a.json", Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    repo.put_doc("pins/b.json", Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    let pins: Vec<String> = repo
+        .list_objects("pins/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.key)
+        .collect();
+    assert_eq!(pins, ["pins/a.json", "pins/b.json"]);
+    assert_eq!(
+        repo.delete_docs(&["pins/a.json".to_string()])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(repo.get_doc("pins/a.json").await.unwrap(), None);
+    assert!(repo.get_doc("pins/b.json").await.unwrap().is_some());
+    assert!(repo.list_objects("nothing-here/").await.unwrap().is_empty());
+}

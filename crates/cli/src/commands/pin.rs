@@ -1,0 +1,26 @@
+//! `pitr pin ID` / `pitr unpin ID`: keep a backup whatever the retention says, or not.
+
+use pitr_core::repofile::pin;
+use pitr_store::Repo;
+
+use crate::cli::PinArgs;
+
+pub async fn pin(url: &str, args: PinArgs) -> anyhow::Result<()> {
+    let repo = Repo::open(url).await?;
+    if pin::pin(&repo, &args.id).await? {
+        println!("pinned {}", args.id);
+    } else {
+        println!("{} was already pinned", args.id);
+    }
+    Ok(())
+}
+
+pub async fn unpin(url: &str, args: PinArgs) -> anyhow::Result<()> {
+    let repo = Repo::open(url).await?;
+    if pin::unpin(&repo, &args.id).await? {
+        println!("unpinned {}", args.id);
+    } else {
+        println!("{} was not pinned", args.id);
+    }
+    Ok(())
+}

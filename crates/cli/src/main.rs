@@ -14,7 +14,7 @@ use clap::Parser;
 use pitr_core::Failure;
 
 use cli::{Cli, Command};
-use config::{Env, Settings};
+use pitr_core::config::{Env, Settings};
 
 /// Exit statuses: the one table (the README's command table mirrors it).
 mod exit {
@@ -102,9 +102,9 @@ fn main() -> ExitCode {
     let restore_wal = contract == Contract::RestoreWal;
     let env = Env::process();
     // A broken configuration file is reported once logging is up.
-    let settings = Settings::load(&cli.global, &env);
+    let settings = config::load(&cli.global, &env);
     let format = match &settings {
-        Ok(s) => s.log_format(&cli.global),
+        Ok(s) => config::log_format(s, &cli.global),
         Err(_) => cli.global.log_format.unwrap_or(cli::LogFormat::Text),
     };
     logging::init(&cli.global, format);
@@ -130,8 +130,8 @@ fn main() -> ExitCode {
 }
 
 fn run(mut cli: Cli, settings: Settings, env: &Env) -> anyhow::Result<()> {
-    let repo_url = settings.repo_url(&cli.global)?;
-    settings.apply(&mut cli.command)?;
+    let repo_url = config::repo_url(&settings, &cli.global)?;
+    config::apply(&settings, &mut cli.command)?;
     hand_over(&settings, &cli.command, &repo_url, env)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -6,6 +6,7 @@
 pub mod archive;
 pub mod backup;
 pub mod check;
+pub mod config;
 pub mod error;
 pub mod expire;
 pub mod index;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use pitr_pg::{parse_history, HistoryEntry, Lsn, TimelineId, WalFileName};
+use pitr_pg::{parse_history, HistoryEntry, Lsn, TimedKind, TimedRecord, TimelineId, WalFileName};
 
 use crate::index::ArchiveIndex;
 use crate::repofile::BackupManifest;
@@ -38,14 +38,31 @@ pub fn backup(id: &str, start: &str, stop: &str, stop_time: &str) -> BackupManif
 /// An archive in memory: when each segment was archived and the commit times it holds.
 #[derive(Default)]
 pub struct Fixture {
-    pub segments: HashMap<String, (DateTime<Utc>, Vec<DateTime<Utc>>)>,
+    pub segments: HashMap<String, (DateTime<Utc>, Vec<TimedRecord>)>,
     pub histories: HashMap<u32, String>,
 }
 
 impl Fixture {
     pub fn segment(&mut self, name: &str, archived: &str, commits: &[&str]) -> &mut Self {
-        let commits = commits.iter().map(|c| at(c)).collect();
-        self.segments.insert(name.into(), (at(archived), commits));
+        let records = commits
+            .iter()
+            .map(|c| record(name, TimedKind::Commit, c, 0, None))
+            .collect();
+        self.segments.insert(name.into(), (at(archived), records));
+        self
+    }
+
+    /// Adds the commit of transaction `xid` at `time` to archived segment `name`.
+    pub fn commit(&mut self, name: &str, xid: u32, time: &str) -> &mut Self {
+        let r = record(name, TimedKind::Commit, time, xid, None);
+        self.segments.get_mut(name).expect("archived").1.push(r);
+        self
+    }
+
+    /// Adds restore point `label` at `time` to archived segment `name`.
+    pub fn restore_point(&mut self, name: &str, label: &str, time: &str) -> &mut Self {
+        let r = record(name, TimedKind::RestorePoint, time, 0, Some(label));
+        self.segments.get_mut(name).expect("archived").1.push(r);
         self
     }
 
@@ -69,8 +86,25 @@ impl ArchiveReader for Fixture {
     async fn archived_at(&self, name: &WalFileName) -> anyhow::Result<DateTime<Utc>> {
         Ok(self.segments[name.as_str()].0)
     }
-    async fn record_times(&self, name: &WalFileName, _: u32) -> anyhow::Result<Vec<i64>> {
-        let commits = &self.segments[name.as_str()].1;
-        Ok(commits.iter().map(DateTime::timestamp_micros).collect())
+    async fn records(&self, name: &WalFileName, _: u32) -> anyhow::Result<Vec<TimedRecord>> {
+        Ok(self.segments[name.as_str()].1.clone())
+    }
+}
+
+/// A record of segment `segment` (past its first page, so after any backup's stop there).
+fn record(
+    segment: &str,
+    kind: TimedKind,
+    time: &str,
+    xid: u32,
+    restore_point: Option<&str>,
+) -> TimedRecord {
+    let name: WalFileName = segment.parse().unwrap();
+    TimedRecord {
+        lsn: Lsn(name.start_lsn(SEG).unwrap().0 + 0x1000),
+        kind,
+        unix_micros: at(time).timestamp_micros(),
+        xid,
+        restore_point: restore_point.map(str::to_string),
     }
 }

@@ -91,8 +91,10 @@ async fn newest_record(
     let mut segno = last;
     loop {
         let name = route.segment_name(index, segno);
-        match archive.record_times(&name, index.segment_size()).await {
-            Ok(times) if !times.is_empty() => return times.into_iter().max(),
+        match archive.records(&name, index.segment_size()).await {
+            Ok(records) if !records.is_empty() => {
+                return records.iter().map(|r| r.unix_micros).max();
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!("recoverable window: {name}: {e:#}"),
         }

@@ -20,6 +20,12 @@ pub struct TimedRecord {
     pub lsn: Lsn,
     pub kind: TimedKind,
     pub unix_micros: i64,
+    /// The record's transaction ID (`xl_xid`): the committing or aborting transaction. 0 for
+    /// restore points and for COMMIT/ABORT PREPARED, whose prepared transaction's ID is not
+    /// read here.
+    pub xid: u32,
+    /// A restore point's name (`pg_create_restore_point`).
+    pub restore_point: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,13 +104,34 @@ pub fn timed_records(segment: &[u8], start: Lsn) -> Result<Vec<TimedRecord>, Pag
             _ => None,
         };
         if let Some(kind) = kind {
-            if let Some(t) = main_data_time(&record) {
-                out.push(TimedRecord {
-                    lsn,
-                    kind,
-                    unix_micros: t + PG_EPOCH_OFFSET_US,
-                });
-            }
+            let Some(main) = main_data(&record) else {
+                continue;
+            };
+            let Some(t) = main
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(i64::from_le_bytes)
+            else {
+                continue;
+            };
+            let prepared = rmid == RM_XACT_ID && matches!(info & 0x70, 0x30 | 0x40);
+            let xid = u32::from_le_bytes(record[4..8].try_into().expect("4 bytes"));
+            let restore_point = (kind == TimedKind::RestorePoint).then(|| {
+                let name = main.get(8..).unwrap_or_default();
+                let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+                String::from_utf8_lossy(&name[..end]).into_owned()
+            });
+            out.push(TimedRecord {
+                lsn,
+                kind,
+                unix_micros: t + PG_EPOCH_OFFSET_US,
+                xid: if prepared || kind == TimedKind::RestorePoint {
+                    0
+                } else {
+                    xid
+                },
+                restore_point,
+            });
         }
     }
     Ok(out)
@@ -167,9 +194,9 @@ fn assemble(segment: &[u8], page_size: usize, seg_start: u64, pos: &mut usize) -
     Some(out)
 }
 
-/// The first 8 bytes of a record's main data: `xact_time` of commit/abort records and
-/// `rp_time` of restore points.
-fn main_data_time(record: &[u8]) -> Option<i64> {
+/// A record's main data (its first 8 bytes are `xact_time` of commit/abort records and
+/// `rp_time` of restore points, followed by a restore point's name).
+fn main_data(record: &[u8]) -> Option<&[u8]> {
     let mut p = RECORD_HEADER;
     let main_len = loop {
         let id = *record.get(p)?;
@@ -182,9 +209,7 @@ fn main_data_time(record: &[u8]) -> Option<i64> {
         }
     };
     let start = record.len().checked_sub(main_len)?;
-    Some(i64::from_le_bytes(
-        record.get(start..start + 8)?.try_into().ok()?,
-    ))
+    record.get(start..)
 }
 
 #[cfg(test)]
@@ -218,12 +243,26 @@ mod tests {
         r
     }
 
+    fn restore_point(time: i64, name: &str) -> Vec<u8> {
+        let mut r = vec![0u8; 24];
+        r[0..4].copy_from_slice(&(24u32 + 2 + 72).to_le_bytes());
+        r[16] = XLOG_RESTORE_POINT;
+        r[17] = RM_XLOG_ID;
+        r.extend_from_slice(&[255, 72]);
+        r.extend_from_slice(&time.to_le_bytes());
+        let mut n = [0u8; 64];
+        n[..name.len()].copy_from_slice(name.as_bytes());
+        r.extend_from_slice(&n);
+        r
+    }
+
     #[test]
     fn finds_commits_across_a_page_boundary() {
         let start = 0x0300_0000u64;
         let mut seg = vec![0u8; SEG];
         page_header(&mut seg, 0, start, 0x0002, 0);
-        let a = commit(1_000, RM_XACT_ID, 0x00);
+        let mut a = commit(1_000, RM_XACT_ID, 0x00);
+        a[4..8].copy_from_slice(&745u32.to_le_bytes());
         seg[40..40 + a.len()].copy_from_slice(&a);
         // a filler record (another resource manager) up to 16 bytes before the page end
         let filler = PAGE - 16 - 80;
@@ -240,9 +279,9 @@ mod tests {
         c[17] = 10;
         let cp = maxalign(PAGE + 24 + 18);
         seg[cp..cp + 34].copy_from_slice(&c);
-        let d = commit(3_000, RM_XLOG_ID, XLOG_RESTORE_POINT);
+        let d = restore_point(3_000, "before-drop");
         let dp = maxalign(cp + 34);
-        seg[dp..dp + 34].copy_from_slice(&d);
+        seg[dp..dp + d.len()].copy_from_slice(&d);
 
         let found = timed_records(&seg, Lsn(start)).unwrap();
         let got: Vec<_> = found
@@ -257,6 +296,10 @@ mod tests {
                 (dp as u64, TimedKind::RestorePoint, 3_000),
             ]
         );
+        // the committing transaction, and the restore point's name
+        assert_eq!(found[0].xid, 745);
+        assert_eq!(found[2].restore_point.as_deref(), Some("before-drop"));
+        assert_eq!(found[0].restore_point, None);
     }
 
     #[test]

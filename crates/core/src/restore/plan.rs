@@ -9,7 +9,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
-use pitr_pg::{parse_history, timeline_path, HistoryEntry, Lsn, TimelineId, WalFileName};
+use pitr_pg::{
+    parse_history, timeline_path, HistoryEntry, Lsn, TimedKind, TimedRecord, TimelineId,
+    WalFileName,
+};
 use pitr_store::Repo;
 use serde::Serialize;
 
@@ -124,9 +127,13 @@ pub trait ArchiveReader {
     async fn history(&self, tli: TimelineId) -> anyhow::Result<Vec<HistoryEntry>>;
     /// When archived segment `name` was stored.
     async fn archived_at(&self, name: &WalFileName) -> anyhow::Result<DateTime<Utc>>;
-    /// The commit, abort and restore-point times (µs since the Unix epoch) in segment `name`.
-    async fn record_times(&self, name: &WalFileName, segment_size: u32)
-        -> anyhow::Result<Vec<i64>>;
+    /// The commit, abort and restore-point records of segment `name`: their LSNs, times,
+    /// transactions and restore point names.
+    async fn records(
+        &self,
+        name: &WalFileName,
+        segment_size: u32,
+    ) -> anyhow::Result<Vec<TimedRecord>>;
 }
 
 /// The archive of a repository.
@@ -150,19 +157,17 @@ impl ArchiveReader for RepoArchive<'_> {
         Ok(r.archived_at)
     }
 
-    async fn record_times(
+    async fn records(
         &self,
         name: &WalFileName,
         segment_size: u32,
-    ) -> anyhow::Result<Vec<i64>> {
+    ) -> anyhow::Result<Vec<TimedRecord>> {
         let r = WalRef::load(self.0, name)
             .await?
             .context("segment vanished")?;
         let bytes = self.0.get_bytes(&r.chunks).await?;
         let start = name.start_lsn(segment_size).context("a segment")?;
-        let records = pitr_pg::timed_records(&bytes, start)
-            .with_context(|| format!("read the records of {name}"))?;
-        Ok(records.iter().map(|r| r.unix_micros).collect())
+        pitr_pg::timed_records(&bytes, start).with_context(|| format!("read the records of {name}"))
     }
 }
 
@@ -232,6 +237,9 @@ pub async fn plan(
             };
             let mut segno = first;
             let mut stop_found = false;
+            // For a transaction or restore point target: whether the scan met it, or met a
+            // COMMIT/ABORT PREPARED whose transaction it cannot tell (then it cannot refuse).
+            let (mut named_found, mut unsure) = (false, false);
             let mut count = 0;
             let mut last = None;
             let last_archived = last_on_path.unwrap_or(0);
@@ -265,7 +273,48 @@ pub async fn plan(
                         break;
                     }
                 }
+                if let Target::Xid(_) | Target::Name(_) = req.target {
+                    // Recovery stops there only after the backup is consistent.
+                    let seg_name = name(segno);
+                    for r in archive.records(&seg_name, seg_size).await? {
+                        if r.lsn < stop_lsn {
+                            continue;
+                        }
+                        match (req.target, r.kind) {
+                            (Target::Xid(x), TimedKind::Commit | TimedKind::Abort) => {
+                                // recovery_target_xid compares the 32-bit xid (an xid8
+                                // from pg_current_xact_id() carries the epoch above it).
+                                named_found |= r.xid == (*x & 0xFFFF_FFFF) as u32;
+                                unsure |= r.xid == 0;
+                            }
+                            (Target::Name(n), TimedKind::RestorePoint) => {
+                                named_found |= r.restore_point.as_deref() == Some(n.as_str());
+                            }
+                            _ => {}
+                        }
+                    }
+                    if named_found {
+                        break;
+                    }
+                }
                 segno += 1;
+            }
+            let scanned =
+                || last.map_or("no segment".to_string(), |s| format!("up to {}", name(s)));
+            match req.target {
+                Target::Xid(x) if !named_found && !unsure => bail!(
+                    "transaction {x} commits or aborts nowhere in the archived WAL after backup {} ({}): \
+                     recovery would end without reaching it; check the ID (SELECT pg_current_xact_id()) or wait for more WAL",
+                    manifest.id,
+                    scanned()
+                ),
+                Target::Name(n) if !named_found => bail!(
+                    "no restore point named {n:?} in the archived WAL after backup {} ({}): \
+                     recovery would end without reaching it (pg_create_restore_point makes one)",
+                    manifest.id,
+                    scanned()
+                ),
+                _ => {}
             }
             if let (Target::Time(t), false) = (req.target, stop_found) {
                 if recoverable_to.is_some_and(|r| r > *t) {
@@ -454,10 +503,10 @@ async fn holds_stop_record(
 ) -> anyhow::Result<bool> {
     let t = target.timestamp_micros();
     Ok(archive
-        .record_times(name, seg_size)
+        .records(name, seg_size)
         .await?
         .iter()
-        .any(|&micros| micros > t || (exclusive && micros == t)))
+        .any(|r| r.unix_micros > t || (exclusive && r.unix_micros == t)))
 }
 
 #[cfg(test)]
@@ -590,5 +639,31 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(p.timeline, TimelineId(1));
+    }
+
+    /// A transaction or restore point target must be in the archived WAL after the backup:
+    /// otherwise recovery would run to the end and fail, so the plan is refused up front.
+    #[tokio::test]
+    async fn transaction_and_restore_point_targets_need_their_record() {
+        let mut a = Fixture::default();
+        a.segment("000000010000000000000004", "2026-11-26T12:10:00Z", &[])
+            .segment("000000010000000000000005", "2026-11-26T12:20:00Z", &[])
+            .commit("000000010000000000000005", 900, "2026-11-26T12:15:00Z")
+            .restore_point("000000010000000000000005", "before", "2026-11-26T12:16:00Z");
+        let ok = |t: Target| {
+            let a = &a;
+            async move { plan_for(&two_backups(), a, t, TimelineChoice::Latest).await }
+        };
+        assert!(ok(Target::Xid(900)).await.is_ok());
+        // an xid8 with an epoch above the 32-bit xid is the same transaction
+        assert!(ok(Target::Xid((1 << 32) | 900)).await.is_ok());
+        assert!(ok(Target::Name("before".into())).await.is_ok());
+        let e = refusal(&a, Target::Xid(901)).await;
+        assert!(
+            e.contains("transaction 901 commits or aborts nowhere"),
+            "{e}"
+        );
+        let e = refusal(&a, Target::Name("nope".into())).await;
+        assert!(e.contains("no restore point named \"nope\""), "{e}");
     }
 }

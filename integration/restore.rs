@@ -852,6 +852,8 @@ fn restore_picks_the_backup_before_the_target_and_refuses_outside_the_window() {
     ));
     pg.psql("select pg_sleep(0.02)");
     insert(&pg, 5);
+    // A restore point after the second backup (a name target must exist to be planned).
+    pg.psql("select pg_create_restore_point('x')");
     switch_and_archive(&pg);
 
     let nowhere = dir.path().join("d-plan");

@@ -16,15 +16,11 @@ use pitr_store::{keys, Repo, StoreError};
 use tokio::sync::OnceCell;
 
 use crate::error::NotArchived;
-use crate::repofile::{repo_system_identifier, WalRef};
+use crate::repofile::{check_first_page, repo_system_identifier, WalRef};
 
 /// The repository's system identifier, read at most once per process (the restore-wal call or
 /// the prefetch worker) and only when a segment is checked.
 type SystemId = OnceCell<u64>;
-
-/// History and backup history files are a few hundred bytes; a ref claiming more is not one.
-const MAX_SMALL_FILE: u64 = 1 << 20;
-
 /// `pitr restore-wal NAME DEST`.
 pub struct RestoreWalRequest {
     /// The WAL file wanted (`%f`).
@@ -241,7 +237,9 @@ async fn fetch(
         return Err(missing(repo, name).await);
     };
     let key = WalRef::key(name);
-    check_ref(name, &walref).with_context(|| format!("check {name} ({key})"))?;
+    walref
+        .check(name)
+        .with_context(|| format!("check {name} ({key})"))?;
     let tmp = temp_path(dest);
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -313,43 +311,6 @@ async fn missing(repo: &Repo, name: &WalFileName) -> anyhow::Error {
     }
 }
 
-/// What the ref itself must say before anything is fetched: it is NAME's, and its size is
-/// one a file of that kind can have. A swapped or emptied ref stops here.
-fn check_ref(name: &WalFileName, walref: &WalRef) -> anyhow::Result<()> {
-    if walref.name != *name {
-        bail!("the ref is {}'s, not {name}'s", walref.name);
-    }
-    let chunked: u64 = walref.chunks.iter().map(|c| u64::from(c.len)).sum();
-    if chunked != walref.size {
-        bail!(
-            "the ref says {} bytes but its chunks add up to {chunked}",
-            walref.size
-        );
-    }
-    match name.kind() {
-        WalFileKind::Segment | WalFileKind::Partial => {
-            let size = walref.size;
-            if !size.is_power_of_two() || !(1 << 20..=1 << 30).contains(&size) {
-                bail!("the ref says {size} bytes, which is no WAL segment size");
-            }
-            if let Some(seg) = walref.segment_size {
-                if u64::from(seg) != size {
-                    bail!("the ref says {size} bytes but segments of {seg} bytes");
-                }
-            }
-        }
-        WalFileKind::History | WalFileKind::BackupHistory => {
-            if walref.size > MAX_SMALL_FILE {
-                bail!(
-                    "the ref says {} bytes, too big for a history file",
-                    walref.size
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
 /// What the fetched bytes must be before they become DEST: for a segment, a first page whose
 /// long header carries NAME's position, timeline and the repository's system identifier; for
 /// a history file, a parseable history; for a backup history file, one whose start location
@@ -371,8 +332,6 @@ async fn check_content(
     };
     match name.kind() {
         WalFileKind::Segment | WalFileKind::Partial => {
-            let header = LongPageHeader::parse(&read(LONG_PAGE_HEADER_LEN)?)?;
-            header.check_belongs_to(name, walref.size)?;
             let ours = sysid
                 .get_or_try_init(|| async {
                     repo_system_identifier(repo).await?.with_context(|| {
@@ -383,13 +342,8 @@ async fn check_content(
                     })
                 })
                 .await?;
-            if header.system_identifier != *ours {
-                bail!(
-                    "its page header says database system {}, but the repository belongs to \
-                     system {ours}",
-                    header.system_identifier
-                );
-            }
+            let page = read(LONG_PAGE_HEADER_LEN)?;
+            let header = check_first_page(&page, name, walref.size, Some(*ours))?;
             check_timeline(repo, name, &header).await
         }
         WalFileKind::History => {
@@ -426,7 +380,8 @@ async fn check_timeline(
     let Some(href) = WalRef::load(repo, &history).await? else {
         return Err(wrong().context(format!("{history} is not archived")));
     };
-    check_ref(&history, &href).with_context(|| format!("check {history}"))?;
+    href.check(&history)
+        .with_context(|| format!("check {history}"))?;
     let bytes = repo.get_bytes(&href.chunks).await?;
     let entries = pitr_pg::parse_history_file(name.timeline(), &bytes)
         .with_context(|| format!("check {history}"))?;
@@ -479,7 +434,7 @@ mod tests {
     fn refs_must_be_names_and_sized_like_it() {
         let seg: WalFileName = "000000010000000000000002".parse().unwrap();
         let whole = [4 << 20; 4];
-        check_ref(&seg, &walref(seg.as_str(), &whole, 16 << 20)).unwrap();
+        walref(seg.as_str(), &whole, 16 << 20).check(&seg).unwrap();
         for (how, r) in [
             (
                 "another segment's",
@@ -498,13 +453,17 @@ mod tests {
                 walref(seg.as_str(), &[4 << 20], 16 << 20),
             ),
         ] {
-            assert!(check_ref(&seg, &r).is_err(), "{how} ref accepted");
+            assert!(r.check(&seg).is_err(), "{how} ref accepted");
         }
         let mut odd = walref(seg.as_str(), &whole, 16 << 20);
         odd.segment_size = Some(1 << 20);
-        assert!(check_ref(&seg, &odd).is_err());
+        assert!(odd.check(&seg).is_err());
         let history: WalFileName = "00000002.history".parse().unwrap();
-        check_ref(&history, &walref("00000002.history", &[40], 40)).unwrap();
-        assert!(check_ref(&history, &walref("00000002.history", &[4 << 20], 4 << 20)).is_err());
+        walref("00000002.history", &[40], 40)
+            .check(&history)
+            .unwrap();
+        assert!(walref("00000002.history", &[4 << 20], 4 << 20)
+            .check(&history)
+            .is_err());
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use pitr_pg::{
-    timeline_path, HistoryEntry, LongPageHeader, Lsn, TimelineId, WalFileKind, WalFileName,
+    timeline_path, HistoryEntry, Lsn, TimelineId, WalFileKind, WalFileName,
     DEFAULT_WAL_SEGMENT_SIZE,
 };
 use pitr_store::{ChunkId, ChunkRef, Repo};
@@ -457,25 +457,13 @@ fn backup_path(
     }
 }
 
-/// What a WAL ref says about itself that cannot be true.
+/// What a WAL ref says about itself that cannot be true (the checks restore-wal makes before
+/// it fetches), and a cluster other than the repository's.
 fn check_ref(r: &WalRef, sysid: Option<u64>) -> Vec<String> {
     let key = WalRef::key(&r.name);
     let mut out = Vec::new();
-    let chunked: u64 = r.chunks.iter().map(|c| u64::from(c.len)).sum();
-    if chunked != r.size {
-        out.push(format!(
-            "archived WAL {} ({key}): its chunks add up to {chunked} bytes, the ref says {}",
-            r.name, r.size
-        ));
-    }
-    if r.name.kind() == WalFileKind::Segment {
-        let seg = r.segment_size.unwrap_or(DEFAULT_WAL_SEGMENT_SIZE);
-        if r.size != u64::from(seg) {
-            out.push(format!(
-                "archived WAL {} ({key}): {} bytes, not a whole segment of {seg}",
-                r.name, r.size
-            ));
-        }
+    if let Err(e) = r.check(&r.name) {
+        out.push(format!("archived WAL {} ({key}): {e:#}", r.name));
     }
     if let (Some(ours), Some(theirs)) = (sysid, r.system_identifier) {
         if ours != theirs {
@@ -489,42 +477,19 @@ fn check_ref(r: &WalRef, sysid: Option<u64>) -> Vec<String> {
 }
 
 /// Whether `data`, the first chunk of archived segment `name` of `size` bytes, starts with
-/// that segment's long page header.
+/// that segment's long page header (an older timeline is the copy a timeline's first segment
+/// starts with).
 fn check_first_page(
     data: &[u8],
     name: &WalFileName,
     size: u64,
     sysid: Option<u64>,
 ) -> Option<String> {
-    let key = WalRef::key(name);
-    let problem = |detail: String| Some(format!("archived WAL {name} ({key}): {detail}"));
-    let header = match LongPageHeader::parse(data) {
-        Ok(h) => h,
-        Err(e) => return problem(e.to_string()),
-    };
-    let whole = if name.kind() == WalFileKind::Segment {
-        size
-    } else {
-        u64::from(header.segment_size)
-    };
-    if let Err(e) = header.check_belongs_to(name, whole) {
-        return problem(e.to_string());
-    }
-    // The first segment of a new timeline starts as a copy of its parent's: its first page
-    // may carry an older timeline, never a newer one.
-    if header.timeline > name.timeline().0 {
-        return problem(format!(
-            "its first page is from timeline {}",
-            header.timeline
-        ));
-    }
-    match sysid {
-        Some(ours) if header.system_identifier != ours => problem(format!(
-            "its first page is from database system {}, the repository's is {ours}",
-            header.system_identifier
-        )),
-        _ => None,
-    }
+    let e = crate::repofile::check_first_page(data, name, size, sysid).err()?;
+    Some(format!(
+        "archived WAL {name} ({}): {e:#}",
+        WalRef::key(name)
+    ))
 }
 
 /// The archived history files by timeline, and those that do not parse (recovery would stop

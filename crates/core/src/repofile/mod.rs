@@ -13,7 +13,7 @@ pub use manifest::{chunks_hash, BackupManifest, FileEntry, FileKind, Tablespace}
 pub use marker::{BackupMarker, MarkerGuard};
 pub use pin::{load_pins, Pin};
 pub use relpath::RelPath;
-pub use walref::{load_wal_refs, SourceFingerprint, WalRef};
+pub use walref::{check_first_page, load_wal_refs, SourceFingerprint, WalRef};
 
 /// A document that is in the repository but cannot be used: its key and why. Commands that
 /// read many documents report these and go on with the rest; nothing is deleted because of one.

@@ -6,7 +6,7 @@ use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 
 use super::{Damaged, Loaded};
-use pitr_pg::WalFileName;
+use pitr_pg::{LongPageHeader, WalFileKind, WalFileName};
 use pitr_store::{keys, ChunkRef, Repo};
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +67,41 @@ impl WalRef {
         key.rsplit('/').next()?.strip_suffix(".json")?.parse().ok()
     }
 
+    /// What the ref must say before anything it names is fetched (restore-wal) or trusted
+    /// (verify): it is `name`'s, its chunks add up to its size, and that size is one a file of
+    /// that kind can have. A swapped, emptied or truncated ref stops here.
+    pub fn check(&self, name: &WalFileName) -> anyhow::Result<()> {
+        if self.name != *name {
+            anyhow::bail!("the ref is {}'s, not {name}'s", self.name);
+        }
+        let chunked: u64 = self.chunks.iter().map(|c| u64::from(c.len)).sum();
+        if chunked != self.size {
+            anyhow::bail!(
+                "its chunks add up to {chunked} bytes, the ref says {}",
+                self.size
+            );
+        }
+        let size = self.size;
+        match name.kind() {
+            WalFileKind::Segment | WalFileKind::Partial => {
+                if !size.is_power_of_two() || !(1 << 20..=1 << 30).contains(&size) {
+                    anyhow::bail!("the ref says {size} bytes, which is no WAL segment size");
+                }
+                if let Some(seg) = self.segment_size {
+                    if u64::from(seg) != size {
+                        anyhow::bail!("the ref says {size} bytes but segments of {seg} bytes");
+                    }
+                }
+            }
+            WalFileKind::History | WalFileKind::BackupHistory => {
+                if size > MAX_SMALL_FILE {
+                    anyhow::bail!("the ref says {size} bytes, too big for a history file");
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn same_content(&self, chunks: &[ChunkRef], size: u64) -> bool {
         self.size == size && self.chunks == chunks
     }
@@ -79,6 +114,34 @@ impl WalRef {
         let r = serde_json::from_slice(&body).with_context(|| format!("parse {key}"))?;
         Ok(Some(r))
     }
+}
+
+/// History and backup history files are small; a ref claiming more is damaged.
+const MAX_SMALL_FILE: u64 = 1 << 20;
+
+/// Check that `page`, the start of archived segment (or `.partial`) `name` of `size` bytes,
+/// is that segment's first page: its long header's address, segment size and timeline fit the
+/// name (a timeline's first segment starts as a copy of its parent's, so an older timeline
+/// is let through for the caller to judge; a newer never), and, when the repository's system
+/// identifier is known, it is that system's. Returns the header.
+pub fn check_first_page(
+    page: &[u8],
+    name: &WalFileName,
+    size: u64,
+    sysid: Option<u64>,
+) -> anyhow::Result<LongPageHeader> {
+    let header = LongPageHeader::parse(page)?;
+    header.check_belongs_to(name, size)?;
+    if header.timeline > name.timeline().0 {
+        anyhow::bail!("its first page is from timeline {}", header.timeline);
+    }
+    if let Some(ours) = sysid.filter(|&ours| ours != header.system_identifier) {
+        anyhow::bail!(
+            "its first page is from database system {}, the repository's is {ours}",
+            header.system_identifier
+        );
+    }
+    Ok(header)
 }
 
 /// Every WAL ref of the repository, in key order, and the refs that are damaged (do not

@@ -83,6 +83,15 @@ impl Default for TarParser {
 }
 
 impl TarParser {
+    /// Move bytes of `input` into the 512-byte block being collected; whether it is whole.
+    fn fill_block(&mut self, input: &mut &[u8]) -> bool {
+        let take = (512 - self.block.len()).min(input.len());
+        self.block.extend_from_slice(&input[..take]);
+        *input = &input[take..];
+        self.offset += take as u64;
+        self.block.len() == 512
+    }
+
     /// Feed `input`; `on_event` sees every event in order.
     pub fn feed<'a>(
         &mut self,
@@ -102,12 +111,7 @@ impl TarParser {
                     return Ok(());
                 }
                 State::SecondZero => {
-                    let need = 512 - self.block.len();
-                    let take = need.min(input.len());
-                    self.block.extend_from_slice(&input[..take]);
-                    input = &input[take..];
-                    self.offset += take as u64;
-                    if self.block.len() < 512 {
+                    if !self.fill_block(&mut input) {
                         continue;
                     }
                     if self.block.iter().any(|&b| b != 0) {
@@ -120,12 +124,7 @@ impl TarParser {
                     self.state = State::End;
                 }
                 State::Header => {
-                    let need = 512 - self.block.len();
-                    let take = need.min(input.len());
-                    self.block.extend_from_slice(&input[..take]);
-                    input = &input[take..];
-                    self.offset += take as u64;
-                    if self.block.len() < 512 {
+                    if !self.fill_block(&mut input) {
                         continue;
                     }
                     if self.block.iter().all(|&b| b == 0) {

@@ -120,6 +120,13 @@ impl<'de> serde::Deserialize<'de> for Fingerprint {
 /// Encode a chunk body: zstd at `level`, or raw when compression does not pay.
 pub fn encode_chunk(data: &[u8], level: i32) -> Vec<u8> {
     let mut out = Vec::with_capacity(CHUNK_HEADER_LEN + data.len() / 4);
+    encode_chunk_into(&mut out, data, level);
+    out
+}
+
+/// [`encode_chunk`], appended to `out` (an encrypted body's buffer, after its header).
+pub fn encode_chunk_into(out: &mut Vec<u8>, data: &[u8], level: i32) {
+    let start = out.len();
     out.extend_from_slice(MAGIC);
     out.push(CHUNK_VERSION);
     out.push(CODEC_ZSTD);
@@ -142,15 +149,23 @@ pub fn encode_chunk(data: &[u8], level: i32) -> Vec<u8> {
     match compressed {
         Some(c) if c.len() < data.len() => out.extend_from_slice(&c),
         _ => {
-            out[5] = CODEC_RAW;
+            out[start + 5] = CODEC_RAW;
             out.extend_from_slice(data);
         }
     }
-    out
 }
 
 /// Decode a chunk body and check that it hashes to `id`. Any mismatch is corruption.
 pub fn decode_chunk(id: &ChunkId, body: &[u8]) -> Result<Vec<u8>, String> {
+    decode_chunk_with(id, body, ChunkId::of)
+}
+
+/// [`decode_chunk`] with the repository's chunk-ID function (keyed in an encrypted one).
+pub fn decode_chunk_with(
+    id: &ChunkId,
+    body: &[u8],
+    chunk_id: impl Fn(&[u8]) -> ChunkId,
+) -> Result<Vec<u8>, String> {
     if body.len() < CHUNK_HEADER_LEN || &body[..4] != MAGIC {
         return Err("not a pitr chunk (bad header)".into());
     }
@@ -185,7 +200,7 @@ pub fn decode_chunk(id: &ChunkId, body: &[u8]) -> Result<Vec<u8>, String> {
     if data.len() as u64 != len {
         return Err(format!("{} bytes, header says {len}", data.len()));
     }
-    let actual = ChunkId::of(&data);
+    let actual = chunk_id(&data);
     if actual != *id {
         return Err(format!("content hashes to {actual}"));
     }

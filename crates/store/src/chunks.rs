@@ -17,7 +17,8 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
-use crate::chunk::{decode_chunk, encode_chunk, ChunkId, Fingerprint};
+use crate::chunk::{decode_chunk_with, encode_chunk, encode_chunk_into, ChunkId, Fingerprint};
+use crate::crypto::Keys;
 use crate::repo::{BackupChunk, ChunkRef, KnownChunk};
 use crate::{Backend, Result, StoreError};
 
@@ -124,13 +125,12 @@ pub(crate) const OBJECT_MARKER_RECHECK: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub(crate) struct ObjectChunks {
     backend: Backend,
-    /// zstd level for new chunks.
-    level: i32,
+    codec: Codec,
 }
 
 impl ObjectChunks {
-    pub fn new(backend: Backend, level: i32) -> Self {
-        ObjectChunks { backend, level }
+    pub fn new(backend: Backend, codec: Codec) -> Self {
+        ObjectChunks { backend, codec }
     }
 
     async fn head(&self, id: &ChunkId) -> Result<bool> {
@@ -145,15 +145,16 @@ impl ObjectChunks {
     /// Hash, look for, compress and write a chunk, each step only when still needed.
     async fn put_looking_first(&self, data: Bytes) -> Result<(ChunkRef, u64)> {
         let len = data.len() as u32;
-        let (id, data) = tokio::task::spawn_blocking(move || (ChunkId::of(&data), data))
+        let codec = self.codec.clone();
+        let (id, data) = tokio::task::spawn_blocking(move || (codec.id(&data), data))
             .await
             .expect("hashing does not panic");
         // A HEAD is far cheaper than compressing and uploading a chunk we already have.
         if self.head(&id).await? {
             return Ok((ChunkRef { id, len }, 0));
         }
-        let level = self.level;
-        let body = tokio::task::spawn_blocking(move || encode_chunk(&data, level))
+        let codec = self.codec.clone();
+        let body = tokio::task::spawn_blocking(move || codec.encode(&id, &data))
             .await
             .expect("compression does not panic");
         self.write(ChunkRef { id, len }, body).await
@@ -193,9 +194,10 @@ impl ChunkBackend for ObjectChunks {
     fn put_new(&self, data: Bytes) -> BoxFuture<'_, Result<(ChunkRef, u64)>> {
         async move {
             let len = data.len() as u32;
-            let level = self.level;
+            let codec = self.codec.clone();
             let (id, body) = tokio::task::spawn_blocking(move || {
-                (ChunkId::of(&data), encode_chunk(&data, level))
+                let id = codec.id(&data);
+                (id, codec.encode(&id, &data))
             })
             .await
             .expect("hashing and compression do not panic");
@@ -238,7 +240,8 @@ impl ChunkBackend for ObjectChunks {
                 .bytes()
                 .await
                 .map_err(|e| StoreError::backend(&key, e))?;
-            blocking(move || decode_checked(&chunk, &body).map(Bytes::from)).await
+            let codec = self.codec.clone();
+            blocking(move || codec.decode(&chunk, body.into()).map(Bytes::from)).await
         }
         .boxed()
     }
@@ -425,17 +428,60 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .expect("repository I/O does not panic")
 }
 
-/// Decode a chunk body, checking its hash and its length against the reference.
-pub(crate) fn decode_checked(chunk: &ChunkRef, body: &[u8]) -> Result<Vec<u8>> {
-    let data = decode_chunk(&chunk.id, body).map_err(|detail| StoreError::Corrupt {
-        key: chunk.id.key(),
-        detail,
-    })?;
-    if data.len() != chunk.len as usize {
-        return Err(StoreError::Corrupt {
-            key: chunk.id.key(),
-            detail: format!("{} bytes, the reference says {}", data.len(), chunk.len),
-        });
+/// How chunk bodies are made and read: the compression level and, in an encrypted
+/// repository, the keys (keyed chunk IDs, sealed bodies).
+#[derive(Clone, Debug)]
+pub(crate) struct Codec {
+    pub level: i32,
+    pub keys: Option<Arc<Keys>>,
+}
+
+impl Codec {
+    /// A chunk's ID: SHA-256, or the keyed BLAKE3 in an encrypted repository.
+    pub fn id(&self, data: &[u8]) -> ChunkId {
+        match &self.keys {
+            None => ChunkId::of(data),
+            Some(k) => k.chunk_id(data),
+        }
     }
-    Ok(data)
+
+    /// The body stored for chunk `id`: compressed, then sealed under its key when encrypted.
+    pub fn encode(&self, id: &ChunkId, data: &[u8]) -> Vec<u8> {
+        match &self.keys {
+            None => encode_chunk(data, self.level),
+            Some(k) => {
+                let mut out = Vec::with_capacity(crate::crypto::SEAL_OVERHEAD + data.len() / 2);
+                k.seal_with(&id.key(), &mut out, |o| {
+                    encode_chunk_into(o, data, self.level)
+                });
+                out
+            }
+        }
+    }
+
+    /// Open (when encrypted) and decode a chunk body, checking its ID and its length against
+    /// the reference. Any mismatch is corruption naming the chunk's key.
+    pub fn decode(&self, chunk: &ChunkRef, mut body: Vec<u8>) -> Result<Vec<u8>> {
+        let key = chunk.id.key();
+        let corrupt = |detail| StoreError::Corrupt {
+            key: key.clone(),
+            detail,
+        };
+        let data = match &self.keys {
+            None => decode_chunk_with(&chunk.id, &body, ChunkId::of),
+            Some(k) => {
+                let range = k.open_in_place(&key, &mut body).map_err(corrupt)?;
+                decode_chunk_with(&chunk.id, &body[range], |d| k.chunk_id(d))
+            }
+        }
+        .map_err(corrupt)?;
+        if data.len() != chunk.len as usize {
+            return Err(corrupt(format!(
+                "{} bytes, the reference says {}",
+                data.len(),
+                chunk.len
+            )));
+        }
+        Ok(data)
+    }
 }

@@ -19,6 +19,18 @@ pub enum StoreError {
     NotInitialized { url: String },
     #[error("repository at {url} already exists with other settings: {detail}")]
     ConfigMismatch { url: String, detail: String },
+    /// An encrypted repository, and no secret to open it with.
+    #[error("repository {url} is encrypted: give its passphrase or key file (PITR_PASSPHRASE, --passphrase-file FILE, passphrase_file in the configuration file, or the systemd credential pitr-passphrase)")]
+    KeyRequired { url: String },
+    /// The secret given opens no key slot.
+    #[error("repository {url}: the secret from {origin} opens none of its key slots (wrong passphrase or key file, or its slot was removed)")]
+    WrongKey { url: String, origin: String },
+    /// A secret was given for a repository that is not encrypted.
+    #[error("repository {url} is not encrypted, but a passphrase or key file is given ({origin}); refusing, in case its config.json was replaced: remove the passphrase setting to use an unencrypted repository")]
+    NotEncrypted { url: String, origin: String },
+    /// A key operation that cannot be done (bad secret, last slot, unknown slot).
+    #[error("repository {url}: {detail}")]
+    Key { url: String, detail: String },
     /// The operating system refused access to a local object: the message says whose it is.
     #[error("cannot open {path} ({owner}): permission denied; run pitr as the repository's owner")]
     PermissionDenied { path: String, owner: String },

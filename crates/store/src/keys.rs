@@ -25,6 +25,9 @@ pub const BACKUPS_PREFIX: &str = "backups/";
 /// Prefix of every pin, for listing.
 pub const PINS_PREFIX: &str = "pins/";
 
+/// Prefix of every key slot of an encrypted repository, for listing.
+pub const KEYS_PREFIX: &str = "keys/";
+
 /// Prefix of every in-progress marker (a running backup's), for listing.
 pub const MARKERS_PREFIX: &str = "markers/";
 
@@ -53,4 +56,16 @@ pub fn pin(id: &str) -> String {
 /// and removed after its manifest; garbage collection deletes no chunk while one is live.
 pub fn backup_marker(name: &str) -> String {
     format!("{MARKERS_PREFIX}backup-{name}.json")
+}
+
+/// A key slot of an encrypted repository: `keys/<16 hex digits>.json`, the master key wrapped
+/// under a passphrase or a key file. Never sealed: it is read before the repository is open.
+pub fn key_slot(id: &str) -> String {
+    format!("{KEYS_PREFIX}{id}.json")
+}
+
+/// Whether the object at `key` is stored as written even in an encrypted repository
+/// (`config.json`, authenticated by its own tag, and the key slots).
+pub fn is_unsealed(key: &str) -> bool {
+    key == CONFIG || key.starts_with(KEYS_PREFIX)
 }

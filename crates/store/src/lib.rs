@@ -9,8 +9,10 @@ mod backend;
 mod chunk;
 mod chunker;
 mod chunks;
+mod crypto;
 mod error;
 pub mod keys;
+mod keyslot;
 mod local;
 mod repo;
 mod writer;
@@ -19,9 +21,12 @@ pub use backend::Backend;
 pub use chunk::{decode_chunk, encode_chunk, ChunkId, Fingerprint, CHUNK_HEADER_LEN};
 pub use chunker::Chunker;
 pub use chunks::{ChunkRemoval, Listed};
+pub use crypto::{CHUNK_ID, CIPHER};
 pub use error::StoreError;
+pub use keyslot::{KdfCost, Secret, SlotInfo};
 pub use repo::{
-    ChunkRef, DocWrite, InitOutcome, KnownChunk, PutSummary, Repo, RepoConfig, FORMAT_VERSION,
+    ChunkRef, DocWrite, EncryptionConfig, InitOutcome, KnownChunk, PutSummary, Repo, RepoConfig,
+    ENCRYPTED_FORMAT_VERSION, FORMAT_VERSION,
 };
 pub use writer::{ChunkedFile, PendingChunks, Uploader};
 

@@ -34,10 +34,8 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 
-use crate::chunk::{encode_chunk, ChunkId, Fingerprint};
-use crate::chunks::{
-    blocking, decode_checked, same_as_known, ChunkBackend, ChunkRemoval, Listed, OutFile,
-};
+use crate::chunk::{ChunkId, Fingerprint};
+use crate::chunks::{blocking, same_as_known, ChunkBackend, ChunkRemoval, Codec, Listed, OutFile};
 use crate::repo::{BackupChunk, ChunkRef, KnownChunk};
 use crate::{Result, StoreError};
 
@@ -45,15 +43,14 @@ use crate::{Result, StoreError};
 #[derive(Debug)]
 pub(crate) struct LocalBackend {
     files: Arc<LocalChunks>,
-    /// zstd level for new chunks.
-    level: i32,
+    codec: Codec,
 }
 
 impl LocalBackend {
-    pub fn new(root: PathBuf, level: i32) -> Self {
+    pub fn new(root: PathBuf, codec: Codec) -> Self {
         LocalBackend {
             files: Arc::new(LocalChunks::new(root)),
-            level,
+            codec,
         }
     }
 
@@ -66,8 +63,8 @@ impl LocalBackend {
 
 impl ChunkBackend for LocalBackend {
     fn put_new(&self, data: Bytes) -> BoxFuture<'_, Result<(ChunkRef, u64)>> {
-        let (files, level) = (Arc::clone(&self.files), self.level);
-        blocking(move || files.put(&data, level, false)).boxed()
+        let (files, codec) = (Arc::clone(&self.files), self.codec.clone());
+        blocking(move || files.put(&data, &codec, false)).boxed()
     }
 
     fn put_backup(
@@ -75,7 +72,7 @@ impl ChunkBackend for LocalBackend {
         data: Bytes,
         known: Option<KnownChunk>,
     ) -> BoxFuture<'_, Result<BackupChunk>> {
-        let (files, level) = (Arc::clone(&self.files), self.level);
+        let (files, codec) = (Arc::clone(&self.files), self.codec.clone());
         blocking(move || {
             let fingerprint = Fingerprint::of(&data);
             if let Some(k) = same_as_known(known, &fingerprint, data.len() as u32) {
@@ -84,21 +81,21 @@ impl ChunkBackend for LocalBackend {
                     return Ok(BackupChunk::recognised(k.chunk, fingerprint));
                 }
             }
-            let (chunk, stored) = files.put(&data, level, true)?;
+            let (chunk, stored) = files.put(&data, &codec, true)?;
             Ok(BackupChunk::hashed(chunk, fingerprint, stored))
         })
         .boxed()
     }
 
     fn get(&self, chunk: ChunkRef) -> BoxFuture<'_, Result<Bytes>> {
-        let files = Arc::clone(&self.files);
-        blocking(move || files.get(&chunk).map(Bytes::from)).boxed()
+        let (files, codec) = (Arc::clone(&self.files), self.codec.clone());
+        blocking(move || files.get(&chunk, &codec).map(Bytes::from)).boxed()
     }
 
     /// Read, check and write in one blocking step.
     fn get_into(&self, chunk: ChunkRef, out: Arc<OutFile>, off: u64) -> BoxFuture<'_, Result<()>> {
-        let files = Arc::clone(&self.files);
-        blocking(move || out.write_at(&files.get(&chunk)?, off)).boxed()
+        let (files, codec) = (Arc::clone(&self.files), self.codec.clone());
+        blocking(move || out.write_at(&files.get(&chunk, &codec)?, off)).boxed()
     }
 
     fn exists(&self, id: ChunkId) -> BoxFuture<'_, Result<bool>> {
@@ -559,9 +556,9 @@ impl LocalChunks {
     }
 
     /// Hash, look for (with `look_first`), compress and write one chunk.
-    fn put(&self, data: &[u8], level: i32, look_first: bool) -> Result<(ChunkRef, u64)> {
+    fn put(&self, data: &[u8], codec: &Codec, look_first: bool) -> Result<(ChunkRef, u64)> {
         let chunk = ChunkRef {
-            id: ChunkId::of(data),
+            id: codec.id(data),
             len: data.len() as u32,
         };
         let key = chunk.id.key();
@@ -570,7 +567,7 @@ impl LocalChunks {
         if look_first && self.touch(&key).map_err(io)? {
             return Ok((chunk, 0));
         }
-        let body = encode_chunk(data, level);
+        let body = codec.encode(&chunk.id, data);
         loop {
             if self.create(&key, &body).map_err(io)? {
                 return Ok((chunk, body.len() as u64));
@@ -583,10 +580,10 @@ impl LocalChunks {
     }
 
     /// Read and check one chunk.
-    fn get(&self, chunk: &ChunkRef) -> Result<Vec<u8>> {
+    fn get(&self, chunk: &ChunkRef, codec: &Codec) -> Result<Vec<u8>> {
         let key = chunk.id.key();
         match self.read(&key) {
-            Ok(Some(body)) => decode_checked(chunk, &body),
+            Ok(Some(body)) => codec.decode(chunk, body),
             Ok(None) => Err(StoreError::NotFound { key }),
             Err(source) => Err(self.error(&key, source)),
         }

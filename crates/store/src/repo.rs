@@ -11,11 +11,17 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::chunk::{ChunkId, Fingerprint};
-use crate::chunks::{ChunkBackend, ChunkRemoval, Listed, ObjectChunks, OutFile};
+use crate::chunks::{ChunkBackend, ChunkRemoval, Codec, Listed, ObjectChunks, OutFile};
+use crate::crypto::{Keys, MasterKey};
+use crate::keyslot::{KdfCost, KeySlot, Secret, SecretKind, SlotInfo};
 use crate::local::LocalBackend;
-use crate::{keys, Backend, Chunker, Result, StoreError};
+use crate::{crypto, keys, Backend, Chunker, Result, StoreError};
 
+/// The format of an unencrypted repository (unchanged since the first release).
 pub const FORMAT_VERSION: u32 = 1;
+/// The format of an encrypted repository: a pitr that reads only version 1 refuses it by its
+/// version instead of misreading sealed objects.
+pub const ENCRYPTED_FORMAT_VERSION: u32 = 2;
 
 /// `config.json`, written once by `pitr init`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -30,6 +36,45 @@ pub struct RepoConfig {
     pub wal_chunk_size: u32,
     /// zstd level for new chunks.
     pub compression_level: i32,
+    /// Present in an encrypted repository (format version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// `config.json`'s `encryption` object.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// [`crypto::CIPHER`].
+    pub cipher: String,
+    /// [`crypto::CHUNK_ID`].
+    pub chunk_id: String,
+    /// 32 random hex digits, bound into every key slot.
+    pub repository_id: String,
+    /// HMAC-SHA256 (hex) of the whole configuration with this field empty, under a key derived
+    /// from the master key: no field can be changed without the key.
+    pub mac: String,
+}
+
+impl RepoConfig {
+    /// The bytes the configuration's tag covers: itself with an empty tag.
+    fn canonical(&self) -> Vec<u8> {
+        let mut c = self.clone();
+        if let Some(e) = &mut c.encryption {
+            e.mac.clear();
+        }
+        serde_json::to_vec(&c).expect("config serializes")
+    }
+
+    /// The same settings, encryption aside.
+    fn same_settings(&self, other: &RepoConfig) -> bool {
+        (self.chunk_size, self.wal_chunk_size, self.compression_level)
+            == (
+                other.chunk_size,
+                other.wal_chunk_size,
+                other.compression_level,
+            )
+    }
 }
 
 fn default_wal_chunk_size() -> u32 {
@@ -43,17 +88,45 @@ impl Default for RepoConfig {
             chunk_size: 1 << 20,
             wal_chunk_size: default_wal_chunk_size(),
             compression_level: 1,
+            encryption: None,
         }
     }
 }
 
 impl RepoConfig {
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.format_version != FORMAT_VERSION {
-            return Err(format!(
-                "format version {} (this pitr reads version {FORMAT_VERSION})",
-                self.format_version
-            ));
+        match (self.format_version, &self.encryption) {
+            (FORMAT_VERSION, None) => {}
+            (ENCRYPTED_FORMAT_VERSION, Some(e)) => {
+                if (e.cipher.as_str(), e.chunk_id.as_str()) != (crypto::CIPHER, crypto::CHUNK_ID) {
+                    return Err(format!(
+                        "cipher {:?} with chunk IDs {:?} (this pitr knows {:?} with {:?})",
+                        e.cipher,
+                        e.chunk_id,
+                        crypto::CIPHER,
+                        crypto::CHUNK_ID
+                    ));
+                }
+                if e.repository_id.len() != 32
+                    || !e.repository_id.bytes().all(|b| b.is_ascii_hexdigit())
+                    || e.mac.len() != 64
+                    || hex::decode(&e.mac).is_err()
+                {
+                    return Err("encryption settings of the wrong form".into());
+                }
+            }
+            (v, e) if v == FORMAT_VERSION || v == ENCRYPTED_FORMAT_VERSION => {
+                return Err(format!(
+                    "format version {v} {} encryption settings",
+                    if e.is_some() { "with" } else { "without" }
+                ))
+            }
+            (v, _) => {
+                return Err(format!(
+                    "format version {v} (this pitr reads versions {FORMAT_VERSION} and \
+                     {ENCRYPTED_FORMAT_VERSION})"
+                ))
+            }
         }
         for (what, size) in [
             ("chunk size", self.chunk_size),
@@ -147,11 +220,30 @@ pub struct PutSummary {
     pub new_chunks: usize,
 }
 
+/// An unlocked encrypted repository's keys.
+#[derive(Debug)]
+struct Unlocked {
+    keys: Arc<Keys>,
+    master: MasterKey,
+    /// The slot that opened it (`None`: an exported master key).
+    slot: Option<String>,
+}
+
+/// The secret this process opens encrypted repositories with, set once by the binary (as the
+/// remote options are: every command opens its repository by URL alone).
+static SECRET: std::sync::RwLock<Option<Secret>> = std::sync::RwLock::new(None);
+
+/// Repositories this process has unlocked, by URL, configuration and a digest of the secret:
+/// keys are derived once per process however often a repository is opened.
+type UnlockCache = std::collections::HashMap<(String, Vec<u8>, [u8; 32]), Arc<Unlocked>>;
+static UNLOCKED: std::sync::Mutex<Option<UnlockCache>> = std::sync::Mutex::new(None);
+
 /// An opened repository.
 #[derive(Clone, Debug)]
 pub struct Repo {
     backend: Backend,
     config: RepoConfig,
+    unlocked: Option<Arc<Unlocked>>,
     /// Chunks in flight at once, shared by every file this handle is storing (bounds memory
     /// at about twice this times the chunk size).
     concurrency: usize,
@@ -190,16 +282,20 @@ fn validate(url: &str, config: &RepoConfig) -> Result<()> {
 }
 
 impl Repo {
-    fn new(backend: Backend, config: RepoConfig) -> Repo {
-        let level = config.compression_level;
+    fn new(backend: Backend, config: RepoConfig, unlocked: Option<Arc<Unlocked>>) -> Repo {
+        let codec = Codec {
+            level: config.compression_level,
+            keys: unlocked.as_ref().map(|u| Arc::clone(&u.keys)),
+        };
         // The one place that looks at the kind of backend.
         let chunks: Arc<dyn ChunkBackend> = match &backend.local_root {
-            Some(root) => Arc::new(LocalBackend::new(root.clone(), level)),
-            None => Arc::new(ObjectChunks::new(backend.clone(), level)),
+            Some(root) => Arc::new(LocalBackend::new(root.clone(), codec)),
+            None => Arc::new(ObjectChunks::new(backend.clone(), codec)),
         };
         Repo {
             backend,
             config,
+            unlocked,
             concurrency: default_concurrency(),
             limiter: Arc::new(Semaphore::new(default_concurrency())),
             chunks,
@@ -211,7 +307,7 @@ impl Repo {
         validate(url, &config)?;
         let backend = Backend::connect(url, true)?;
         let body = serde_json::to_vec_pretty(&config).expect("config serializes");
-        let repo = Repo::new(backend, config.clone());
+        let repo = Repo::new(backend, config.clone(), None);
         match repo.put_doc(keys::CONFIG, body.into()).await? {
             DocWrite::Created => Ok((repo, InitOutcome::Created)),
             DocWrite::Exists(existing) => {
@@ -222,6 +318,11 @@ impl Repo {
                     })?;
                 if found == config {
                     Ok((repo, InitOutcome::AlreadyInitialized))
+                } else if found.encryption.is_some() {
+                    Err(StoreError::ConfigMismatch {
+                        url: url.to_string(),
+                        detail: "it is encrypted; asked for an unencrypted one".into(),
+                    })
                 } else {
                     Err(StoreError::ConfigMismatch {
                         url: url.to_string(),
@@ -242,10 +343,124 @@ impl Repo {
         }
     }
 
-    /// Open an existing repository, reading its configuration.
+    /// Create an encrypted repository at `url` with `config`'s settings: a new random master
+    /// key, wrapped in a first key slot under `passphrase` (Argon2id at `cost`). Running it
+    /// again with the same settings and a passphrase that opens the repository is fine.
+    pub async fn init_encrypted(
+        url: &str,
+        mut config: RepoConfig,
+        passphrase: &Secret,
+        label: &str,
+        cost: KdfCost,
+    ) -> Result<(Repo, InitOutcome)> {
+        let key_err = |detail: String| StoreError::Key {
+            url: url.to_string(),
+            detail,
+        };
+        if !matches!(passphrase.kind().map_err(key_err)?, SecretKind::Passphrase) {
+            return Err(key_err(format!(
+                "a new repository's first key slot needs a passphrase; {} holds a key file or \
+                 an exported key",
+                passphrase.origin()
+            )));
+        }
+        cost.validate().map_err(key_err)?;
+        let backend = Backend::connect(url, true)?;
+        let raw = Repo::new(backend.clone(), RepoConfig::default(), None);
+        if let Some(existing) = raw.get_doc(keys::CONFIG).await? {
+            let found = parse_config(url, &existing)?;
+            let Some(enc) = &found.encryption else {
+                return Err(StoreError::ConfigMismatch {
+                    url: url.to_string(),
+                    detail: "it is not encrypted; asked for an encrypted one".into(),
+                });
+            };
+            let unlocked = unlock(&raw, url, &existing, &found, enc, passphrase).await?;
+            if !found.same_settings(&config) {
+                return Err(StoreError::ConfigMismatch {
+                    url: url.to_string(),
+                    detail: format!(
+                        "it has chunk size {}, WAL chunk size {}, compression level {}; asked for {}, {}, {}",
+                        found.chunk_size,
+                        found.wal_chunk_size,
+                        found.compression_level,
+                        config.chunk_size,
+                        config.wal_chunk_size,
+                        config.compression_level
+                    ),
+                });
+            }
+            return Ok((
+                Repo::new(backend, found, Some(unlocked)),
+                InitOutcome::AlreadyInitialized,
+            ));
+        }
+        let master = MasterKey::generate();
+        let keys = Arc::new(Keys::derive(&master));
+        config.format_version = ENCRYPTED_FORMAT_VERSION;
+        config.encryption = Some(EncryptionConfig {
+            cipher: crypto::CIPHER.into(),
+            chunk_id: crypto::CHUNK_ID.into(),
+            repository_id: hex::encode(crypto::random::<16>()),
+            mac: String::new(),
+        });
+        let mac = hex::encode(keys.config_mac(&config.canonical()));
+        config.encryption.as_mut().expect("just set").mac = mac;
+        validate(url, &config)?;
+        let repository_id = config
+            .encryption
+            .as_ref()
+            .expect("set")
+            .repository_id
+            .clone();
+        let slot = {
+            let (pass, label) = (passphrase.clone(), label.to_string());
+            let master = master.clone();
+            tokio::task::spawn_blocking(move || {
+                KeySlot::passphrase(&repository_id, &label, pass.expose(), cost, &master)
+            })
+            .await
+            .expect("key derivation does not panic")
+            .map_err(key_err)?
+        };
+        // The slot first: a crash before the configuration leaves a slot nothing opens (a new
+        // init makes a new key), never a configuration no slot opens.
+        raw.put_slot(&slot).await?;
+        let body = serde_json::to_vec_pretty(&config).expect("config serializes");
+        if let DocWrite::Exists(_) = raw.put_doc(keys::CONFIG, body.into()).await? {
+            return Err(StoreError::ConfigMismatch {
+                url: url.to_string(),
+                detail: "another pitr init created it at the same time; run init again".into(),
+            });
+        }
+        let unlocked = Arc::new(Unlocked {
+            keys,
+            master,
+            slot: Some(slot.id.clone()),
+        });
+        Ok((
+            Repo::new(backend, config, Some(unlocked)),
+            InitOutcome::Created,
+        ))
+    }
+
+    /// The secret every repository this process opens is unlocked with (`None`: repositories
+    /// must be unencrypted). Set by the binary from its key sources, before any open.
+    pub fn set_secret(secret: Option<Secret>) {
+        *SECRET.write().expect("secret lock") = secret;
+    }
+
+    /// Open an existing repository, reading its configuration; an encrypted one is unlocked
+    /// with the secret given to [`Repo::set_secret`] (keys derived once per process).
     pub async fn open(url: &str) -> Result<Repo> {
+        let secret = SECRET.read().expect("secret lock").clone();
+        Repo::open_with(url, secret.as_ref()).await
+    }
+
+    /// [`Repo::open`] with this secret (`None`: the repository must be unencrypted).
+    pub async fn open_with(url: &str, secret: Option<&Secret>) -> Result<Repo> {
         let backend = Backend::connect(url, false)?;
-        let reader = Repo::new(backend, RepoConfig::default());
+        let reader = Repo::new(backend, RepoConfig::default(), None);
         let body = match reader.get_doc(keys::CONFIG).await? {
             Some(b) => b,
             None => {
@@ -254,12 +469,41 @@ impl Repo {
                 })
             }
         };
+        let config = parse_config(url, &body)?;
+        let unlocked = match (&config.encryption, secret) {
+            (None, None) => None,
+            (None, Some(s)) => {
+                return Err(StoreError::NotEncrypted {
+                    url: url.to_string(),
+                    origin: s.origin().to_string(),
+                })
+            }
+            (Some(_), None) => {
+                return Err(StoreError::KeyRequired {
+                    url: url.to_string(),
+                })
+            }
+            (Some(enc), Some(secret)) => {
+                Some(unlock(&reader, url, &body, &config, enc, secret).await?)
+            }
+        };
         // Chunks are written with the configuration's compression level.
-        Ok(Repo::new(reader.backend, parse_config(url, &body)?))
+        Ok(Repo::new(reader.backend, config, unlocked))
     }
 
     pub fn config(&self) -> &RepoConfig {
         &self.config
+    }
+    /// The cipher of an encrypted repository (`None`: unencrypted).
+    pub fn cipher(&self) -> Option<&str> {
+        self.config.encryption.as_ref().map(|e| e.cipher.as_str())
+    }
+    /// A chunk's ID: the SHA-256 of `data`, or its keyed BLAKE3 in an encrypted repository.
+    pub fn chunk_id(&self, data: &[u8]) -> ChunkId {
+        match &self.unlocked {
+            None => ChunkId::of(data),
+            Some(u) => u.keys.chunk_id(data),
+        }
     }
     pub fn backend(&self) -> &Backend {
         &self.backend
@@ -376,6 +620,7 @@ impl Repo {
     ) -> Result<Vec<ChunkRef>> {
         let lens: Vec<u32> = like.iter().map(|c| c.len).collect();
         let what = what.to_string();
+        let repo = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::with_capacity(lens.len());
             let mut buf = vec![0u8; lens.iter().copied().max().unwrap_or(0) as usize];
@@ -388,7 +633,7 @@ impl Repo {
                         source,
                     })?;
                 out.push(ChunkRef {
-                    id: ChunkId::of(data),
+                    id: repo.chunk_id(data),
                     len,
                 });
                 off += u64::from(len);
@@ -441,6 +686,10 @@ impl Repo {
     /// name is durable.
     pub async fn put_doc(&self, key: &str, body: Bytes) -> Result<DocWrite> {
         self.sync().await?;
+        let body = match &self.unlocked {
+            Some(u) if !keys::is_unsealed(key) => Bytes::from(u.keys.seal(key, &body)),
+            _ => body,
+        };
         if self
             .chunks
             .put_doc(key.to_string(), body, self.concurrency)
@@ -466,7 +715,18 @@ impl Repo {
 
     /// Read a document; `None` when absent.
     pub async fn get_doc(&self, key: &str) -> Result<Option<Bytes>> {
-        self.chunks.get_doc(key.to_string()).await
+        let body = self.chunks.get_doc(key.to_string()).await?;
+        match (&self.unlocked, body) {
+            (Some(u), Some(body)) if !keys::is_unsealed(key) => u
+                .keys
+                .open(key, &body)
+                .map(|b| Some(Bytes::from(b)))
+                .map_err(|detail| StoreError::Corrupt {
+                    key: key.to_string(),
+                    detail,
+                }),
+            (_, body) => Ok(body),
+        }
     }
 
     /// Keys and sizes of every object below `prefix` (a key prefix such as `wal/`).
@@ -548,6 +808,242 @@ impl Repo {
     }
 }
 
+/// The key slots of an encrypted repository (`pitr key …`).
+impl Repo {
+    fn key_error(&self, detail: impl Into<String>) -> StoreError {
+        StoreError::Key {
+            url: self.url().to_string(),
+            detail: detail.into(),
+        }
+    }
+
+    fn unlocked(&self) -> Result<&Unlocked> {
+        self.unlocked
+            .as_deref()
+            .ok_or_else(|| self.key_error("the repository is not encrypted (it has no keys)"))
+    }
+
+    fn repository_id(&self) -> &str {
+        &self
+            .config
+            .encryption
+            .as_ref()
+            .expect("an unlocked repository has encryption settings")
+            .repository_id
+    }
+
+    async fn put_slot(&self, slot: &KeySlot) -> Result<()> {
+        let key = keys::key_slot(&slot.id);
+        let body = serde_json::to_vec_pretty(slot).expect("slot serializes");
+        match self.put_doc(&key, body.into()).await? {
+            DocWrite::Created => Ok(()),
+            DocWrite::Exists(_) => Err(self.key_error(format!("{key} exists already"))),
+        }
+    }
+
+    /// Every key slot, in key order; a slot that cannot be read is an error naming it.
+    async fn slots(&self) -> Result<Vec<KeySlot>> {
+        let mut out = Vec::new();
+        for listed in self.list_objects(keys::KEYS_PREFIX).await? {
+            if listed.staging {
+                continue;
+            }
+            let body = self
+                .get_doc(&listed.key)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    key: listed.key.clone(),
+                })?;
+            out.push(
+                KeySlot::parse(&listed.key, &body).map_err(|detail| StoreError::Corrupt {
+                    key: listed.key.clone(),
+                    detail,
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// The key slots, the one that opened this repository marked.
+    pub async fn key_slots(&self) -> Result<Vec<SlotInfo>> {
+        let unlocked = self.unlocked()?;
+        Ok(self
+            .slots()
+            .await?
+            .iter()
+            .map(|s| s.info(unlocked.slot.as_deref() == Some(s.id.as_str())))
+            .collect())
+    }
+
+    /// Add a passphrase slot for `passphrase` (Argon2id at `cost`).
+    pub async fn key_add_passphrase(
+        &self,
+        passphrase: &Secret,
+        label: &str,
+        cost: KdfCost,
+    ) -> Result<SlotInfo> {
+        let master = self.unlocked()?.master.clone();
+        if !matches!(
+            passphrase.kind().map_err(|d| self.key_error(d))?,
+            SecretKind::Passphrase
+        ) {
+            return Err(self.key_error(format!(
+                "{} holds a key file or an exported key, not a new passphrase",
+                passphrase.origin()
+            )));
+        }
+        let (id, label, pass) = (
+            self.repository_id().to_string(),
+            label.to_string(),
+            passphrase.clone(),
+        );
+        let slot = tokio::task::spawn_blocking(move || {
+            KeySlot::passphrase(&id, &label, pass.expose(), cost, &master)
+        })
+        .await
+        .expect("key derivation does not panic")
+        .map_err(|d| self.key_error(d))?;
+        self.put_slot(&slot).await?;
+        Ok(slot.info(false))
+    }
+
+    /// Add a key-file slot: returns it and the key file's text (256 random bits), which opens
+    /// the repository without a passphrase's deliberately slow derivation.
+    pub async fn key_add_key_file(
+        &self,
+        label: &str,
+    ) -> Result<(SlotInfo, zeroize::Zeroizing<String>)> {
+        let master = self.unlocked()?.master.clone();
+        let (slot, text) = KeySlot::key_file(self.repository_id(), label, &master)
+            .map_err(|d| self.key_error(d))?;
+        self.put_slot(&slot).await?;
+        Ok((slot.info(false), text))
+    }
+
+    /// Remove key slot `id`; the last slot is never removed (that would lose the repository).
+    pub async fn key_remove(&self, id: &str) -> Result<()> {
+        self.unlocked()?;
+        let slots = self.slots().await?;
+        if !slots.iter().any(|s| s.id == id) {
+            return Err(self.key_error(format!("no key slot {id:?} (pitr key list shows them)")));
+        }
+        if slots.len() == 1 {
+            return Err(self.key_error(format!(
+                "{id} is the last key slot: removing it would make the repository unreadable; \
+                 add another first (pitr key add)"
+            )));
+        }
+        self.delete_docs(&[keys::key_slot(id)]).await?;
+        Ok(())
+    }
+
+    /// The unwrapped master key as text, for a safe: with it (`pitr-master-key-v1:…` given as
+    /// the passphrase) the repository opens even when every slot is lost.
+    pub fn key_export(&self) -> Result<zeroize::Zeroizing<String>> {
+        Ok(crate::keyslot::export_text(&self.unlocked()?.master))
+    }
+}
+
+/// Find the master key `secret` opens and check it against the configuration's tag; the
+/// result is cached for the process.
+async fn unlock(
+    raw: &Repo,
+    url: &str,
+    config_body: &[u8],
+    config: &RepoConfig,
+    enc: &EncryptionConfig,
+    secret: &Secret,
+) -> Result<Arc<Unlocked>> {
+    let cache_key = (
+        url.to_string(),
+        config_body.to_vec(),
+        *blake3::hash(secret.expose().as_bytes()).as_bytes(),
+    );
+    if let Some(u) = UNLOCKED
+        .lock()
+        .expect("unlock cache lock")
+        .as_ref()
+        .and_then(|c| c.get(&cache_key))
+    {
+        return Ok(Arc::clone(u));
+    }
+    let key_err = |detail: String| StoreError::Key {
+        url: url.to_string(),
+        detail,
+    };
+    let kind = secret.kind().map_err(key_err)?;
+    let canonical = config.canonical();
+    let tag = hex::decode(&enc.mac).expect("validated");
+    let check = |master: MasterKey, slot: Option<String>| -> Result<Arc<Unlocked>> {
+        let keys = Keys::derive(&master);
+        if !keys.config_mac_matches(&canonical, &tag) {
+            return Err(StoreError::Corrupt {
+                key: keys::CONFIG.into(),
+                detail: match &slot {
+                    Some(s) => format!(
+                        "fails authentication with the key slot {s} opens: the configuration \
+                         was changed, or the slot was not written by this repository's owner"
+                    ),
+                    None => "fails authentication with the exported key given: the \
+                             configuration was changed, or the key is another repository's"
+                        .into(),
+                },
+            });
+        }
+        Ok(Arc::new(Unlocked {
+            keys: Arc::new(keys),
+            master,
+            slot,
+        }))
+    };
+    let wrong = || StoreError::WrongKey {
+        url: url.to_string(),
+        origin: secret.origin().to_string(),
+    };
+    let unlocked = match kind {
+        SecretKind::Master(master) => check(master, None)?,
+        SecretKind::KeyFile { ref slot, .. } => {
+            let key = keys::key_slot(slot);
+            let Some(body) = raw.get_doc(&key).await? else {
+                return Err(wrong());
+            };
+            let s = KeySlot::parse(&key, &body).map_err(|detail| StoreError::Corrupt {
+                key: key.clone(),
+                detail,
+            })?;
+            let master = s
+                .open(&enc.repository_id, &kind, secret.expose())
+                .ok_or_else(wrong)?;
+            check(master, Some(s.id))?
+        }
+        SecretKind::Passphrase => {
+            let mut found = None;
+            for s in raw.slots().await? {
+                if s.kind() != "passphrase" {
+                    continue;
+                }
+                let (s2, id, secret2) = (s.clone(), enc.repository_id.clone(), secret.clone());
+                let opened = tokio::task::spawn_blocking(move || {
+                    s2.open(&id, &SecretKind::Passphrase, secret2.expose())
+                })
+                .await
+                .expect("key derivation does not panic");
+                if let Some(master) = opened {
+                    found = Some(check(master, Some(s.id))?);
+                    break;
+                }
+            }
+            found.ok_or_else(wrong)?
+        }
+    };
+    UNLOCKED
+        .lock()
+        .expect("unlock cache lock")
+        .get_or_insert_with(Default::default)
+        .insert(cache_key, Arc::clone(&unlocked));
+    Ok(unlocked)
+}
+
 /// `n` bytes of `file` at `off`, one `pread` loop into a fresh buffer. Reading short of `n`
 /// means the file (meant to be `len` bytes) shrank under us.
 fn read_range(file: &std::fs::File, off: u64, n: usize, len: u64, what: &str) -> Result<Bytes> {
@@ -580,8 +1076,11 @@ mod tests {
     async fn local_repo(dir: &std::path::Path) -> (Repo, Arc<LocalBackend>) {
         let url = dir.display().to_string();
         let (repo, _) = Repo::init(&url, RepoConfig::default()).await.unwrap();
-        let level = repo.config.compression_level;
-        let local = Arc::new(LocalBackend::new(dir.to_path_buf(), level));
+        let codec = Codec {
+            level: repo.config.compression_level,
+            keys: None,
+        };
+        let local = Arc::new(LocalBackend::new(dir.to_path_buf(), codec));
         let chunks: Arc<dyn ChunkBackend> = local.clone();
         (Repo { chunks, ..repo }, local)
     }
@@ -611,7 +1110,13 @@ mod tests {
         // and the chunk reads back through both paths
         assert_eq!(repo.get_chunk(&c).await.unwrap().len(), 5000);
         let remote_path = Repo {
-            chunks: Arc::new(ObjectChunks::new(repo.backend.clone(), 1)),
+            chunks: Arc::new(ObjectChunks::new(
+                repo.backend.clone(),
+                Codec {
+                    level: 1,
+                    keys: None,
+                },
+            )),
             ..repo.clone()
         };
         assert_eq!(remote_path.get_chunk(&c).await.unwrap().len(), 5000);

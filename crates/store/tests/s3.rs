@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{concurrent_writers, file_round_trip, gc_operations, suite};
+use common::{concurrent_writers, encrypted_suite, file_round_trip, gc_operations, suite};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use pitr_store::{Backend, Repo};
@@ -65,5 +65,12 @@ async fn s3_backend() {
     );
     // config.json, wal/x.json, and the chunks of the suite (at least 1 + 1 + 3)
     assert!(keys.len() >= 7, "{keys:?}");
+
+    // and encrypted, on the same server
+    let url = format!("s3://{BUCKET}/encrypted");
+    let repo = encrypted_suite(&url).await;
+    concurrent_writers(&repo).await;
+    file_round_trip(&repo).await;
+    gc_operations(&repo).await;
     drop(server);
 }

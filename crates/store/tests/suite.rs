@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{concurrent_writers, file_round_trip, gc_operations, suite, walk};
+use common::{concurrent_writers, encrypted_suite, file_round_trip, gc_operations, suite, walk};
 use pitr_store::{Repo, RepoConfig, StoreError};
 
 #[tokio::test]
@@ -32,6 +32,24 @@ async fn local_backend() {
         .filter(|p| p.contains('#'))
         .count();
     assert_eq!(leftovers, 0);
+}
+
+#[tokio::test]
+async fn memory_backend_encrypted() {
+    let repo = encrypted_suite("memory://encrypted").await;
+    concurrent_writers(&repo).await;
+    file_round_trip(&repo).await;
+    gc_operations(&repo).await;
+}
+
+#[tokio::test]
+async fn local_backend_encrypted() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().join("repo").display().to_string();
+    let repo = encrypted_suite(&url).await;
+    concurrent_writers(&repo).await;
+    file_round_trip(&repo).await;
+    gc_operations(&repo).await;
 }
 
 #[tokio::test]
@@ -106,4 +124,87 @@ async fn local_staging_files_are_listed_and_cleared() {
         .unwrap()
         .iter()
         .all(|(k, _)| !k.contains('#')));
+}
+
+/// What someone who can write an encrypted local repository can try: swap two chunks, move a
+/// document under another name, change a configuration field, or add a key slot of their own.
+/// Each is named as it is met.
+#[tokio::test]
+async fn encrypted_tampering_is_detected_and_named() {
+    use pitr_store::{InitOutcome, Secret};
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().display().to_string();
+    let pass = Secret::new("pw", "test");
+    let (repo, o) = Repo::init_encrypted(&url, RepoConfig::default(), &pass, "", common::CHEAP)
+        .await
+        .unwrap();
+    assert_eq!(o, InitOutcome::Created);
+    let (a, _) = repo
+        .put_chunk(Bytes::from(vec![1u8; 10_000]))
+        .await
+        .unwrap();
+    let (b, _) = repo
+        .put_chunk(Bytes::from(vec![2u8; 10_000]))
+        .await
+        .unwrap();
+    let (pa, pb) = (dir.path().join(a.id.key()), dir.path().join(b.id.key()));
+    let (ba, bb) = (std::fs::read(&pa).unwrap(), std::fs::read(&pb).unwrap());
+    std::fs::write(&pa, &bb).unwrap();
+    std::fs::write(&pb, &ba).unwrap();
+    for c in [a, b] {
+        match repo.get_chunk(&c).await {
+            Err(StoreError::Corrupt { key, detail }) => {
+                assert_eq!(key, c.id.key());
+                assert!(detail.contains("authentication"), "{detail}");
+            }
+            other => panic!("swapped chunk read as {other:?}"),
+        }
+    }
+    // a document moved under another document's name
+    repo.put_doc("wal/00000001/a.json", Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    let wal = dir.path().join("wal/00000001");
+    std::fs::copy(wal.join("a.json"), wal.join("b.json")).unwrap();
+    let e = repo.get_doc("wal/00000001/b.json").await.unwrap_err();
+    assert!(e.to_string().contains("wal/00000001/b.json"), "{e}");
+
+    // a slot of someone else's making (their own repository's, copied in) opens nothing
+    let other_dir = tempfile::tempdir().unwrap();
+    let theirs = Secret::new("attacker", "PITR_PASSPHRASE");
+    Repo::init_encrypted(
+        &other_dir.path().display().to_string(),
+        RepoConfig::default(),
+        &theirs,
+        "",
+        common::CHEAP,
+    )
+    .await
+    .unwrap();
+    for e in std::fs::read_dir(other_dir.path().join("keys")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.path().join("keys").join(e.file_name())).unwrap();
+    }
+    let e = Repo::open_with(&url, Some(&theirs)).await.unwrap_err();
+    assert!(
+        matches!(e, StoreError::WrongKey { .. } | StoreError::Corrupt { .. }),
+        "{e}"
+    );
+
+    // a configuration field changed
+    let config_path = dir.path().join("config.json");
+    let text = std::fs::read_to_string(&config_path).unwrap();
+    let changed = text.replace("\"compression_level\": 1", "\"compression_level\": 2");
+    assert_ne!(changed, text);
+    std::fs::write(&config_path, changed).unwrap();
+    let e = Repo::open_with(&url, Some(&pass)).await.unwrap_err();
+    assert!(
+        e.to_string().contains("config.json") && e.to_string().contains("authentication"),
+        "{e}"
+    );
+    // and replaced by an unencrypted one: refused while a passphrase is given
+    std::fs::remove_file(&config_path).unwrap();
+    Repo::init(&url, RepoConfig::default()).await.unwrap();
+    let e = Repo::open_with(&url, Some(&pass)).await.unwrap_err();
+    assert!(matches!(e, StoreError::NotEncrypted { .. }), "{e}");
 }

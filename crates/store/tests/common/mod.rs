@@ -8,10 +8,126 @@ use std::io::Write;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use object_store::ObjectStoreExt;
 use pitr_store::{
-    ChunkId, ChunkRef, Chunker, DocWrite, Fingerprint, InitOutcome, KnownChunk, Repo, RepoConfig,
-    StoreError, Uploader,
+    ChunkId, ChunkRef, Chunker, DocWrite, Fingerprint, InitOutcome, KdfCost, KnownChunk, Repo,
+    RepoConfig, Secret, StoreError, Uploader,
 };
+
+/// Argon2id at its cheapest allowed cost: the tests open repositories many times.
+pub const CHEAP: KdfCost = KdfCost {
+    memory_kib: 8 << 10,
+    iterations: 1,
+};
+
+/// The suite's encrypted half: an encrypted repository at `url` keeps its plaintext out of
+/// every object and every name, reads back what it wrote, opens only with a secret one of
+/// its slots takes, and runs the shared checks with keyed chunk IDs.
+pub async fn encrypted_suite(url: &str) -> Repo {
+    let pass = Secret::new("correct horse battery staple\n", "test passphrase");
+    let (repo, outcome) = Repo::init_encrypted(url, RepoConfig::default(), &pass, "dba", CHEAP)
+        .await
+        .unwrap();
+    assert_eq!(outcome, InitOutcome::Created);
+    assert_eq!(repo.cipher(), Some(pitr_store::CIPHER));
+    assert_eq!(
+        repo.config().format_version,
+        pitr_store::ENCRYPTED_FORMAT_VERSION
+    );
+
+    let secret = b"PITR-SECRET-ROW-".repeat(5000);
+    let data = Bytes::from(secret.clone());
+    let (c, stored) = repo.put_chunk(data.clone()).await.unwrap();
+    assert!(stored > 0);
+    assert_ne!(c.id, ChunkId::of(&data), "chunk names are keyed");
+    assert_eq!(c.id, repo.chunk_id(&data));
+    assert_eq!(repo.get_chunk(&c).await.unwrap(), data);
+    assert_eq!(
+        repo.put_doc("wal/s.json", Bytes::from_static(b"{\"PITR-SECRET-DOC\":1}"))
+            .await
+            .unwrap(),
+        DocWrite::Created
+    );
+    // create-only compares plaintexts
+    assert_eq!(
+        repo.put_doc("wal/s.json", Bytes::from_static(b"{}"))
+            .await
+            .unwrap(),
+        DocWrite::Exists(Bytes::from_static(b"{\"PITR-SECRET-DOC\":1}"))
+    );
+    // no object holds the plaintext
+    let raw = Repo::open_with(url, Some(&pass)).await.unwrap();
+    let everything = raw.list_objects("").await.unwrap();
+    assert!(everything.len() >= 4, "{everything:?}");
+    {
+        for listed in everything {
+            let backend = raw.backend();
+            let body = backend
+                .store
+                .get(&backend.path(&listed.key))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            for needle in [&b"PITR-SECRET"[..], b"correct horse"] {
+                assert!(
+                    !body.windows(needle.len()).any(|w| w == needle),
+                    "{} holds plaintext",
+                    listed.key
+                );
+            }
+        }
+    }
+
+    // the same passphrase reopens it; a wrong one, none, or init again with other settings
+    // do not
+    let again = Repo::open_with(url, Some(&pass)).await.unwrap();
+    assert_eq!(
+        again.get_doc("wal/s.json").await.unwrap().unwrap().len(),
+        21
+    );
+    let wrong = Secret::new("wrong", "PITR_PASSPHRASE");
+    let e = Repo::open_with(url, Some(&wrong)).await.unwrap_err();
+    assert!(matches!(e, StoreError::WrongKey { .. }), "{e}");
+    assert!(e.to_string().contains("PITR_PASSPHRASE"), "{e}");
+    let e = Repo::open_with(url, None).await.unwrap_err();
+    assert!(matches!(e, StoreError::KeyRequired { .. }), "{e}");
+    let (_, o) = Repo::init_encrypted(url, RepoConfig::default(), &pass, "x", CHEAP)
+        .await
+        .unwrap();
+    assert_eq!(o, InitOutcome::AlreadyInitialized);
+    assert!(matches!(
+        Repo::init(url, RepoConfig::default()).await,
+        Err(StoreError::ConfigMismatch { .. })
+    ));
+
+    // rotation: a new passphrase, the old slot removed; a key file; an exported key
+    let new = Secret::new("new passphrase", "new");
+    let added = repo
+        .key_add_passphrase(&new, "new dba", CHEAP)
+        .await
+        .unwrap();
+    let slots = repo.key_slots().await.unwrap();
+    assert_eq!(slots.len(), 2);
+    let old = slots.iter().find(|s| s.in_use).unwrap().id.clone();
+    repo.key_remove(&old).await.unwrap();
+    let by_new = Repo::open_with(url, Some(&new)).await.unwrap();
+    assert_eq!(by_new.get_chunk(&c).await.unwrap(), data);
+    let e = by_new.key_remove(&added.id).await.unwrap_err();
+    assert!(e.to_string().contains("last key slot"), "{e}");
+    let (_, key_file) = by_new.key_add_key_file("archiver").await.unwrap();
+    let kf = Repo::open_with(url, Some(&Secret::new(key_file.as_str(), "key file")))
+        .await
+        .unwrap();
+    assert_eq!(kf.get_chunk(&c).await.unwrap(), data);
+    let exported = kf.key_export().unwrap();
+    let ex = Repo::open_with(url, Some(&Secret::new(exported.as_str(), "export")))
+        .await
+        .unwrap();
+    assert_eq!(ex.get_chunk(&c).await.unwrap(), data);
+    repo
+}
 
 pub async fn suite(url: &str) -> Repo {
     let (repo, outcome) = Repo::init(url, RepoConfig::default()).await.unwrap();
@@ -89,13 +205,13 @@ pub async fn concurrent_writers(repo: &Repo) {
     let mut writers_that_stored = 0;
     for t in tasks {
         let (r, stored) = t.await.unwrap().unwrap();
-        assert_eq!(r.id, ChunkId::of(&data));
+        assert_eq!(r.id, repo.chunk_id(&data));
         writers_that_stored += usize::from(stored > 0);
     }
     assert!(writers_that_stored >= 1);
     assert_eq!(
         repo.get_chunk(&ChunkRef {
-            id: ChunkId::of(&data),
+            id: repo.chunk_id(&data),
             len: data.len() as u32
         })
         .await
@@ -157,7 +273,7 @@ pub async fn chunked_writer(repo: &Repo) {
         .map(|r| {
             let data = &content[r.start as usize..r.end as usize];
             ChunkRef {
-                id: ChunkId::of(data),
+                id: repo.chunk_id(data),
                 len: data.len() as u32,
             }
         })

@@ -41,6 +41,11 @@ pub struct Global {
     /// Log line format on stderr [default: text]
     #[arg(long, value_enum, global = true)]
     pub log_format: Option<LogFormat>,
+    /// File holding the passphrase (or key file) of an encrypted repository. Also:
+    /// PITR_PASSPHRASE, passphrase_file in the config file, the systemd credential
+    /// pitr-passphrase. Never on the command line itself.
+    #[arg(long, env = "PITR_PASSPHRASE_FILE", global = true, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, serde::Deserialize)]
@@ -103,6 +108,76 @@ pub enum Command {
     Pin(PinArgs),
     /// Let the retention decide about a pinned backup again
     Unpin(PinArgs),
+    /// Key slots of an encrypted repository: list, add, remove, export
+    ///
+    /// Each slot wraps the repository's master key under a passphrase (Argon2id) or a
+    /// generated key file. Rotate a passphrase by adding a new slot and removing the old one;
+    /// nothing is re-encrypted. The secret that opens the repository comes from
+    /// --passphrase-file, PITR_PASSPHRASE, the config file or the systemd credential
+    /// pitr-passphrase.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// List the key slots (the one this secret opened is marked)
+    List {
+        /// JSON on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a key slot: a new passphrase (--new-passphrase-file or PITR_NEW_PASSPHRASE), or
+    /// a new key file (--key-file) for archive_command and restore_command, which opens the
+    /// repository without a passphrase's deliberately slow derivation. Prints the slot ID.
+    Add(KeyAddArgs),
+    /// Remove a key slot (never the last one)
+    Remove {
+        /// Slot ID (see `pitr key list`)
+        id: String,
+    },
+    /// Write the unwrapped master key, for a safe: it opens the repository even when every
+    /// slot is lost, and whoever holds it can read everything
+    Export {
+        /// Write it to this new file (mode 0600) instead of stdout
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct KeyAddArgs {
+    /// File holding the new passphrase (or set PITR_NEW_PASSPHRASE)
+    #[arg(long, value_name = "FILE", conflicts_with = "key_file")]
+    pub new_passphrase_file: Option<PathBuf>,
+    /// Generate a key file at FILE (created, mode 0600) and add a slot it opens
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Text to tell the slot apart in `pitr key list`
+    #[arg(long, default_value = "")]
+    pub label: String,
+    #[command(flatten)]
+    pub kdf: KdfArgs,
+}
+
+/// The cost of a passphrase slot's Argon2id.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct KdfArgs {
+    /// Argon2id memory for a passphrase slot, in MiB (8..=4096)
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    pub kdf_memory: u32,
+    /// Argon2id passes for a passphrase slot (1..=64)
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub kdf_iterations: u32,
+}
+
+impl KdfArgs {
+    pub fn cost(&self) -> pitr_store::KdfCost {
+        pitr_store::KdfCost {
+            memory_kib: self.kdf_memory.saturating_mul(1024),
+            iterations: self.kdf_iterations,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -311,6 +386,16 @@ pub struct ListArgs {
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
+    /// Encrypt and authenticate everything in the repository (AES-256-GCM, keyed chunk
+    /// IDs). The first key slot's passphrase comes from --passphrase-file, PITR_PASSPHRASE,
+    /// the config file or the systemd credential pitr-passphrase
+    #[arg(long)]
+    pub encryption: bool,
+    /// Label of the first key slot
+    #[arg(long, default_value = "", requires = "encryption")]
+    pub key_label: String,
+    #[command(flatten)]
+    pub kdf: KdfArgs,
     /// Bytes per chunk (a multiple of 8 KiB; suffixes K, M accepted) [default: 1M]
     #[arg(long, value_parser = parse_size)]
     pub chunk_size: Option<u32>,

@@ -132,13 +132,13 @@ fn main() -> ExitCode {
 fn run(mut cli: Cli, settings: Settings, env: &Env) -> anyhow::Result<()> {
     let repo_url = config::repo_url(&settings, &cli.global)?;
     config::apply(&settings, &mut cli.command)?;
-    hand_over(&settings, &cli.command, &repo_url, env)?;
+    let secret = hand_over(&settings, &cli, &repo_url, env)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Init(args) => commands::init::run(&repo_url, args).await,
+            Command::Init(args) => commands::init::run(&repo_url, args, secret).await,
             Command::ArchiveWal(args) => commands::archive_wal::run(&repo_url, args).await,
             Command::RestoreWal(args) => commands::restore_wal::run(&repo_url, args).await,
             Command::Info(args) => commands::info::run(&repo_url, args).await,
@@ -151,20 +151,30 @@ fn run(mut cli: Cli, settings: Settings, env: &Env) -> anyhow::Result<()> {
             Command::Expire(args) => commands::expire::run(&repo_url, args).await,
             Command::Pin(args) => commands::pin::pin(&repo_url, args).await,
             Command::Unpin(args) => commands::pin::unpin(&repo_url, args).await,
+            Command::Key(command) => commands::key::run(&repo_url, command, env).await,
         }
     })
 }
 
 /// Hands the configuration's process-wide settings to the store and to the processes pitr
 /// starts (restore-wal's prefetch worker): called before the runtime's threads exist, because
-/// it sets variables.
+/// it sets variables. Returns the secret that opens an encrypted repository, if one is given.
 fn hand_over(
     settings: &Settings,
-    command: &Command,
+    cli: &Cli,
     repo_url: &str,
     env: &Env,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<pitr_store::Secret>> {
+    let command = &cli.command;
     pitr_store::Backend::set_remote_options(settings.remote_options(repo_url)?);
+    let flag_file = cli.global.passphrase_file.as_deref();
+    let secret = settings.passphrase(flag_file, env)?;
+    pitr_store::Repo::set_secret(secret.clone());
+    if let Some(path) = flag_file {
+        // Absolute, for restore_command (run in the data directory) and helper processes.
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        std::env::set_var("PITR_PASSPHRASE_FILE", path);
+    }
     if let Some(jobs) = settings.jobs(env) {
         std::env::set_var("PITR_JOBS", jobs);
     }
@@ -177,7 +187,7 @@ fn hand_over(
     if let Some(path) = &settings.path {
         std::env::set_var("PITR_CONFIG", path);
     }
-    Ok(())
+    Ok(secret)
 }
 
 /// Chunk buffers are 1 MiB: above glibc's default mmap threshold, each one would be a fresh

@@ -40,6 +40,11 @@ pub struct ConfigFile {
     pub jobs: Option<usize>,
     /// Log line format on stderr (`--log-format`).
     pub log_format: Option<LogFormat>,
+    /// The passphrase or key file of an encrypted repository, as a file (`--passphrase-file`
+    /// and `PITR_PASSPHRASE` beat it).
+    pub passphrase_file: Option<PathBuf>,
+    /// The same from a systemd credential (default: `pitr-passphrase`, when present).
+    pub passphrase_credential: Option<String>,
     #[serde(default)]
     pub s3: S3,
     #[serde(default)]
@@ -184,6 +189,8 @@ const KEYS: &[(&str, &[&str])] = &[
             "repo",
             "jobs",
             "log_format",
+            "passphrase_file",
+            "passphrase_credential",
             "s3",
             "gcs",
             "azure",
@@ -443,6 +450,56 @@ impl Settings {
         Ok(out)
     }
 
+    /// The secret that opens an encrypted repository, first found of: `flag_file`
+    /// (`--passphrase-file`, `PITR_PASSPHRASE_FILE`), `PITR_PASSPHRASE`, the file's
+    /// `passphrase_file` or `passphrase_credential`, the systemd credential `pitr-passphrase`.
+    /// Never from the command line itself. `None`: repositories must be unencrypted.
+    pub fn passphrase(
+        &self,
+        flag_file: Option<&Path>,
+        env: &Env,
+    ) -> anyhow::Result<Option<pitr_store::Secret>> {
+        if let Some(path) = flag_file {
+            let text = read_secret_file(path)?;
+            return Ok(Some(pitr_store::Secret::new(
+                text,
+                format!("--passphrase-file {}", path.display()),
+            )));
+        }
+        if let Some(v) = env.get("PITR_PASSPHRASE") {
+            return Ok(Some(pitr_store::Secret::new(v, "PITR_PASSPHRASE")));
+        }
+        let f = &self.file;
+        let origin = match (&f.passphrase_file, &f.passphrase_credential, &self.path) {
+            (Some(p), _, Some(c)) => format!(
+                "passphrase_file {} in {}",
+                self.relative(p).display(),
+                c.display()
+            ),
+            (_, Some(n), _) => format!("systemd credential {n}"),
+            _ => String::new(),
+        };
+        if let Some(v) = self.secret(
+            "passphrase",
+            None,
+            &f.passphrase_file,
+            &f.passphrase_credential,
+        )? {
+            return Ok(Some(pitr_store::Secret::new(v, origin)));
+        }
+        if let Some(dir) = &self.credentials_dir {
+            let path = dir.join(DEFAULT_CREDENTIAL);
+            if path.exists() {
+                let text = read_secret_file(&path)?;
+                return Ok(Some(pitr_store::Secret::new(
+                    text,
+                    format!("systemd credential {DEFAULT_CREDENTIAL}"),
+                )));
+            }
+        }
+        Ok(None)
+    }
+
     /// A secret given inline, as `<name>_file`, or as `<name>_credential` (a file in
     /// `$CREDENTIALS_DIRECTORY`, systemd's `LoadCredential=`); at most one of them.
     pub fn secret(
@@ -493,6 +550,31 @@ impl Settings {
             _ => p.to_path_buf(),
         }
     }
+}
+
+/// The systemd credential an encrypted repository's secret is read from when nothing else
+/// names one (`LoadCredentialEncrypted=pitr-passphrase:…`).
+pub const DEFAULT_CREDENTIAL: &str = "pitr-passphrase";
+
+/// A passphrase or key file's text, its trailing line ends left out; an empty one, or one
+/// other users may read, is refused.
+pub fn read_secret_file(path: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("read the passphrase from {}", path.display()))?;
+    let meta = std::fs::metadata(path)?;
+    if meta.mode() & 0o004 != 0 {
+        bail!(
+            "{}: the passphrase file is readable by every user (mode {:04o}); chmod o-r it",
+            path.display(),
+            meta.mode() & 0o7777
+        );
+    }
+    let value = text.trim_end_matches(['\n', '\r']).to_string();
+    if value.is_empty() {
+        bail!("{}: the passphrase file is empty", path.display());
+    }
+    Ok(value)
 }
 
 /// The file's text as a configuration: every key known (else an error naming the nearest

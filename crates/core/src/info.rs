@@ -17,6 +17,12 @@ pub struct Info {
     pub system_identifier: Option<String>,
     pub chunk_size: u32,
     pub compression_level: i32,
+    /// The repository's format version (1 unencrypted, 2 encrypted).
+    pub format_version: u32,
+    /// Whether everything in the repository is encrypted and authenticated.
+    pub encrypted: bool,
+    /// The cipher (`aes-256-gcm-hkdf-sha256`), `null` when not encrypted.
+    pub cipher: Option<String>,
     /// Every chunk body in the repository.
     pub stored_bytes: u64,
     pub backups: Vec<serde_json::Value>,
@@ -85,6 +91,9 @@ pub async fn info(repo: &Repo) -> anyhow::Result<Info> {
         system_identifier: sysid.map(|s| s.to_string()),
         chunk_size: repo.config().chunk_size,
         compression_level: repo.config().compression_level,
+        format_version: repo.config().format_version,
+        encrypted: repo.cipher().is_some(),
+        cipher: repo.cipher().map(str::to_string),
         stored_bytes,
         backups: backups.iter().map(BackupManifest::summary).collect(),
         recoverable_from: recoverable.first().map(|r| r.from),

@@ -32,6 +32,14 @@ fn print_text(info: &Info) {
         "chunks:      {} bytes stored (chunk size {}, zstd level {})",
         info.stored_bytes, info.chunk_size, info.compression_level
     );
+    match &info.cipher {
+        Some(c) => println!(
+            "encryption:  {c}, keyed chunk IDs ({}), format {}",
+            pitr_store::CHUNK_ID,
+            info.format_version
+        ),
+        None => println!("encryption:  none (format {})", info.format_version),
+    }
     println!("backups:     {}", info.backups.len());
     for b in &info.backups {
         println!(

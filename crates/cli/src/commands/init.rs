@@ -1,15 +1,31 @@
-//! `pitr init`: create the repository.
+//! `pitr init`: create the repository, encrypted with `--encryption`.
 
-use pitr_store::{RepoConfig, FORMAT_VERSION};
+use anyhow::bail;
+use pitr_store::{RepoConfig, Secret, FORMAT_VERSION};
 
 use crate::cli::{InitArgs, DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL, DEFAULT_WAL_CHUNK_SIZE};
 
-pub async fn run(url: &str, args: InitArgs) -> anyhow::Result<()> {
+pub async fn run(url: &str, args: InitArgs, secret: Option<Secret>) -> anyhow::Result<()> {
     let config = RepoConfig {
         format_version: FORMAT_VERSION,
         chunk_size: args.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE),
         wal_chunk_size: args.wal_chunk_size.unwrap_or(DEFAULT_WAL_CHUNK_SIZE),
         compression_level: args.compression_level.unwrap_or(DEFAULT_COMPRESSION_LEVEL),
+        encryption: None,
     };
-    pitr_core::archive::init(url, config, args.allow_root).await
+    let encryption = match (args.encryption, secret) {
+        (true, Some(s)) => Some((s, args.key_label.as_str(), args.kdf.cost())),
+        (true, None) => bail!(
+            "--encryption needs the first key slot's passphrase: --passphrase-file FILE, \
+             PITR_PASSPHRASE, passphrase_file in the config file, or the systemd credential \
+             pitr-passphrase"
+        ),
+        (false, Some(s)) => bail!(
+            "a passphrase is given ({}) but --encryption is not: pass --encryption to create an \
+             encrypted repository, or remove the passphrase setting",
+            s.origin()
+        ),
+        (false, None) => None,
+    };
+    pitr_core::archive::init(url, config, encryption, args.allow_root).await
 }

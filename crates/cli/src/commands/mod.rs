@@ -7,6 +7,7 @@ pub mod check;
 pub mod expire;
 pub mod info;
 pub mod init;
+pub mod key;
 pub mod list;
 pub mod pin;
 pub mod restore;

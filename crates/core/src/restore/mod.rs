@@ -100,9 +100,17 @@ fn escape_percent(s: &str) -> String {
 /// shell-quoted, then `%`-escaped, with only pitr's own `%f %p` left for PostgreSQL to
 /// substitute.
 fn recovery_commands(exe: &str, config: Option<&str>, repo_url: &str) -> (String, String) {
-    let config = config.map_or(String::new(), |c| {
+    let mut config = config.map_or(String::new(), |c| {
         format!(" --config {}", escape_percent(&shell_word(c)))
     });
+    // The file holding an encrypted repository's passphrase, when one was named by
+    // --passphrase-file (the binary exports it, absolute): restore-wal needs it too.
+    if let Some(p) = std::env::var_os("PITR_PASSPHRASE_FILE").filter(|p| !p.is_empty()) {
+        config.push_str(&format!(
+            " --passphrase-file {}",
+            escape_percent(&shell_word(&p.to_string_lossy()))
+        ));
+    }
     let prefix = format!(
         "{}{config} --repo {}",
         escape_percent(&shell_word(exe)),

@@ -290,10 +290,11 @@ async fn markers(repo: &Repo, now: DateTime<Utc>, stale: Duration) -> anyhow::Re
             continue;
         }
         // A marker that cannot be read counts as live: the safe side.
-        let dead = match repo.get_doc(&m.key).await? {
-            Some(body) => {
+        let dead = match crate::repofile::read_doc(repo, &m.key).await? {
+            Some(Ok(body)) => {
                 serde_json::from_slice::<BackupMarker>(&body).is_ok_and(|b| b.is_dead_here())
             }
+            Some(Err(_)) => false,
             // Removed since the listing: its backup finished.
             None => continue,
         };

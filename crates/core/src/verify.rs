@@ -119,6 +119,11 @@ pub async fn verify(
     let sysid = repo_system_identifier(repo).await?;
     let mut problems: Vec<String> = Vec::new();
     let mut age_problems: Vec<String> = Vec::new();
+    for (key, detail) in repo.damaged_key_slots().await? {
+        problems.push(format!(
+            "{key} is damaged: {detail} (this key slot opens nothing)"
+        ));
+    }
     // The repository's newest backup, whichever one is verified.
     match backups.docs.iter().max_by_key(|b| b.stop_time) {
         None if req.backup.is_none() => age_problems.push(format!(
@@ -1015,6 +1020,68 @@ pub(crate) mod tests {
             "{:?}",
             report.problems
         );
+    }
+
+    /// In an encrypted repository a document or chunk that was changed, or moved under
+    /// another object's name, fails authentication: verify names each and reads the rest.
+    #[tokio::test]
+    async fn encrypted_objects_that_fail_authentication_are_named() {
+        use object_store::{ObjectStore, ObjectStoreExt};
+        let pass = pitr_store::Secret::new("pw", "test");
+        let cheap = pitr_store::KdfCost {
+            memory_kib: 8 << 10,
+            iterations: 1,
+        };
+        let (repo, _) = Repo::init_encrypted(
+            "memory://verify-encrypted",
+            RepoConfig::default(),
+            &pass,
+            "",
+            cheap,
+        )
+        .await
+        .unwrap();
+        claim_cluster(&repo, SYSID, "test").await.unwrap();
+        let mut refs = Vec::new();
+        for n in 2..=5u64 {
+            let name = format!("0000000100000000000000{n:02X}");
+            refs.push(archive(&repo, &name, segment(n, SYSID), None).await);
+        }
+        let backend = repo.backend().clone();
+        let store = backend.store.clone();
+        let raw = |key: String| {
+            let (store, path) = (store.clone(), backend.path(&key));
+            async move { store.get(&path).await.unwrap().bytes().await.unwrap() }
+        };
+        // 3's ref: one byte flipped
+        let k3 = WalRef::key(&refs[1].name);
+        let mut b = raw(k3.clone()).await.to_vec();
+        b[60] ^= 1;
+        store.put(&backend.path(&k3), b.into()).await.unwrap();
+        // 4's and 5's refs swapped
+        let (k4, k5) = (WalRef::key(&refs[2].name), WalRef::key(&refs[3].name));
+        let (b4, b5) = (raw(k4.clone()).await, raw(k5.clone()).await);
+        store.put(&backend.path(&k4), b5.into()).await.unwrap();
+        store.put(&backend.path(&k5), b4.into()).await.unwrap();
+        // 2's chunk: one byte flipped
+        let ck = refs[0].chunks[0].id.key();
+        let mut b = raw(ck.clone()).await.to_vec();
+        b[100] ^= 1;
+        store.put(&backend.path(&ck), b.into()).await.unwrap();
+
+        let report = verify(&repo, VerifyRequest::default(), &crate::progress::Silent)
+            .await
+            .unwrap();
+        let has = |needle: &str| report.problems.iter().any(|p| p.contains(needle));
+        for key in [&k3, &k4, &k5] {
+            assert!(
+                has(&format!("{key} is damaged: fails authentication")),
+                "{key}: {:?}",
+                report.problems
+            );
+        }
+        assert!(has(&ck), "{ck}: {:?}", report.problems);
+        assert!(!report.ok());
     }
 
     /// Refs under another segment's key, of the wrong size, whose first page belongs to

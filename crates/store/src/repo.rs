@@ -841,27 +841,31 @@ impl Repo {
         }
     }
 
-    /// Every key slot, in key order; a slot that cannot be read is an error naming it.
-    async fn slots(&self) -> Result<Vec<KeySlot>> {
-        let mut out = Vec::new();
+    /// Every key slot, in key order, and the ones that are damaged (key and why): a damaged
+    /// slot opens nothing, and must not keep the others from opening.
+    async fn slots(&self) -> Result<(Vec<KeySlot>, Vec<(String, String)>)> {
+        let (mut good, mut damaged) = (Vec::new(), Vec::new());
         for listed in self.list_objects(keys::KEYS_PREFIX).await? {
             if listed.staging {
                 continue;
             }
-            let body = self
-                .get_doc(&listed.key)
-                .await?
-                .ok_or_else(|| StoreError::NotFound {
-                    key: listed.key.clone(),
-                })?;
-            out.push(
-                KeySlot::parse(&listed.key, &body).map_err(|detail| StoreError::Corrupt {
-                    key: listed.key.clone(),
-                    detail,
-                })?,
-            );
+            let Some(body) = self.get_doc(&listed.key).await? else {
+                continue;
+            };
+            match KeySlot::parse(&listed.key, &body) {
+                Ok(slot) => good.push(slot),
+                Err(detail) => damaged.push((listed.key, detail)),
+            }
         }
-        Ok(out)
+        Ok((good, damaged))
+    }
+
+    /// Key slots that cannot be read (key and why); `pitr verify` reports them.
+    pub async fn damaged_key_slots(&self) -> Result<Vec<(String, String)>> {
+        if self.config.encryption.is_none() {
+            return Ok(Vec::new());
+        }
+        Ok(self.slots().await?.1)
     }
 
     /// The key slots, the one that opened this repository marked.
@@ -870,6 +874,7 @@ impl Repo {
         Ok(self
             .slots()
             .await?
+            .0
             .iter()
             .map(|s| s.info(unlocked.slot.as_deref() == Some(s.id.as_str())))
             .collect())
@@ -923,7 +928,7 @@ impl Repo {
     /// Remove key slot `id`; the last slot is never removed (that would lose the repository).
     pub async fn key_remove(&self, id: &str) -> Result<()> {
         self.unlocked()?;
-        let slots = self.slots().await?;
+        let (slots, _) = self.slots().await?;
         if !slots.iter().any(|s| s.id == id) {
             return Err(self.key_error(format!("no key slot {id:?} (pitr key list shows them)")));
         }
@@ -1018,7 +1023,11 @@ async fn unlock(
         }
         SecretKind::Passphrase => {
             let mut found = None;
-            for s in raw.slots().await? {
+            let (slots, damaged) = raw.slots().await?;
+            for (key, detail) in damaged {
+                tracing::warn!("{key}: damaged key slot skipped: {detail}");
+            }
+            for s in slots {
                 if s.kind() != "passphrase" {
                     continue;
                 }

@@ -135,8 +135,10 @@ impl BackupManifest {
         repo: &Repo,
         key: &str,
     ) -> anyhow::Result<Option<Result<BackupManifest, Damaged>>> {
-        let Some(body) = repo.get_doc(key).await? else {
-            return Ok(None);
+        let body = match super::read_doc(repo, key).await? {
+            None => return Ok(None),
+            Some(Err(damaged)) => return Ok(Some(Err(damaged))),
+            Some(Ok(body)) => body,
         };
         let parsed = serde_json::from_slice::<BackupManifest>(&body)
             .map_err(anyhow::Error::from)

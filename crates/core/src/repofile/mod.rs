@@ -33,6 +33,23 @@ impl Damaged {
     }
 }
 
+/// A document's bytes, `None` when absent, and `Some(Err(..))` when it is there but the
+/// store found it corrupt (in an encrypted repository: it fails authentication), so that
+/// callers reading many documents name it and go on.
+pub(crate) async fn read_doc(
+    repo: &pitr_store::Repo,
+    key: &str,
+) -> anyhow::Result<Option<Result<bytes::Bytes, Damaged>>> {
+    match repo.get_doc(key).await {
+        Ok(body) => Ok(body.map(Ok)),
+        Err(pitr_store::StoreError::Corrupt { detail, .. }) => Ok(Some(Err(Damaged {
+            key: key.to_string(),
+            error: detail,
+        }))),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Documents of one kind read back: the usable ones, and the damaged ones.
 #[derive(Debug)]
 pub struct Loaded<T> {

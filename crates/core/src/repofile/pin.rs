@@ -74,14 +74,22 @@ pub async fn load_pins(repo: &Repo) -> anyhow::Result<Loaded<Pin>> {
         .map(|(k, _)| k)
         .filter(|k| k.ends_with(".json"))
         .collect();
-    let bodies: Vec<(String, Option<bytes::Bytes>)> = futures::stream::iter(keys)
-        .map(|key| async move { anyhow::Ok((key.clone(), repo.get_doc(&key).await?)) })
+    type Read = Option<Result<bytes::Bytes, Damaged>>;
+    let bodies: Vec<(String, Read)> = futures::stream::iter(keys)
+        .map(|key| async move { anyhow::Ok((key.clone(), super::read_doc(repo, &key).await?)) })
         .buffered(16)
         .try_collect()
         .await?;
     let mut out = Loaded::default();
     for (key, body) in bodies {
-        let Some(body) = body else { continue };
+        let body = match body {
+            None => continue,
+            Some(Err(damaged)) => {
+                out.damaged.push(damaged);
+                continue;
+            }
+            Some(Ok(body)) => body,
+        };
         let parsed = serde_json::from_slice::<Pin>(&body)
             .with_context(|| format!("parse {key}"))
             .and_then(|p| {

@@ -148,18 +148,26 @@ pub fn check_first_page(
 /// parse, or are stored under another file's key).
 pub async fn load_wal_refs(repo: &Repo) -> anyhow::Result<Loaded<WalRef>> {
     let keys = repo.list(keys::WAL_PREFIX).await?;
-    let loaded: Vec<(String, Option<bytes::Bytes>)> =
+    type Read = Option<Result<bytes::Bytes, Damaged>>;
+    let loaded: Vec<(String, Read)> =
         futures::stream::iter(keys.into_iter().filter(|(k, _)| k.ends_with(".json")))
             .map(|(key, _)| {
                 let repo = repo.clone();
-                async move { anyhow::Ok((key.clone(), repo.get_doc(&key).await?)) }
+                async move { anyhow::Ok((key.clone(), super::read_doc(&repo, &key).await?)) }
             })
             .buffered(32)
             .try_collect()
             .await?;
     let mut out = Loaded::default();
     for (key, body) in loaded {
-        let Some(body) = body else { continue };
+        let body = match body {
+            None => continue,
+            Some(Err(damaged)) => {
+                out.damaged.push(damaged);
+                continue;
+            }
+            Some(Ok(body)) => body,
+        };
         let parsed = serde_json::from_slice::<WalRef>(&body)
             .map_err(anyhow::Error::from)
             .and_then(|r| {

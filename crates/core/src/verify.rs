@@ -1026,7 +1026,7 @@ pub(crate) mod tests {
     /// another object's name, fails authentication: verify names each and reads the rest.
     #[tokio::test]
     async fn encrypted_objects_that_fail_authentication_are_named() {
-        use object_store::{ObjectStore, ObjectStoreExt};
+        use object_store::ObjectStoreExt;
         let pass = pitr_store::Secret::new("pw", "test");
         let cheap = pitr_store::KdfCost {
             memory_kib: 8 << 10,

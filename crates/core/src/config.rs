@@ -82,6 +82,13 @@ pub struct S3 {
     pub virtual_hosted_style_request: Option<bool>,
     /// Plain HTTP to the endpoint (test servers only).
     pub allow_http: Option<bool>,
+    /// Server-side encryption the bucket applies on top of pitr's own (never instead of it):
+    /// `"AES256"` (SSE-S3), `"aws:kms"` (SSE-KMS) or `"aws:kms:dsse"`.
+    pub server_side_encryption: Option<String>,
+    /// The KMS key for `aws:kms`/`aws:kms:dsse` (ID or ARN).
+    pub sse_kms_key_id: Option<String>,
+    /// Use the bucket's S3 Bucket Key for SSE-KMS.
+    pub sse_bucket_key_enabled: Option<bool>,
 }
 
 /// `[gcs]`: options of a `gs://` repository (`GOOGLE_*` variables beat them).
@@ -216,6 +223,9 @@ const KEYS: &[(&str, &[&str])] = &[
             "session_token_credential",
             "virtual_hosted_style_request",
             "allow_http",
+            "server_side_encryption",
+            "sse_kms_key_id",
+            "sse_bucket_key_enabled",
         ],
     ),
     (
@@ -408,6 +418,27 @@ impl Settings {
                     flag(s.virtual_hosted_style_request),
                 );
                 put("allow_http", flag(s.allow_http));
+                match s.server_side_encryption.as_deref() {
+                    None | Some("AES256" | "aws:kms" | "aws:kms:dsse") => {}
+                    Some(other) => bail!(
+                        "s3.server_side_encryption = {other:?}: use \"AES256\" (SSE-S3), \
+                         \"aws:kms\" (SSE-KMS) or \"aws:kms:dsse\""
+                    ),
+                }
+                if s.sse_kms_key_id.is_some()
+                    && !matches!(
+                        s.server_side_encryption.as_deref(),
+                        Some("aws:kms" | "aws:kms:dsse")
+                    )
+                {
+                    bail!("s3.sse_kms_key_id needs server_side_encryption = \"aws:kms\"");
+                }
+                put(
+                    "aws_server_side_encryption",
+                    s.server_side_encryption.clone(),
+                );
+                put("aws_sse_kms_key_id", s.sse_kms_key_id.clone());
+                put("aws_sse_bucket_key_enabled", flag(s.sse_bucket_key_enabled));
             }
             "gs" => {
                 let g = &self.file.gcs;
@@ -470,21 +501,18 @@ impl Settings {
             return Ok(Some(pitr_store::Secret::new(v, "PITR_PASSPHRASE")));
         }
         let f = &self.file;
-        let origin = match (&f.passphrase_file, &f.passphrase_credential, &self.path) {
-            (Some(p), _, Some(c)) => format!(
-                "passphrase_file {} in {}",
-                self.relative(p).display(),
-                c.display()
-            ),
-            (_, Some(n), _) => format!("systemd credential {n}"),
-            _ => String::new(),
-        };
-        if let Some(v) = self.secret(
-            "passphrase",
-            None,
-            &f.passphrase_file,
-            &f.passphrase_credential,
-        )? {
+        if f.passphrase_file.is_some() && f.passphrase_credential.is_some() {
+            bail!("give only one of passphrase_file, passphrase_credential");
+        }
+        if let (Some(p), Some(config)) = (&f.passphrase_file, &self.path) {
+            let path = self.relative(p);
+            let text = read_secret_file(&path)?;
+            let origin = format!("passphrase_file {} in {}", path.display(), config.display());
+            return Ok(Some(pitr_store::Secret::new(text, origin)));
+        }
+        if let Some(v) = self.secret("passphrase", None, &None, &f.passphrase_credential)? {
+            let name = f.passphrase_credential.as_deref().unwrap_or_default();
+            let origin = format!("systemd credential {name}");
             return Ok(Some(pitr_store::Secret::new(v, origin)));
         }
         if let Some(dir) = &self.credentials_dir {
@@ -688,6 +716,79 @@ mod tests {
                 assert!(present, "contrib/pitr.toml lacks {section}.{key}");
             }
         }
+    }
+
+    /// --passphrase-file beats PITR_PASSPHRASE beats the file's passphrase_file beats the
+    /// default systemd credential; each names where it came from, never its value; a file
+    /// every user can read is refused.
+    #[test]
+    fn passphrase_sources_in_order() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let private = |name: &str, text: &str| {
+            let p = write(dir.path(), name, text);
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            p
+        };
+        let flag = private("flag-pass", "from flag\n");
+        private("file-pass", "from file\n");
+        let creds = dir.path().join("creds");
+        std::fs::create_dir(&creds).unwrap();
+        let cred = write(&creds, DEFAULT_CREDENTIAL, "from credential\n");
+        std::fs::set_permissions(&cred, std::fs::Permissions::from_mode(0o400)).unwrap();
+        let config = write(dir.path(), "pitr.toml", "passphrase_file = \"file-pass\"\n");
+        let creds_env = ("CREDENTIALS_DIRECTORY", creds.to_str().unwrap());
+        let env = Env::of(&[("PITR_PASSPHRASE", "from env"), creds_env]);
+        let s = Settings::load(Some(&config), &env).unwrap();
+        let got = s.passphrase(Some(&flag), &env).unwrap().unwrap();
+        assert!(got.origin().contains("--passphrase-file"), "{got:?}");
+        let got = s.passphrase(None, &env).unwrap().unwrap();
+        assert_eq!(got.origin(), "PITR_PASSPHRASE");
+        let env = Env::of(&[creds_env]);
+        let got = s.passphrase(None, &env).unwrap().unwrap();
+        assert!(got.origin().contains("file-pass"), "{got:?}");
+        let bare = Settings::load(None, &env).unwrap();
+        let got = bare.passphrase(None, &env).unwrap().unwrap();
+        assert_eq!(got.origin(), "systemd credential pitr-passphrase");
+        assert!(!format!("{got:?}").contains("from credential"));
+        let none = Settings::load(None, &Env::of(&[])).unwrap();
+        assert!(none.passphrase(None, &Env::of(&[])).unwrap().is_none());
+        let open = write(dir.path(), "open-pass", "x\n");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = bare.passphrase(Some(&open), &env).unwrap_err().to_string();
+        assert!(e.contains("readable by every user"), "{e}");
+    }
+
+    /// Server-side encryption settings reach object_store's S3 keys, checked first.
+    #[test]
+    fn s3_server_side_encryption_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = write(
+            dir.path(),
+            "ok.toml",
+            "[s3]\nserver_side_encryption = \"aws:kms\"\nsse_kms_key_id = \"k1\"\n\
+             sse_bucket_key_enabled = true\n",
+        );
+        let s = Settings::load(Some(&ok), &Env::of(&[])).unwrap();
+        let opts = s.remote_options("s3://b/p").unwrap();
+        for (k, v) in [
+            ("aws_server_side_encryption", "aws:kms"),
+            ("aws_sse_kms_key_id", "k1"),
+            ("aws_sse_bucket_key_enabled", "true"),
+        ] {
+            assert!(opts.contains(&(k.to_string(), v.to_string())), "{opts:?}");
+        }
+        let bad = write(
+            dir.path(),
+            "bad.toml",
+            "[s3]\nserver_side_encryption = \"rot13\"\n",
+        );
+        let s = Settings::load(Some(&bad), &Env::of(&[])).unwrap();
+        let e = s.remote_options("s3://b/p").unwrap_err().to_string();
+        assert!(e.contains("rot13"), "{e}");
+        let kms_only = write(dir.path(), "k.toml", "[s3]\nsse_kms_key_id = \"k1\"\n");
+        let s = Settings::load(Some(&kms_only), &Env::of(&[])).unwrap();
+        assert!(s.remote_options("s3://b/p").is_err());
     }
 
     #[test]

@@ -49,6 +49,9 @@ done
 install -d -m 0755 "$DESTDIR$PREFIX/share/doc/pitr"
 install -m 0644 "$top/README.md" "$top"/docs/*.md "$top/contrib/postgresql.conf.pitr" \
     "$DESTDIR$PREFIX/share/doc/pitr/"
+# The drop-in for encrypted repositories (see its header): installed beside the docs, since a
+# unit that loads a missing credential does not start.
+install -m 0644 "$top/contrib/systemd/encryption.conf" "$DESTDIR$PREFIX/share/doc/pitr/"
 
 echo "==> installed into ${DESTDIR:-/} (prefix $PREFIX)" >&2
 if [[ -z "$DESTDIR" ]] && command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then

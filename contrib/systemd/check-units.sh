@@ -45,6 +45,30 @@ done
 echo "==> systemd-analyze verify ${#units[@]} units" >&2
 verify "${units[@]}" || { echo "unit check failed" >&2; exit 1; }
 
+# The same services with the encrypted repository's drop-in (contrib/systemd/encryption.conf).
+dropin="$root/usr/local/share/doc/pitr/encryption.conf"
+[[ -f "$dropin" ]] || { echo "install.sh did not install encryption.conf" >&2; exit 1; }
+enc_units=()
+for u in "${units[@]}"; do
+    [[ "$u" == *.service ]] || continue
+    name="$(basename "$u")"
+    case "$name" in
+        *@main.service) d="$unitdir/${name/@main./@.}.d" ;; # a template's drop-in
+        *) d="$u.d" ;;
+    esac
+    mkdir -p "$d" && cp "$dropin" "$d/encryption.conf"
+    enc_units+=("$u")
+done
+echo "==> systemd-analyze verify ${#enc_units[@]} services with encryption.conf" >&2
+verify "${enc_units[@]}" || { echo "unit check with encryption.conf failed" >&2; exit 1; }
+bad="$unitdir/pitr-check.service.d/zz-broken.conf"
+sed -e 's|^LoadCredentialEncrypted=.*|LoadCredentialEncryptd=pitr-passphrase:/x|' "$dropin" >"$bad"
+if verify "$unitdir/pitr-check.service" >/dev/null; then
+    echo "the unit check did not notice a misspelt key in a drop-in: it checks nothing" >&2
+    exit 1
+fi
+rm -f "$bad"
+
 # The check must see a broken unit: a misspelt key, a bad value, a missing binary.
 sed -e 's|^PrivateTmp=yes|PrivateTmpp=yes|' "$unitdir/pitr-check.service" >"$unitdir/broken-key.service"
 sed -e 's|^ProtectSystem=strict|ProtectSystem=bogus|' "$unitdir/pitr-check.service" >"$unitdir/broken-value.service"

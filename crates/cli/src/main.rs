@@ -144,7 +144,9 @@ fn run(mut cli: Cli, settings: Settings, env: &Env) -> anyhow::Result<()> {
             Command::Info(args) => commands::info::run(&repo_url, args).await,
             Command::Backup(args) => commands::backup::run(&repo_url, args).await,
             Command::List(args) => commands::list::run(&repo_url, args).await,
-            Command::Restore(args) => commands::restore::run(&repo_url, args).await,
+            Command::Restore(args) => {
+                commands::restore::run(&repo_url, args, secret.as_ref()).await
+            }
             Command::Verify(args) => commands::verify::run(&repo_url, args).await,
             Command::Check(args) => commands::check::run(&repo_url, args).await,
             Command::SpoolClean(args) => commands::spool_clean::run(args),

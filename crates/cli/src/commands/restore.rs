@@ -12,12 +12,37 @@ use pitr_store::Repo;
 use crate::cli::{self, RestoreArgs};
 use crate::progress::Shown;
 
-pub async fn run(url: &str, args: RestoreArgs) -> anyhow::Result<()> {
+pub async fn run(
+    url: &str,
+    args: RestoreArgs,
+    secret: Option<&pitr_store::Secret>,
+) -> anyhow::Result<()> {
     let json = args.json;
+    let start = args.start;
     let req = request(args)?;
     let repo = Repo::open(url).await?;
+    if let (Some(_), Some(secret)) = (repo.cipher(), secret) {
+        warn_if_restore_command_lacks(secret, start);
+    }
     let report = pitr_core::restore::restore(&repo, req, &Shown).await?;
     print(&report, json)
+}
+
+/// restore_command carries `--config` and `--passphrase-file`, so a secret from either reaches
+/// it; one from a variable or a systemd credential reaches it only through the server's
+/// environment.
+fn warn_if_restore_command_lacks(secret: &pitr_store::Secret, start: bool) {
+    let origin = secret.origin();
+    let written = origin.starts_with("--passphrase-file") || origin.starts_with("passphrase_file");
+    if written || (start && origin == "PITR_PASSPHRASE") {
+        return;
+    }
+    tracing::warn!(
+        "restore_command finds this encrypted repository's secret ({origin}) only if the \
+         server's environment has it; give --passphrase-file FILE (a key file from \
+         `pitr key add --key-file`) or passphrase_file in the config file, and restore writes \
+         it into restore_command"
+    );
 }
 
 fn request(args: RestoreArgs) -> anyhow::Result<RestoreRequest> {

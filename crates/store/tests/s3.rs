@@ -72,5 +72,61 @@ async fn s3_backend() {
     concurrent_writers(&repo).await;
     file_round_trip(&repo).await;
     gc_operations(&repo).await;
+
+    // with the bucket's server-side encryption asked for on top: every object is stored
+    // with it (the server says so on a plain GET), and reads back
+    Backend::set_remote_options(vec![(
+        "aws_server_side_encryption".to_string(),
+        "AES256".to_string(),
+    )]);
+    let url = format!("s3://{BUCKET}/sse");
+    let (repo, _) = Repo::init(&url, pitr_store::RepoConfig::default())
+        .await
+        .unwrap();
+    let (c, _) = repo
+        .put_chunk(bytes::Bytes::from(vec![9u8; 5000]))
+        .await
+        .unwrap();
+    assert_eq!(repo.get_chunk(&c).await.unwrap().len(), 5000);
+    let signer = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(BUCKET)
+        .build()
+        .unwrap();
+    for key in ["config.json".to_string(), c.id.key()] {
+        use object_store::signer::Signer;
+        let url = signer
+            .signed_url(
+                object_store::signer::Method::GET,
+                &object_store::path::Path::from(format!("sse/{key}")),
+                std::time::Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        let path = format!("{}?{}", url.path(), url.query().unwrap_or(""));
+        let headers = raw_get_headers(&server.endpoint(), &path);
+        assert!(
+            headers
+                .to_ascii_lowercase()
+                .contains("x-amz-server-side-encryption: aes256"),
+            "{key}: {headers}"
+        );
+    }
+    Backend::set_remote_options(Vec::new());
     drop(server);
+}
+
+/// The response headers of an unsigned GET (moto does not check signatures).
+fn raw_get_headers(endpoint: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out);
+    text.split("\r\n\r\n").next().unwrap_or("").to_string()
 }

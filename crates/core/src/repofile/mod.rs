@@ -67,6 +67,21 @@ impl<T> Default for Loaded<T> {
 }
 
 impl<T> Loaded<T> {
+    /// The bytes of a document [`read_doc`] read: `None` when it is absent, or damaged (then
+    /// recorded here).
+    pub(crate) fn body(
+        &mut self,
+        read: Option<Result<bytes::Bytes, Damaged>>,
+    ) -> Option<bytes::Bytes> {
+        match read? {
+            Ok(body) => Some(body),
+            Err(damaged) => {
+                self.damaged.push(damaged);
+                None
+            }
+        }
+    }
+
     /// The usable documents, each damaged one logged as a warning.
     pub fn warn_damaged(self) -> Vec<T> {
         for d in &self.damaged {

@@ -82,14 +82,7 @@ pub async fn load_pins(repo: &Repo) -> anyhow::Result<Loaded<Pin>> {
         .await?;
     let mut out = Loaded::default();
     for (key, body) in bodies {
-        let body = match body {
-            None => continue,
-            Some(Err(damaged)) => {
-                out.damaged.push(damaged);
-                continue;
-            }
-            Some(Ok(body)) => body,
-        };
+        let Some(body) = out.body(body) else { continue };
         let parsed = serde_json::from_slice::<Pin>(&body)
             .with_context(|| format!("parse {key}"))
             .and_then(|p| {

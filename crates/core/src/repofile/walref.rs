@@ -160,14 +160,7 @@ pub async fn load_wal_refs(repo: &Repo) -> anyhow::Result<Loaded<WalRef>> {
             .await?;
     let mut out = Loaded::default();
     for (key, body) in loaded {
-        let body = match body {
-            None => continue,
-            Some(Err(damaged)) => {
-                out.damaged.push(damaged);
-                continue;
-            }
-            Some(Ok(body)) => body,
-        };
+        let Some(body) = out.body(body) else { continue };
         let parsed = serde_json::from_slice::<WalRef>(&body)
             .map_err(anyhow::Error::from)
             .and_then(|r| {

@@ -74,6 +74,20 @@ impl Pitr {
         pitr
     }
 
+    /// A repository at `repo` (a directory or a URL), not yet initialised, every command run
+    /// with `env` (a backend's settings, a passphrase file, …).
+    pub fn with_env(
+        dir: &TestDir,
+        repo: impl Into<PathBuf>,
+        env: Vec<(&'static str, String)>,
+    ) -> Pitr {
+        Pitr {
+            bin: pitr_bin(dir),
+            repo: repo.into(),
+            env,
+        }
+    }
+
     /// A repository at `<dir>/<name>`, created with `pitr init`.
     pub fn init(dir: &TestDir, name: &str) -> Pitr {
         let pitr = Pitr::new(dir, name);

@@ -8,6 +8,7 @@ mod archive;
 mod backup;
 mod check;
 mod config;
+mod encryption;
 mod expire;
 mod hardening_restore;
 mod hardening_wal;

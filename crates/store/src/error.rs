@@ -23,8 +23,13 @@ pub enum StoreError {
     #[error("repository {url} is encrypted: give its passphrase or key file (PITR_PASSPHRASE, --passphrase-file FILE, passphrase_file in the configuration file, or the systemd credential pitr-passphrase)")]
     KeyRequired { url: String },
     /// The secret given opens no key slot.
-    #[error("repository {url}: the secret from {origin} opens none of its key slots (wrong passphrase or key file, or its slot was removed)")]
-    WrongKey { url: String, origin: String },
+    #[error("repository {url}: the secret from {origin} opens none of its key slots ({tried})")]
+    WrongKey {
+        url: String,
+        origin: String,
+        /// Which slots were tried, or why none was.
+        tried: String,
+    },
     /// A secret was given for a repository that is not encrypted.
     #[error("repository {url} is not encrypted, but a passphrase or key file is given ({origin}); refusing, in case its config.json was replaced: remove the passphrase setting to use an unencrypted repository")]
     NotEncrypted { url: String, origin: String },

@@ -1001,16 +1001,20 @@ async fn unlock(
             slot,
         }))
     };
-    let wrong = || StoreError::WrongKey {
+    let wrong = |tried: String| StoreError::WrongKey {
         url: url.to_string(),
         origin: secret.origin().to_string(),
+        tried,
     };
     let unlocked = match kind {
         SecretKind::Master(master) => check(master, None)?,
         SecretKind::KeyFile { ref slot, .. } => {
             let key = keys::key_slot(slot);
             let Some(body) = raw.get_doc(&key).await? else {
-                return Err(wrong());
+                return Err(wrong(format!(
+                    "its slot {key} is not there: removed, or the key file is another \
+                     repository's"
+                )));
             };
             let s = KeySlot::parse(&key, &body).map_err(|detail| StoreError::Corrupt {
                 key: key.clone(),
@@ -1018,11 +1022,17 @@ async fn unlock(
             })?;
             let master = s
                 .open(&enc.repository_id, &kind, secret.expose())
-                .ok_or_else(wrong)?;
+                .ok_or_else(|| {
+                    wrong(format!(
+                        "{key} does not open with it: damaged, or the key file is another \
+                         repository's"
+                    ))
+                })?;
             check(master, Some(s.id))?
         }
         SecretKind::Passphrase => {
             let mut found = None;
+            let mut tried = Vec::new();
             let (slots, damaged) = raw.slots().await?;
             for (key, detail) in damaged {
                 tracing::warn!("{key}: damaged key slot skipped: {detail}");
@@ -1031,6 +1041,7 @@ async fn unlock(
                 if s.kind() != "passphrase" {
                     continue;
                 }
+                tried.push(keys::key_slot(&s.id));
                 let (s2, id, secret2) = (s.clone(), enc.repository_id.clone(), secret.clone());
                 let opened = tokio::task::spawn_blocking(move || {
                     s2.open(&id, &SecretKind::Passphrase, secret2.expose())
@@ -1042,7 +1053,13 @@ async fn unlock(
                     break;
                 }
             }
-            found.ok_or_else(wrong)?
+            found.ok_or_else(|| {
+                wrong(if tried.is_empty() {
+                    "it has no passphrase slot; a key file or an exported key opens it".into()
+                } else {
+                    format!("wrong passphrase; tried {}", tried.join(", "))
+                })
+            })?
         }
     };
     UNLOCKED

@@ -312,6 +312,11 @@ class Bench:
         # The corpus cluster is stopped by now, so the stanza is created from pg_control
         # (--no-online) instead of a live connection; archive-push never connects anyway.
         run(base + ["--no-online", "stanza-create"])
+        if enc:
+            info = json.loads(run(base + ["--output=json", "info"]))
+            ciphers = {r.get("cipher") for r in info[0].get("repo", [])}
+            if ciphers != {"aes-256-cbc"}:
+                raise SystemExit(f"{repo}: pgbackrest info shows cipher {ciphers}")
         return base, repo
 
     # ---- modes ---------------------------------------------------------------------------------
@@ -382,6 +387,10 @@ class Bench:
             os.unlink(key)
         run([self.a.pitr_bin, "--repo", repo, "--passphrase-file", self.passfile, "key", "add",
              "--key-file", key, "--label", "archive"])
+        info = json.loads(run([self.a.pitr_bin, "--repo", repo, "--passphrase-file", key, "-q",
+                               "info", "--json"]))
+        if info.get("encrypted") is not True:
+            raise SystemExit(f"{repo}: pitr info --json does not say encrypted: {info}")
         return repo, ["--passphrase-file", key]
 
     def bench_pitr_sync(self, enc=None):

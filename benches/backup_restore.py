@@ -244,6 +244,10 @@ class Bench:
                  "--encryption"])
             run([self.pitr, "--repo", self.repo_enc, "--passphrase-file", self.passfile, "key",
                  "add", "--key-file", self.keyfile, "--label", "bench"])
+            info = json.loads(run(self.pitr_cmd("-q", "info", "--json", enc=True)))
+            if info.get("encrypted") is not True:
+                raise SystemExit(f"pitr info --json does not say encrypted: {info}")
+            self.pitr_cipher = info.get("cipher")
         self.setup_cluster()
 
     def write_pgbr_conf(self, enc):
@@ -299,6 +303,10 @@ class Bench:
         run(self.pgbr("stanza-create"))
         if self.enc:
             run(self.pgbr("stanza-create", enc=True))
+            info = json.loads(run(self.pgbr("--output=json", "info", enc=True)))
+            ciphers = {r.get("cipher") for r in info[0].get("repo", [])}
+            if ciphers != {"aes-256-cbc"}:
+                raise SystemExit(f"pgbackrest info of the encrypted repository: cipher {ciphers}")
         self.settle_archive()
         self.db_size = int(self.psql("SELECT sum(pg_database_size(oid)) FROM pg_database"))
         log(f"cluster: {self.db_size / MIB:,.0f} MiB in databases")
@@ -684,7 +692,8 @@ class Bench:
                  "(the figure is pessimistic); after may also be the step's own aftermath (the "
                  "archiver archiving a backup's last segment, kernel writeback)",
                  *(["- encrypted rows (`, encrypted`, `, aes-256-cbc`): pitr `init --encryption` "
-                    "(AES-256-GCM per object, keyed BLAKE3 chunk IDs), every call opened with a "
+                    "(AES-256-GCM per object, keyed BLAKE3 chunk IDs; `pitr info --json`: cipher "
+                    f"{getattr(self, 'pitr_cipher', '?')}), every call opened with a "
                     "key file from `pitr key add --key-file` (`--passphrase-file KEY`: HKDF, no "
                     "Argon2id); pgBackRest with repo1-cipher-type=aes-256-cbc and a "
                     "repo1-cipher-pass, otherwise the same configuration; each into its own "
@@ -768,7 +777,7 @@ class Bench:
                       "restore_command runs in child processes); runs in the order listed. Every run ended at "
                       + ", ".join(sorted({r['redo_done_lsn'] for r in self.replays})) + ".",
                       ""]
-        lines += ["## Targets (issues 3 and 4)", ""]
+        lines += [f"## Targets (issues 3{', 4 and 12' if self.enc else ' and 4'})", ""]
         lines += self.targets()
         if getattr(self, "profile", None):
             wall, body = self.profile

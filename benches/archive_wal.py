@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import shutil
 import socket
 import statistics
@@ -28,6 +29,13 @@ PGBIN = "/usr/lib/postgresql/15/bin"
 SEG_SIZE = 16 * 1024 * 1024
 MIB = 1024 * 1024
 STANZA = "bench"
+# the repositories' secrets (benchmark only): pgBackRest's repo1-cipher-pass, pitr's passphrase
+PGBR_CIPHER_PASS = "bench-pgbackrest-cipher-passphrase-0123456789"
+PITR_PASSPHRASE = "bench pitr passphrase, correct horse battery staple"
+# mode suffixes of the encrypted rows
+ENC_KEY = ", encrypted (key file)"
+ENC_PASS = ", encrypted (passphrase, Argon2id per call)"
+ENC_PGBR = ", aes-256-cbc"
 
 
 def log(msg):
@@ -42,11 +50,24 @@ def run(cmd, **kw):
     return r.stdout
 
 
+# CPU seconds (user+sys) of every timed call since the last Bench.record(), which takes them
+PENDING_CPU = []
+
+
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def timed(cmd, cwd=None):
-    """Run one timed call; return wall seconds. Non-zero exit aborts the benchmark."""
+    """Run one timed call; return wall seconds (its CPU time goes to PENDING_CPU: user+sys of
+    the process and the children it waited for; a detached worker is not counted).
+    Non-zero exit aborts the benchmark."""
+    c0 = children_cpu()
     t0 = time.perf_counter_ns()
     r = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     dt = (time.perf_counter_ns() - t0) / 1e9
+    PENDING_CPU.append(children_cpu() - c0)
     if r.returncode != 0:
         raise SystemExit(
             f"timed command failed ({r.returncode}): {' '.join(map(str, cmd))}\n"
@@ -237,21 +258,26 @@ class Bench:
         }
 
     def record(self, tool, mode, times, repo=None):
+        cpu = PENDING_CPU[:] if len(PENDING_CPU) == len(times) else None
+        PENDING_CPU.clear()
         row = {"tool": tool, "mode": mode, "round": self.round, "busy_before": self.busy,
                "loadavg_after": os.getloadavg()[0], **self.stats(times),
+               "cpu_median_ms": statistics.median(cpu) * 1e3 if cpu else None,
                "stored": None, "ratio": None,
-               "times_ms": [round(t * 1e3, 3) for t in times]}
+               "times_ms": [round(t * 1e3, 3) for t in times],
+               "cpu_ms": [round(c * 1e3, 3) for c in cpu] if cpu else None}
         if repo is not None:
             stored = tree_bytes(repo)
             row["stored"] = stored
             row["ratio"] = len(times) * SEG_SIZE / stored if stored else None
         self.rows.append(row)
         log(f"{tool:10s} {mode:28s} median {row['median_ms']:8.2f} ms  p90 {row['p90_ms']:8.2f} ms"
-            f"  {row['mibs']:8.1f} MiB/s")
+            f"  {row['mibs']:8.1f} MiB/s"
+            + (f"  CPU {row['cpu_median_ms']:6.2f} ms" if cpu else ""))
         return row
 
     # ---- pgBackRest ---------------------------------------------------------------------------
-    def pgbr_conf(self, tag, datadir, async_, level):
+    def pgbr_conf(self, tag, datadir, async_, level, enc=False):
         repo = os.path.join(self.work, f"repo-pgbr-{tag}")
         shutil.rmtree(repo, ignore_errors=True)
         os.makedirs(repo, mode=0o750)
@@ -277,12 +303,20 @@ class Bench:
                 f"archive-async={'y' if async_ else 'n'}\n"
                 f"process-max={self.a.pgbr_process_max}\n"
                 "archive-timeout=120\n"
-                f"\n[{STANZA}]\n"
+                + ("repo1-cipher-type=aes-256-cbc\n"
+                   f"repo1-cipher-pass={PGBR_CIPHER_PASS}\n" if enc else "")
+                + f"\n[{STANZA}]\n"
                 f"pg1-path={datadir}\n")
+        os.chmod(conf, 0o600)   # it may hold the cipher passphrase
         base = ["pgbackrest", f"--config={conf}", f"--stanza={STANZA}"]
         # The corpus cluster is stopped by now, so the stanza is created from pg_control
         # (--no-online) instead of a live connection; archive-push never connects anyway.
         run(base + ["--no-online", "stanza-create"])
+        if enc:
+            info = json.loads(run(base + ["--output=json", "info"]))
+            ciphers = {r.get("cipher") for r in info[0].get("repo", [])}
+            if ciphers != {"aes-256-cbc"}:
+                raise SystemExit(f"{repo}: pgbackrest info shows cipher {ciphers}")
         return base, repo
 
     # ---- modes ---------------------------------------------------------------------------------
@@ -293,55 +327,104 @@ class Bench:
         times = []
         for n in self.segs:
             d = os.path.join(dest, n)
+            c0 = children_cpu()
             t0 = time.perf_counter_ns()
             timed_ok = subprocess.run(["cp", self.seg_path(n), d]).returncode == 0 and \
                 subprocess.run(["sync", d]).returncode == 0
             times.append((time.perf_counter_ns() - t0) / 1e9)
+            PENDING_CPU.append(children_cpu() - c0)
             if not timed_ok:
                 raise SystemExit("cp/sync failed")
         self.record("cp+sync", "floor: cp FILE; sync FILE", times, dest)
         shutil.rmtree(dest, ignore_errors=True)
 
-    def bench_pgbr_sync(self, level=None):
+    # -- pgBackRest: plain, and encrypted (repo1-cipher-type=aes-256-cbc) with the suffix _enc
+    def bench_pgbr_sync(self, level=None, enc=False):
         level = self.a.pgbr_zst_level if level is None else level
         datadir = self.fake_datadir("pgbr-sync", backlog=False)
-        base, repo = self.pgbr_conf(f"sync{level}", datadir, async_=False, level=level)
+        base, repo = self.pgbr_conf(f"sync{level}{'-enc' if enc else ''}", datadir, async_=False,
+                                    level=level, enc=enc)
         times = [timed(base + ["archive-push", self.seg_path(n)]) for n in self.segs]
-        self.record("pgBackRest", f"archive-push sync zst:{level}", times, repo)
-        if level == self.a.pgbr_zst_level or not getattr(self, "pgbr_sync", None):
-            self.pgbr_sync = (base, repo)
+        self.record("pgBackRest", f"archive-push sync zst:{level}" + (ENC_PGBR if enc else ""),
+                    times, repo)
+        attr = "pgbr_sync_enc" if enc else "pgbr_sync"
+        if level == self.a.pgbr_zst_level or not getattr(self, attr, None):
+            setattr(self, attr, (base, repo))
 
-    def bench_pgbr_async(self, level=None):
+    def bench_pgbr_sync_enc(self, level=None):
+        self.bench_pgbr_sync(level, enc=True)
+
+    def bench_pgbr_async(self, level=None, enc=False):
         level = self.a.pgbr_zst_level if level is None else level
         datadir = self.fake_datadir("pgbr-async", backlog=True)
-        base, repo = self.pgbr_conf(f"async{level}", datadir, async_=True, level=level)
+        base, repo = self.pgbr_conf(f"async{level}{'-enc' if enc else ''}", datadir, async_=True,
+                                    level=level, enc=enc)
         times = self.backlog_loop(datadir, lambda n: base + ["archive-push", f"pg_wal/{n}"])
         # The async worker may still be exiting; wait for its lock before measuring the repo.
         self.wait_quiet(repo)
         self.record("pgBackRest",
-                    f"archive-push async backlog p{self.a.pgbr_process_max} zst:{level}",
-                    times, repo)
+                    f"archive-push async backlog p{self.a.pgbr_process_max} zst:{level}"
+                    + (ENC_PGBR if enc else ""), times, repo)
 
-    def bench_pitr_sync(self):
-        repo = os.path.join(self.work, "repo-pitr-sync")
+    def bench_pgbr_async_enc(self, level=None):
+        self.bench_pgbr_async(level, enc=True)
+
+    # -- pitr: plain; encrypted with a key file (_enc, the documented archive_command setup);
+    #    encrypted with the passphrase itself (_enc_pass: one Argon2id run per call)
+    def pitr_repo(self, tag, enc=None):
+        """A fresh pitr repository; returns (repo, the global options every call needs)."""
+        repo = os.path.join(self.work, f"repo-pitr-{tag}")
         shutil.rmtree(repo, ignore_errors=True)
-        run([self.a.pitr_bin, "--repo", repo, "init"])
+        if enc is None:
+            run([self.a.pitr_bin, "--repo", repo, "init"])
+            return repo, []
+        run([self.a.pitr_bin, "--repo", repo, "--passphrase-file", self.passfile, "init",
+             "--encryption", "--kdf-memory", str(self.a.kdf_memory)])
+        if enc == "pass":
+            return repo, ["--passphrase-file", self.passfile]
+        key = os.path.join(self.work, f"key-{tag}.key")
+        if os.path.exists(key):
+            os.unlink(key)
+        run([self.a.pitr_bin, "--repo", repo, "--passphrase-file", self.passfile, "key", "add",
+             "--key-file", key, "--label", "archive"])
+        info = json.loads(run([self.a.pitr_bin, "--repo", repo, "--passphrase-file", key, "-q",
+                               "info", "--json"]))
+        if info.get("encrypted") is not True:
+            raise SystemExit(f"{repo}: pitr info --json does not say encrypted: {info}")
+        return repo, ["--passphrase-file", key]
+
+    def bench_pitr_sync(self, enc=None):
+        tag = "sync" + {None: "", "key": "-enc", "pass": "-enc-pass"}[enc]
+        repo, opts = self.pitr_repo(tag, enc)
         # cwd: a data dir with no backlog, so look-ahead (if any) finds nothing to do.
         datadir = self.fake_datadir("pitr-sync", backlog=False)
-        times = [timed([self.a.pitr_bin, "--repo", repo, "archive-wal", self.seg_path(n), n],
+        times = [timed([self.a.pitr_bin, "--repo", repo, *opts, "archive-wal", self.seg_path(n), n],
                        cwd=datadir) for n in self.segs]
-        self.record("pitr", "archive-wal sync", times, repo)
-        self.pitr_sync = repo
+        self.record("pitr", "archive-wal sync" + {None: "", "key": ENC_KEY, "pass": ENC_PASS}[enc],
+                    times, repo)
+        if enc is None:
+            self.pitr_sync = repo
+        elif enc == "key":
+            self.pitr_sync_enc = (repo, opts)
 
-    def bench_pitr_backlog(self):
-        repo = os.path.join(self.work, "repo-pitr-backlog")
-        shutil.rmtree(repo, ignore_errors=True)
-        run([self.a.pitr_bin, "--repo", repo, "init"])
+    def bench_pitr_sync_enc(self):
+        self.bench_pitr_sync(enc="key")
+
+    def bench_pitr_sync_enc_pass(self):
+        self.bench_pitr_sync(enc="pass")
+
+    def bench_pitr_backlog(self, enc=None):
+        repo, opts = self.pitr_repo("backlog" + ("-enc" if enc else ""), enc)
         datadir = self.fake_datadir("pitr-backlog", backlog=True)
         times = self.backlog_loop(
-            datadir, lambda n: [self.a.pitr_bin, "--repo", repo, "archive-wal", f"pg_wal/{n}", n])
+            datadir,
+            lambda n: [self.a.pitr_bin, "--repo", repo, *opts, "archive-wal", f"pg_wal/{n}", n])
         self.wait_quiet(repo)
-        self.record("pitr", "archive-wal backlog (look-ahead)", times, repo)
+        self.record("pitr", "archive-wal backlog (look-ahead)" + (ENC_KEY if enc else ""),
+                    times, repo)
+
+    def bench_pitr_backlog_enc(self):
+        self.bench_pitr_backlog(enc="key")
 
     def backlog_loop(self, datadir, cmd_for):
         """Mimic the archiver: call archive_command for the oldest .ready segment with the data
@@ -385,10 +468,19 @@ class Bench:
             repo = self.pitr_sync
             self.restore_loop(lambda n, d: [self.a.pitr_bin, "--repo", repo, "restore-wal", n, d],
                               "pitr", "restore-wal")
+        if getattr(self, "pitr_sync_enc", None):
+            repo_e, opts = self.pitr_sync_enc
+            self.restore_loop(
+                lambda n, d: [self.a.pitr_bin, "--repo", repo_e, *opts, "restore-wal", n, d],
+                "pitr", "restore-wal" + ENC_KEY)
         if getattr(self, "pgbr_sync", None):
             base, _repo = self.pgbr_sync
             self.restore_loop(lambda n, d: base + ["archive-get", n, d],
                               "pgBackRest", "archive-get sync")
+        if getattr(self, "pgbr_sync_enc", None):
+            base_e, _repo = self.pgbr_sync_enc
+            self.restore_loop(lambda n, d: base_e + ["archive-get", n, d],
+                              "pgBackRest", "archive-get sync" + ENC_PGBR)
         zdir = os.path.join(self.work, "zst")
         shutil.rmtree(zdir, ignore_errors=True)
         os.makedirs(zdir)
@@ -426,16 +518,19 @@ class Bench:
         for r in self.measured():
             groups.setdefault((r["tool"], r["mode"]), []).append(r)
         out = [
-            "| tool | mode | calls | median ms/seg | p90 ms | mean ms | max ms | MiB/s | stored MiB | ratio |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| tool | mode | calls | median ms/seg | p90 ms | mean ms | max ms | MiB/s "
+            "| median CPU ms/seg | stored MiB | ratio |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for (tool, mode), rs in groups.items():
             st = self.stats([t / 1e3 for r in rs for t in r["times_ms"]])
             stored = [r["stored"] for r in rs if r["stored"] is not None]
             ratio = [r["ratio"] for r in rs if r["ratio"]]
+            cpu = [c for r in rs for c in (r.get("cpu_ms") or [])]
             out.append(
                 f"| {tool} | {mode} | {st['n']} | {st['median_ms']:.1f} | {st['p90_ms']:.1f} |"
                 f" {st['mean_ms']:.1f} | {st['max_ms']:.1f} | {st['mibs']:.0f} |"
+                f" {f'{statistics.median(cpu):.1f}' if cpu else '-'} |"
                 f" {f'{statistics.median(stored) / MIB:.1f}' if stored else '-'} |"
                 f" {f'{statistics.median(ratio):.2f}x' if ratio else '-'} |")
         return "\n".join(out)
@@ -493,6 +588,11 @@ class Bench:
         finally:
             cluster.stop()
         self.n = len(self.segs)
+        # pitr's passphrase for the encrypted repositories (0600: pitr refuses a
+        # world-readable one); the key files are generated next to it by `pitr key add`
+        self.passfile = os.path.join(self.work, "pitr-passphrase")
+        with open(os.open(self.passfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(PITR_PASSPHRASE + "\n")
         corpus_bytes = self.n * SEG_SIZE
         wanted = [m.strip() for m in self.a.modes.split(",") if m.strip()]
         first = 0 if self.a.warmup else 1
@@ -510,6 +610,7 @@ class Bench:
                 fn = getattr(self, "bench_" + name.replace("-", "_"))
                 for attempt in range(1 + self.a.retries):
                     self.busy = self.wait_quiet_cpu()
+                    PENDING_CPU.clear()
                     mark = len(self.rows)
                     if level:
                         fn(level=int(level))
@@ -540,7 +641,15 @@ class Bench:
             "repositories; a global `sync` before each mode, which starts once the CPUs are idle "
             "(1 s sample; a mode is redone when they are busy right after it)",
             "- every row: one process per segment, called synchronously one after the other, "
-            "wall time around the call (Python subprocess, fork+exec included)",
+            "wall time around the call (Python subprocess, fork+exec included); CPU: user+sys "
+            "of the call's process and the children it waited for (getrusage RUSAGE_CHILDREN; "
+            "pgBackRest's detached async worker is not counted)",
+            "- encrypted rows: pitr `init --encryption` (AES-256-GCM per object, keyed BLAKE3 "
+            f"chunk IDs; passphrase slot Argon2id {self.a.kdf_memory} MiB, 3 passes), opened "
+            "by a key file from `pitr key add --key-file` (`--passphrase-file KEY`, the "
+            "documented archive_command setup) or, in the row marked passphrase, by the "
+            "passphrase itself (one Argon2id run per call); pgBackRest with "
+            "repo1-cipher-type=aes-256-cbc and a repo1-cipher-pass",
             f"- pgBackRest: posix repo on the same filesystem, compress-type=zst compress-level="
             f"{self.a.pgbr_zst_level} (its default; rows marked zst:N use level N), "
             f"log-level-file={self.a.pgbr_log_file}, async rows "
@@ -578,6 +687,10 @@ class Bench:
             log(f"wrote {self.a.out} (+ .json with every call's time)")
 
 
+DEFAULT_MODES = ("cp,pitr_sync,pitr_sync_enc,pitr_sync_enc_pass,pgbr_sync,pgbr_sync_enc,pgbr_sync@1,"
+                 "pitr_backlog,pitr_backlog_enc,pgbr_async,pgbr_async_enc,restore")
+
+
 def parse():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True)
@@ -587,8 +700,9 @@ def parse():
     p.add_argument("--rounds", type=int, default=int(os.environ.get("ROUNDS", "3")))
     p.add_argument("--warmup", type=int, default=int(os.environ.get("WARMUP", "1")),
                    help="1: run one extra, unreported round first (disk writeback settles)")
-    p.add_argument("--modes", default=os.environ.get(
-        "MODES", "cp,pitr_sync,pgbr_sync,pgbr_sync@1,pitr_backlog,pgbr_async,restore"))
+    p.add_argument("--modes", default=os.environ.get("MODES", DEFAULT_MODES))
+    p.add_argument("--kdf-memory", type=int, default=int(os.environ.get("KDF_MEMORY", "64")),
+                   help="Argon2id MiB of the encrypted pitr repositories' passphrase slot")
     p.add_argument("--pgbr-zst-level", type=int, default=int(os.environ.get("PGBR_ZST_LEVEL", "3")))
     p.add_argument("--pgbr-process-max", type=int, default=int(os.environ.get("PGBR_PROCESS_MAX", "2")))
     p.add_argument("--pgbr-log-file", default=os.environ.get("PGBR_LOG_FILE", "off"))

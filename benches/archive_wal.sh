@@ -11,8 +11,15 @@
 #   SCALE=10             pgbench -i scale of the throwaway cluster
 #   ROUNDS=3             measured rounds (every mode, fresh repositories each round)
 #   WARMUP=1             one extra round first, left out of the summary (0: none)
-#   MODES=cp,pitr_sync,pgbr_sync,pgbr_sync@1,pitr_backlog,pgbr_async,restore
+#   MODES=cp,pitr_sync,pitr_sync_enc,pitr_sync_enc_pass,pgbr_sync,pgbr_sync_enc,pgbr_sync@1,
+#         pitr_backlog,pitr_backlog_enc,pgbr_async,pgbr_async_enc,restore
 #                        (a pgbr mode may carry @LEVEL: pgbr_sync@1 runs zstd level 1)
+#                        _enc: an encrypted repository -- pitr `init --encryption` opened with a
+#                        key file from `pitr key add --key-file` (the documented archive_command
+#                        setup), pgBackRest repo1-cipher-type=aes-256-cbc; pitr_sync_enc_pass:
+#                        pitr opened with the passphrase itself (one Argon2id run per call);
+#                        restore: restore-wal / archive-get from every sync repository made
+#   KDF_MEMORY=64        Argon2id MiB of the encrypted pitr repositories' passphrase slot
 #   PITR_BIN=...         pitr binary (default ${CARGO_TARGET_DIR:-<repo>/target}/release/pitr,
 #                        built with `cargo build --release` if missing; if the build fails
 #                        the pitr rows are skipped; SKIP_PITR=1 skips them on purpose)
@@ -106,7 +113,7 @@ runuser -u postgres -- env \
     ${MODES:+MODES="$MODES"} PGBR_ZST_LEVEL="${PGBR_ZST_LEVEL:-3}" \
     PGBR_PROCESS_MAX="${PGBR_PROCESS_MAX:-2}" PGBR_LOG_FILE="${PGBR_LOG_FILE:-off}" \
     QUIET_WAIT="${QUIET_WAIT:-300}" QUIET_BUSY="${QUIET_BUSY:-0.25}" \
-    RETRIES="${RETRIES:-2}" \
+    RETRIES="${RETRIES:-2}" KDF_MEMORY="${KDF_MEMORY:-64}" \
     PATH="/usr/local/bin:/usr/bin:/bin" \
     /usr/bin/python3 "$HERE/archive_wal.py" --workdir "$WORK" --pitr-bin "$PITR_RUN" --pitr-built "$PITR_BUILT" --out "$TMP_OUT"
 

@@ -38,6 +38,11 @@ PGBIN = "/usr/lib/postgresql/15/bin"
 MIB = 1024 * 1024
 STANZA = "bench"
 PG_USER = "postgres"
+# the encrypted repositories' secrets (benchmark only)
+PGBR_CIPHER_PASS = "bench-pgbackrest-cipher-passphrase-0123456789"
+PITR_PASSPHRASE = "bench pitr passphrase, correct horse battery staple"
+ENC = ", encrypted"            # suffix of the encrypted pitr rows
+ENC_PGBR = ", aes-256-cbc"     # suffix of the encrypted pgBackRest rows
 
 
 def log(msg):
@@ -115,6 +120,14 @@ class Bench:
         self.repo = os.path.join(self.work, "repo-pitr")
         self.pgbr_repo = os.path.join(self.work, "repo-pgbr")
         self.pgbr_conf = os.path.join(self.work, "pgbackrest.conf")
+        # encrypted twins: pitr `init --encryption` opened with a key file, pgBackRest
+        # repo1-cipher-type=aes-256-cbc (own config, repository, lock and spool paths)
+        self.enc = bool(a.encrypted)
+        self.repo_enc = os.path.join(self.work, "repo-pitr-enc")
+        self.passfile = os.path.join(self.work, "pitr-passphrase")
+        self.keyfile = os.path.join(self.work, "pitr-archive.key")
+        self.pgbr_repo_enc = os.path.join(self.work, "repo-pgbr-enc")
+        self.pgbr_conf_enc = os.path.join(self.work, "pgbackrest-enc.conf")
         self.plain = os.path.join(self.work, "wal-plain")
         self.pgbb = os.path.join(self.work, "pgbb")
         self.running = []          # data directories of servers this script started
@@ -149,10 +162,13 @@ class Bench:
     def pg_ctl(self, *args):
         return run([os.path.join(PGBIN, "pg_ctl")] + list(args))
 
-    def pgbr(self, *args):
-        return ["pgbackrest", f"--config={self.pgbr_conf}", f"--stanza={STANZA}", *args]
+    def pgbr(self, *args, enc=False):
+        return ["pgbackrest", f"--config={self.pgbr_conf_enc if enc else self.pgbr_conf}",
+                f"--stanza={STANZA}", *args]
 
-    def pitr_cmd(self, *args):
+    def pitr_cmd(self, *args, enc=False):
+        if enc:   # the key file, as archive_command and a scheduled backup would use
+            return [self.pitr, "--repo", self.repo_enc, "--passphrase-file", self.keyfile, *args]
         return [self.pitr, "--repo", self.repo, *args]
 
     def conninfo(self):
@@ -219,9 +235,32 @@ class Bench:
                     "synchronous_commit = off\n"
                     "log_line_prefix = '%m [%p] '\n"
                     "log_checkpoints = on\n")
-        self.write(self.pgbr_conf,
+        for enc in ((False, True) if self.enc else (False,)):
+            self.write_pgbr_conf(enc)
+        run([self.pitr, "--repo", self.repo, "init"])
+        if self.enc:
+            self.write(self.passfile, PITR_PASSPHRASE + "\n", 0o600)
+            run([self.pitr, "--repo", self.repo_enc, "--passphrase-file", self.passfile, "init",
+                 "--encryption"])
+            run([self.pitr, "--repo", self.repo_enc, "--passphrase-file", self.passfile, "key",
+                 "add", "--key-file", self.keyfile, "--label", "bench"])
+            info = json.loads(run(self.pitr_cmd("-q", "info", "--json", enc=True)))
+            if info.get("encrypted") is not True:
+                raise SystemExit(f"pitr info --json does not say encrypted: {info}")
+            self.pitr_cipher = info.get("cipher")
+        self.setup_cluster()
+
+    def write_pgbr_conf(self, enc):
+        sfx = "-enc" if enc else ""
+        if enc:
+            for d in ("pgbr-lock-enc", "pgbr-spool-enc"):
+                self.mkdir(os.path.join(self.work, d))
+            self.mkdir(self.pgbr_repo_enc, 0o750)
+        self.write(self.pgbr_conf_enc if enc else self.pgbr_conf,
                    "[global]\n"
-                   f"repo1-path={self.pgbr_repo}\n"
+                   f"repo1-path={self.pgbr_repo_enc if enc else self.pgbr_repo}\n"
+                   + ("repo1-cipher-type=aes-256-cbc\n"
+                      f"repo1-cipher-pass={PGBR_CIPHER_PASS}\n" if enc else "") +
                    "repo1-retention-full=99\n"
                    "compress-type=zst\n"
                    f"compress-level={self.a.pgbr_zst_level}\n"
@@ -229,8 +268,8 @@ class Bench:
                    "start-fast=y\n"
                    "archive-timeout=300\n"
                    f"log-path={self.work}/pgbr-log\n"
-                   f"lock-path={self.work}/pgbr-lock\n"
-                   f"spool-path={self.work}/pgbr-spool\n"
+                   f"lock-path={self.work}/pgbr-lock{sfx}\n"
+                   f"spool-path={self.work}/pgbr-spool{sfx}\n"
                    "log-level-console=warn\n"
                    "log-level-stderr=warn\n"
                    f"log-level-file={self.a.pgbr_log_file}\n"
@@ -238,7 +277,8 @@ class Bench:
                    f"pg1-path={self.pgdata}\n"
                    f"pg1-port={self.port}\n"
                    f"pg1-socket-path={self.sock}\n", 0o640)
-        run([self.pitr, "--repo", self.repo, "init"])
+
+    def setup_cluster(self):
         self.pg_ctl("-D", self.pgdata, "-w", "-l", os.path.join(self.work, "postgres.log"),
                     "start")
         self.running.append(self.pgdata)
@@ -254,9 +294,19 @@ class Bench:
         self.psql("CHECKPOINT")
         self.set_archive_command(
             f"{self.pitr} -q --repo {self.repo} archive-wal %p %f"
-            f" && pgbackrest --config={self.pgbr_conf} --stanza={STANZA} archive-push %p"
-            f" && cp %p {self.plain}/%f")
+            + (f" && {self.pitr} -q --repo {self.repo_enc} --passphrase-file {self.keyfile}"
+               " archive-wal %p %f" if self.enc else "")
+            + f" && pgbackrest --config={self.pgbr_conf} --stanza={STANZA} archive-push %p"
+            + (f" && pgbackrest --config={self.pgbr_conf_enc} --stanza={STANZA} archive-push %p"
+               if self.enc else "")
+            + f" && cp %p {self.plain}/%f")
         run(self.pgbr("stanza-create"))
+        if self.enc:
+            run(self.pgbr("stanza-create", enc=True))
+            info = json.loads(run(self.pgbr("--output=json", "info", enc=True)))
+            ciphers = {r.get("cipher") for r in info[0].get("repo", [])}
+            if ciphers != {"aes-256-cbc"}:
+                raise SystemExit(f"pgbackrest info of the encrypted repository: cipher {ciphers}")
         self.settle_archive()
         self.db_size = int(self.psql("SELECT sum(pg_database_size(oid)) FROM pg_database"))
         log(f"cluster: {self.db_size / MIB:,.0f} MiB in databases")
@@ -303,19 +353,19 @@ class Bench:
             f" stored {mib(stored)} MiB")
         return r
 
-    def pitr_backup_stored(self, r):
+    def pitr_backup_stored(self, r, enc=False):
         bid = r["stdout"].strip().splitlines()[-1].strip()
-        backups = json.loads(run(self.pitr_cmd("list", "--json")))
+        backups = json.loads(run(self.pitr_cmd("list", "--json", enc=enc)))
         for b in backups:
             if b["id"] == bid:
                 self.pitr_size_bytes = b.get("size_bytes")
                 return b["stored_bytes"]
         raise SystemExit(f"pitr list --json has no backup {bid!r}")
 
-    def pgbr_last_backup_dir(self):
-        info = json.loads(run(self.pgbr("--output=json", "info")))
+    def pgbr_last_backup_dir(self, enc=False):
+        info = json.loads(run(self.pgbr("--output=json", "info", enc=enc)))
         label = info[0]["backup"][-1]["label"]
-        return os.path.join(self.pgbr_repo, "backup", STANZA, label)
+        return os.path.join(self.pgbr_repo_enc if enc else self.pgbr_repo, "backup", STANZA, label)
 
     def bench_backups(self):
         if self.cache_mode == "warm":
@@ -333,18 +383,34 @@ class Bench:
             self.data_bytes = os.path.getsize(os.path.join(self.pgbb, "base.tar"))
             return tree_bytes(self.pgbb)
         self.backup_row("full", "pg_basebackup -Ft -X stream", pgbb_cmd, pgbb_stored, "pgbb")
-        self.backup_row("full", "pitr backup",
-                        self.pitr_cmd("backup", "-d", self.conninfo(), "--checkpoint", "fast"),
-                        self.pitr_backup_stored, "pitr-full")
-        self.backup_row("full", "pgbackrest backup --type=full", self.pgbr("backup", "--type=full"),
-                        lambda _r: tree_bytes(self.pgbr_last_backup_dir()), "pgbr-full")
+        # With ENCRYPTED=1 each tool's encrypted twin runs right after (ENC_FIRST=1: right
+        # before) its plain row, into its own repository.
+        encs = (False, True) if self.enc else (False,)
+        if self.a.enc_first:
+            encs = encs[::-1]
+        for enc in encs:
+            self.backup_row("full", "pitr backup" + (ENC if enc else ""),
+                            self.pitr_cmd("backup", "-d", self.conninfo(), "--checkpoint", "fast",
+                                          enc=enc),
+                            lambda r, e=enc: self.pitr_backup_stored(r, e),
+                            "pitr-full" + ("-enc" if enc else ""))
+        for enc in encs:
+            self.backup_row("full", "pgbackrest backup --type=full" + (ENC_PGBR if enc else ""),
+                            self.pgbr("backup", "--type=full", enc=enc),
+                            lambda _r, e=enc: tree_bytes(self.pgbr_last_backup_dir(e)),
+                            "pgbr-full" + ("-enc" if enc else ""))
         self.psql("CHECKPOINT")
-        self.backup_row("unchanged", "pitr backup (2nd)",
-                        self.pitr_cmd("backup", "-d", self.conninfo(), "--checkpoint", "fast"),
-                        self.pitr_backup_stored, "pitr-2nd")
-        self.backup_row("unchanged", "pgbackrest backup --type=incr",
-                        self.pgbr("backup", "--type=incr"),
-                        lambda _r: tree_bytes(self.pgbr_last_backup_dir()), "pgbr-incr")
+        for enc in encs:
+            self.backup_row("unchanged", "pitr backup (2nd)" + (ENC if enc else ""),
+                            self.pitr_cmd("backup", "-d", self.conninfo(), "--checkpoint", "fast",
+                                          enc=enc),
+                            lambda r, e=enc: self.pitr_backup_stored(r, e),
+                            "pitr-2nd" + ("-enc" if enc else ""))
+        for enc in encs:
+            self.backup_row("unchanged", "pgbackrest backup --type=incr" + (ENC_PGBR if enc else ""),
+                            self.pgbr("backup", "--type=incr", enc=enc),
+                            lambda _r, e=enc: tree_bytes(self.pgbr_last_backup_dir(e)),
+                            "pgbr-incr" + ("-enc" if enc else ""))
 
     def profile_backup(self):
         """PERF=1: one more full pitr backup, into a fresh repository, under `perf record -g`
@@ -398,6 +464,17 @@ class Bench:
         def pgbr(d):
             return ("pgbackrest restore --type=immediate",
                     self.pgbr("restore", f"--pg1-path={d}", "--type=immediate"), "pgbr-restore")
+
+        def pitr_enc(d):
+            return ("pitr restore --target-immediate" + ENC,
+                    self.pitr_cmd("restore", "--pgdata", d, "--target-immediate", enc=True),
+                    "pitr-restore-enc")
+
+        def pgbr_enc(d):
+            return ("pgbackrest restore --type=immediate" + ENC_PGBR,
+                    self.pgbr("restore", f"--pg1-path={d}", "--type=immediate", enc=True),
+                    "pgbr-restore-enc")
+        makers = (pitr, pitr_enc, pgbr, pgbr_enc) if self.enc else (pitr, pgbr)
         # Every lay-down goes into its own directory and none is deleted before the last one
         # is timed. This VM's ext4 has no journal, and without one ext4 will not reuse an
         # inode deleted in the last 60 s (360 s while its inode-table block is still dirty):
@@ -415,22 +492,22 @@ class Bench:
         self.mkdir(warm)
         run(["tar", "-xf", os.path.join(self.pgbb, "base.tar"), "-C", warm], pg=False)
         dirs = [warm]
-        first = None
+        first = {}
         for i in range(self.a.laydown_rounds):
-            for make in ((pitr, pgbr) if i % 2 == 0 else (pgbr, pitr)):
+            for make in (makers if i % 2 == 0 else makers[::-1]):
                 d = laydown(f"{make.__name__}-{i + 1}")
                 tool, cmd, name = make(d)
                 dirs.append(d)
                 self.restore_row(tool, cmd, d, f"{name}-{i + 1}")
-                if name == "pitr-restore" and first is None:
-                    first = d
-        if first is not None and self.a.verify_laydown:
-            out = run([os.path.join(PGBIN, "pg_verifybackup"), "-n", first], check=False)
-            self.notes.append("pg_verifybackup -n on pitr's lay-down: "
-                              + (out.strip().splitlines() or ["(no output)"])[-1])
-        pitr_tool, pgbr_tool = pitr("")[0], pgbr("")[0]
+                if name.startswith("pitr-restore"):
+                    first.setdefault(name, d)
+        if self.a.verify_laydown:
+            for name, d in first.items():
+                out = run([os.path.join(PGBIN, "pg_verifybackup"), "-n", d], check=False)
+                self.notes.append(f"pg_verifybackup -n on pitr's lay-down ({name}): "
+                                  + (out.strip().splitlines() or ["(no output)"])[-1])
         if self.a.laydown_rounds > 1:
-            for tool in (pitr_tool, pgbr_tool):
+            for tool in [m("")[0] for m in makers]:
                 rows = [r for r in self.restores if r["tool"] == tool]
                 mean = {k: sum(r[k] for r in rows) / len(rows)
                         for k in ("wall", "cpu", "rss_kib", "bytes", "busy", "busy_after", "load")}
@@ -614,6 +691,15 @@ class Bench:
                  "just before it: well above 0% before means other work competed with the step "
                  "(the figure is pessimistic); after may also be the step's own aftermath (the "
                  "archiver archiving a backup's last segment, kernel writeback)",
+                 *(["- encrypted rows (`, encrypted`, `, aes-256-cbc`): pitr `init --encryption` "
+                    "(AES-256-GCM per object, keyed BLAKE3 chunk IDs; `pitr info --json`: cipher "
+                    f"{getattr(self, 'pitr_cipher', '?')}), every call opened with a "
+                    "key file from `pitr key add --key-file` (`--passphrase-file KEY`: HKDF, no "
+                    "Argon2id); pgBackRest with repo1-cipher-type=aes-256-cbc and a "
+                    "repo1-cipher-pass, otherwise the same configuration; each into its own "
+                    "repository, archive_command archiving to all four; each encrypted backup "
+                    "runs right " + ("before" if self.a.enc_first else "after")
+                    + " the same tool's plain one"] if self.enc else []),
                  "- wall: the client process from fork to exit; CPU: user+sys of the client's "
                  "process tree (server side not included); peak RSS: the largest single process "
                  "of that tree (wait4 rusage)",
@@ -691,7 +777,7 @@ class Bench:
                       "restore_command runs in child processes); runs in the order listed. Every run ended at "
                       + ", ".join(sorted({r['redo_done_lsn'] for r in self.replays})) + ".",
                       ""]
-        lines += ["## Targets (issues 3 and 4)", ""]
+        lines += [f"## Targets (issues 3{', 4 and 12' if self.enc else ' and 4'})", ""]
         lines += self.targets()
         if getattr(self, "profile", None):
             wall, body = self.profile
@@ -727,6 +813,8 @@ class Bench:
         if pr and gr:
             out.append(f"- lay-down at least as fast as pgBackRest: {pr['wall']:.2f} s vs "
                        f"{gr['wall']:.2f} s — {mark(pr['wall'] <= gr['wall'])}")
+        if self.enc:
+            out += self.enc_targets(b, rs)
         pitr = [r for r in self.replays if r["mode"] == "pitr"]
         cp = [r for r in self.replays if r["mode"] == "cp"]
         if pitr and cp:
@@ -737,6 +825,32 @@ class Bench:
             out.append(f"- replay with pitr within 1.2x of cp: start → ready {tp:.2f} s vs "
                        f"{tc:.2f} s = {tp / tc:.2f}x — {mark(tp / tc <= 1.2)}; redo alone "
                        f"{rp:.2f} s vs {rc:.2f} s = {rp / rc:.2f}x — {mark(rp / rc <= 1.2)}")
+        return out
+
+    def enc_targets(self, b, rs):
+        """Issue 12: encrypted pitr within 1.15x of plain pitr, and faster than pgBackRest
+        with repo1-cipher-type=aes-256-cbc (wall time of the same step, same run)."""
+        out = []
+
+        def mark(ok):
+            return "met" if ok else "**missed**"
+        pairs = [("first backup", b, "pitr backup", "pgbackrest backup --type=full"),
+                 ("second backup (unchanged)", b, "pitr backup (2nd)",
+                  "pgbackrest backup --type=incr"),
+                 ("lay-down", rs, "pitr restore --target-immediate",
+                  "pgbackrest restore --type=immediate")]
+        for what, rows, pitr_t, pgbr_t in pairs:
+            p, pe, ge = rows.get(pitr_t), rows.get(pitr_t + ENC), rows.get(pgbr_t + ENC_PGBR)
+            if not (p and pe):
+                continue
+            ratio = pe["wall"] / p["wall"]
+            line = (f"- {what}, encrypted pitr within 1.15x of plain pitr: {pe['wall']:.2f} s vs "
+                    f"{p['wall']:.2f} s = {ratio:.2f}x (CPU {pe['cpu']:.2f} s vs {p['cpu']:.2f} s)"
+                    f" — {mark(ratio <= 1.15)}")
+            if ge:
+                line += (f"; faster than pgBackRest aes-256-cbc: {pe['wall']:.2f} s vs "
+                         f"{ge['wall']:.2f} s — {mark(pe['wall'] < ge['wall'])}")
+            out.append(line)
         return out
 
     def main(self):
@@ -799,6 +913,10 @@ def parse():
     p.add_argument("--quiet-busy", type=float, default=float(env("QUIET_BUSY", "0.25")))
     p.add_argument("--perf", type=int, default=int(env("PERF", "0")),
                    help="1: profile one extra full pitr backup with perf record -g")
+    p.add_argument("--encrypted", type=int, default=int(env("ENCRYPTED", "1")),
+                   help="1: also encrypted pitr (key file) and pgBackRest (aes-256-cbc) rows")
+    p.add_argument("--enc-first", type=int, default=int(env("ENC_FIRST", "0")),
+                   help="1: each tool's encrypted backup before its plain one")
     p.add_argument("--out", default="")
     return p.parse_args()
 

@@ -3,7 +3,9 @@
 # (zstd, process-max 2) and cp, on one pgbench cluster, in one run (issues 3 and 4, "Speed").
 #
 #   1. backups: pg_basebackup -Ft -X stream, pitr backup, pgbackrest backup --type=full;
-#      then (cluster unchanged, after a CHECKPOINT) a 2nd pitr backup and pgbackrest --type=incr
+#      then (cluster unchanged, after a CHECKPOINT) a 2nd pitr backup and pgbackrest --type=incr;
+#      with ENCRYPTED=1 (the default) each pitr and pgbackrest row also encrypted, into a second
+#      repository (pitr --encryption with a key file, pgBackRest aes-256-cbc)
 #   2. restore lay-down: pitr restore --target-immediate, pgbackrest restore --type=immediate,
 #      tar -xf of the pg_basebackup copy
 #   3. WAL replay of ~1 GB archived WAL: pitr's restore_command vs restore_command='cp DIR/%f %p'
@@ -37,6 +39,10 @@
 #   PGBR_LOG_FILE=off    pgBackRest log-level-file
 #   QUIET_WAIT=0         before each timed step wait up to this many seconds for the CPUs to be
 #   QUIET_BUSY=0.25      idle (busy fraction below QUIET_BUSY); the report shows the load seen
+#   ENCRYPTED=1          also encrypted twins of the pitr and pgBackRest rows (issue 12): pitr
+#                        `init --encryption` opened with a key file (`pitr key add --key-file`),
+#                        pgBackRest repo1-cipher-type=aes-256-cbc; 0: the plain rows only
+#   ENC_FIRST=0          1: each tool's encrypted backup runs before its plain one
 #   PERF=1               also profile one extra full pitr backup (perf record -g; not timed)
 #   KEEP=1               keep the work directory (logs, repositories)
 #   OUT=FILE             results file (default benches/results/backup_restore-<date>.md)

@@ -137,18 +137,24 @@ pub fn encode_chunk_into(out: &mut Vec<u8>, data: &[u8], level: i32) {
             const { std::cell::RefCell::new(None) };
     }
     // One compression context per thread: creating one per chunk costs more than compressing
-    // a small chunk.
+    // a small chunk. The compressed bytes go straight after the header, into `out`: a second
+    // buffer would be fresh memory to fault in and copy out of, per chunk.
+    let payload = out.len();
+    out.reserve(zstd::zstd_safe::compress_bound(data.len()));
     let compressed = COMPRESSOR.with(|c| {
         let mut c = c.borrow_mut();
         if c.as_ref().is_none_or(|(l, _)| *l != level) {
             *c = Some((level, zstd::bulk::Compressor::new(level).ok()?));
         }
         let (_, comp) = c.as_mut()?;
-        comp.compress(data).ok()
+        let mut cursor = std::io::Cursor::new(&mut *out);
+        cursor.set_position(payload as u64);
+        comp.compress_to_buffer(data, &mut cursor).ok()
     });
     match compressed {
-        Some(c) if c.len() < data.len() => out.extend_from_slice(&c),
+        Some(n) if n < data.len() && out.len() == payload + n => {}
         _ => {
+            out.truncate(payload);
             out[start + 5] = CODEC_RAW;
             out.extend_from_slice(data);
         }

@@ -14,6 +14,7 @@ mod error;
 pub mod keys;
 mod keyslot;
 mod local;
+mod readbuf;
 mod repo;
 mod writer;
 

@@ -1070,12 +1070,12 @@ async fn unlock(
     Ok(unlocked)
 }
 
-/// `n` bytes of `file` at `off`, one `pread` loop into a fresh buffer. Reading short of `n`
-/// means the file (meant to be `len` bytes) shrank under us.
+/// `n` bytes of `file` at `off`, one `pread` loop into a fresh buffer (`readbuf.rs`: huge
+/// pages where the kernel allows). Reading short of `n` means the file (meant to be `len`
+/// bytes) shrank under us.
 fn read_range(file: &std::fs::File, off: u64, n: usize, len: u64, what: &str) -> Result<Bytes> {
-    let mut buf = vec![0u8; n];
-    match file.read_exact_at(&mut buf, off) {
-        Ok(()) => Ok(Bytes::from(buf)),
+    match crate::readbuf::ReadBuf::read_exact_at(file, off, n) {
+        Ok(buf) => Ok(Bytes::from_owner(buf)),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(StoreError::Io {
             key: what.to_string(),
             source: std::io::Error::new(

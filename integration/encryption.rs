@@ -930,3 +930,72 @@ fn encrypted_point_in_time_recovery_s3() {
         "rows at {between}, restored from S3"
     );
 }
+
+/// At a terminal, `init --encryption` and `key add` ask for the new passphrase twice when no
+/// file or variable gives one (as restic does); what was typed opens the repository, and two
+/// different answers change nothing. The terminal is a pseudo-terminal `script` makes.
+#[test]
+fn a_new_passphrase_is_asked_at_the_terminal() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let dir = TestDir::new();
+    let pitr = Pitr::new(&dir, "repo");
+    let at_terminal = |args: &str, typed: &str| -> Output {
+        let line = format!(
+            "{} --repo {} {args}",
+            pitr.bin().display(),
+            pitr.repo().display()
+        );
+        let mut cmd = pitr_testkit::user::unprivileged("script");
+        cmd.args(["-qec", &line, "/dev/null"])
+            .env_remove("PITR_PASSPHRASE")
+            .env_remove("PITR_PASSPHRASE_FILE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("run script(1)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(typed.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = at_terminal(
+        "init --encryption --kdf-memory 8 --kdf-iterations 1",
+        "typed at the tty\ntyped at the tty\n",
+    );
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && shown.contains("New passphrase for the first key slot"),
+        "{shown}"
+    );
+    let pass = secret_file(&dir, "typed", "typed at the tty\n");
+    let with_pass = |args: &[&str]| {
+        let mut cmd = pitr.command(["--passphrase-file", pass.to_str().unwrap()]);
+        cmd.args(args);
+        cmd
+    };
+    let slots = run_stdout(&mut with_pass(&["key", "list", "--json"]));
+    assert_eq!(
+        slots.matches("\"kind\": \"passphrase\"").count(),
+        1,
+        "{slots}"
+    );
+
+    let out = at_terminal(
+        &format!(
+            "--passphrase-file {} key add --kdf-memory 8 --kdf-iterations 1",
+            pass.display()
+        ),
+        "one answer\nanother answer\n",
+    );
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !out.status.success() && shown.contains("the two passphrases differ"),
+        "{shown}"
+    );
+    let slots = run_stdout(&mut with_pass(&["key", "list", "--json"]));
+    assert_eq!(slots.matches("\"id\"").count(), 1, "nothing added: {slots}");
+}

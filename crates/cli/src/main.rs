@@ -7,6 +7,7 @@ mod commands;
 mod config;
 mod logging;
 mod progress;
+mod prompt;
 
 use std::process::ExitCode;
 

@@ -13,12 +13,16 @@ pub async fn run(url: &str, args: InitArgs, secret: Option<Secret>) -> anyhow::R
         compression_level: args.compression_level.unwrap_or(DEFAULT_COMPRESSION_LEVEL),
         encryption: None,
     };
+    let secret = match (args.encryption, secret) {
+        (true, None) => crate::prompt::new_passphrase("the first key slot")?,
+        (_, secret) => secret,
+    };
     let encryption = match (args.encryption, secret) {
         (true, Some(s)) => Some((s, args.key_label.as_str(), args.kdf.cost())),
         (true, None) => bail!(
             "--encryption needs the first key slot's passphrase: --passphrase-file FILE, \
-             PITR_PASSPHRASE, passphrase_file in the config file, or the systemd credential \
-             pitr-passphrase"
+             PITR_PASSPHRASE, passphrase_file in the config file, the systemd credential \
+             pitr-passphrase, or run it at a terminal to be asked"
         ),
         (false, Some(s)) => bail!(
             "a passphrase is given ({}) but --encryption is not: pass --encryption to create an \

@@ -70,9 +70,13 @@ async fn add(repo: &Repo, args: KeyAddArgs, env: &Env) -> anyhow::Result<()> {
             format!("--new-passphrase-file {}", p.display()),
         ),
         (None, Some(v)) => Secret::new(v, "PITR_NEW_PASSPHRASE"),
-        (None, None) => bail!(
-            "pitr key add needs --new-passphrase-file FILE, PITR_NEW_PASSPHRASE, or --key-file FILE"
-        ),
+        (None, None) => match crate::prompt::new_passphrase("the new key slot")? {
+            Some(s) => s,
+            None => bail!(
+                "pitr key add needs --new-passphrase-file FILE, PITR_NEW_PASSPHRASE, \
+                 --key-file FILE, or a terminal to ask at"
+            ),
+        },
     };
     let slot = repo
         .key_add_passphrase(&new, &args.label, args.kdf.cost())

@@ -19,7 +19,7 @@ use pitr_testkit::user::unprivileged;
 use pitr_testkit::wal::lsn;
 use pitr_testkit::{certs, s3, PgCluster, TestDir};
 
-use crate::harness::{backup_id_of, Pitr};
+use crate::harness::{backup_id_of, error_lines, Pitr};
 
 /// How long a restored server may take to reach the backup's consistent point and promote.
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -94,15 +94,6 @@ fn start_restored(data_dir: &Path, bindir: Option<&Path>) -> PgCluster {
     let pg = builder.start_existing(data_dir);
     pg.wait_promoted(PROMOTE_TIMEOUT);
     pg
-}
-
-/// Non-empty lines of stderr.
-fn error_lines(out: &Output) -> Vec<String> {
-    stderr_of(out)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(str::to_owned)
-        .collect()
 }
 
 /// `pitr backup` must fail with one stderr line containing each of `needles`

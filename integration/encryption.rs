@@ -18,7 +18,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use pitr_testkit::cluster::{psql_command, stop_immediately};
-use pitr_testkit::cmd::{describe, output, run, stderr_of, stdout_of};
+use pitr_testkit::cmd::{describe, output, run, stdout_of};
 use pitr_testkit::dirs::{list_dir, tail};
 use pitr_testkit::programs::pg_bindir;
 use pitr_testkit::s3;
@@ -26,7 +26,7 @@ use pitr_testkit::user::{chmod, give_to_pg};
 use pitr_testkit::{free_port, PgCluster, TestDir};
 use sha2::{Digest, Sha256};
 
-use crate::harness::{Pitr, ARCHIVE_TIMEOUT};
+use crate::harness::{error_lines, Pitr, ARCHIVE_TIMEOUT};
 
 /// Cheap Argon2id for passphrase slots: the tests are about the repository, not the KDF.
 const KDF: [&str; 4] = ["--kdf-memory", "8", "--kdf-iterations", "1"];
@@ -177,15 +177,6 @@ fn chunk_names(root: &Path) -> BTreeSet<String> {
     files_under(&root.join("chunks"))
         .iter()
         .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
-        .collect()
-}
-
-/// Non-empty lines of stderr.
-fn error_lines(out: &Output) -> Vec<String> {
-    stderr_of(out)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(str::to_owned)
         .collect()
 }
 

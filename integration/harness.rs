@@ -380,3 +380,12 @@ pub fn chunks_of_ref(path: &Path) -> Vec<(String, u64)> {
         })
         .collect()
 }
+
+/// Non-empty lines of a command's stderr.
+pub fn error_lines(out: &Output) -> Vec<String> {
+    pitr_testkit::cmd::stderr_of(out)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
+}

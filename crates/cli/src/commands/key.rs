@@ -33,15 +33,18 @@ async fn list(repo: &Repo, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&slots)?);
         return Ok(());
     }
-    println!("{:<16}  {:<10}  {:<25}  label", "id", "kind", "created");
+    println!(
+        "{:<16}  {:<10}  {:<25}  {:<6}  label",
+        "id", "kind", "created", "in use"
+    );
     for s in slots {
         println!(
-            "{:<16}  {:<10}  {:<25}  {}{}",
+            "{:<16}  {:<10}  {:<25}  {:<6}  {}",
             s.id,
             s.kind,
             pitr_core::time::format_time(&s.created),
-            s.label,
-            if s.in_use { "  (in use)" } else { "" }
+            if s.in_use { "yes" } else { "" },
+            s.label
         );
     }
     Ok(())

@@ -119,9 +119,15 @@ impl<'de> serde::Deserialize<'de> for Fingerprint {
 
 /// Encode a chunk body: zstd at `level`, or raw when compression does not pay.
 pub fn encode_chunk(data: &[u8], level: i32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(CHUNK_HEADER_LEN + data.len() / 4);
+    let mut out = Vec::with_capacity(encoded_len_bound(data.len()));
     encode_chunk_into(&mut out, data, level);
     out
+}
+
+/// The most bytes [`encode_chunk`] makes of `len` bytes: a buffer this large up front is
+/// never reallocated (and copied) while a chunk is compressed into it.
+pub fn encoded_len_bound(len: usize) -> usize {
+    CHUNK_HEADER_LEN + zstd::zstd_safe::compress_bound(len).max(len)
 }
 
 /// [`encode_chunk`], appended to `out` (an encrypted body's buffer, after its header).
@@ -140,7 +146,7 @@ pub fn encode_chunk_into(out: &mut Vec<u8>, data: &[u8], level: i32) {
     // a small chunk. The compressed bytes go straight after the header, into `out`: a second
     // buffer would be fresh memory to fault in and copy out of, per chunk.
     let payload = out.len();
-    out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+    out.reserve(encoded_len_bound(data.len()) - CHUNK_HEADER_LEN);
     let compressed = COMPRESSOR.with(|c| {
         let mut c = c.borrow_mut();
         if c.as_ref().is_none_or(|(l, _)| *l != level) {

@@ -17,7 +17,9 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
-use crate::chunk::{decode_chunk_with, encode_chunk, encode_chunk_into, ChunkId, Fingerprint};
+use crate::chunk::{
+    decode_chunk_with, encode_chunk, encode_chunk_into, encoded_len_bound, ChunkId, Fingerprint,
+};
 use crate::crypto::Keys;
 use crate::repo::{BackupChunk, ChunkRef, KnownChunk};
 use crate::{Backend, Result, StoreError};
@@ -450,7 +452,8 @@ impl Codec {
         match &self.keys {
             None => encode_chunk(data, self.level),
             Some(k) => {
-                let mut out = Vec::with_capacity(crate::crypto::SEAL_OVERHEAD + data.len() / 2);
+                let bound = crate::crypto::SEAL_OVERHEAD + encoded_len_bound(data.len());
+                let mut out = Vec::with_capacity(bound);
                 k.seal_with(&id.key(), &mut out, |o| {
                     encode_chunk_into(o, data, self.level)
                 });

@@ -244,6 +244,8 @@ pub struct Repo {
     backend: Backend,
     config: RepoConfig,
     unlocked: Option<Arc<Unlocked>>,
+    /// Chunk IDs and bodies, and (its keys) document sealing: what the backends were given.
+    codec: Codec,
     /// Chunks in flight at once, shared by every file this handle is storing (bounds memory
     /// at about twice this times the chunk size).
     concurrency: usize,
@@ -289,13 +291,14 @@ impl Repo {
         };
         // The one place that looks at the kind of backend.
         let chunks: Arc<dyn ChunkBackend> = match &backend.local_root {
-            Some(root) => Arc::new(LocalBackend::new(root.clone(), codec)),
-            None => Arc::new(ObjectChunks::new(backend.clone(), codec)),
+            Some(root) => Arc::new(LocalBackend::new(root.clone(), codec.clone())),
+            None => Arc::new(ObjectChunks::new(backend.clone(), codec.clone())),
         };
         Repo {
             backend,
             config,
             unlocked,
+            codec,
             concurrency: default_concurrency(),
             limiter: Arc::new(Semaphore::new(default_concurrency())),
             chunks,
@@ -500,10 +503,7 @@ impl Repo {
     }
     /// A chunk's ID: the SHA-256 of `data`, or its keyed BLAKE3 in an encrypted repository.
     pub fn chunk_id(&self, data: &[u8]) -> ChunkId {
-        match &self.unlocked {
-            None => ChunkId::of(data),
-            Some(u) => u.keys.chunk_id(data),
-        }
+        self.codec.id(data)
     }
     pub fn backend(&self) -> &Backend {
         &self.backend
@@ -620,7 +620,7 @@ impl Repo {
     ) -> Result<Vec<ChunkRef>> {
         let lens: Vec<u32> = like.iter().map(|c| c.len).collect();
         let what = what.to_string();
-        let repo = self.clone();
+        let codec = self.codec.clone();
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::with_capacity(lens.len());
             let mut buf = vec![0u8; lens.iter().copied().max().unwrap_or(0) as usize];
@@ -633,7 +633,7 @@ impl Repo {
                         source,
                     })?;
                 out.push(ChunkRef {
-                    id: repo.chunk_id(data),
+                    id: codec.id(data),
                     len,
                 });
                 off += u64::from(len);
@@ -686,8 +686,8 @@ impl Repo {
     /// name is durable.
     pub async fn put_doc(&self, key: &str, body: Bytes) -> Result<DocWrite> {
         self.sync().await?;
-        let body = match &self.unlocked {
-            Some(u) if !keys::is_unsealed(key) => Bytes::from(u.keys.seal(key, &body)),
+        let body = match &self.codec.keys {
+            Some(k) if !keys::is_unsealed(key) => Bytes::from(k.seal(key, &body)),
             _ => body,
         };
         if self
@@ -716,9 +716,8 @@ impl Repo {
     /// Read a document; `None` when absent.
     pub async fn get_doc(&self, key: &str) -> Result<Option<Bytes>> {
         let body = self.chunks.get_doc(key.to_string()).await?;
-        match (&self.unlocked, body) {
-            (Some(u), Some(body)) if !keys::is_unsealed(key) => u
-                .keys
+        match (&self.codec.keys, body) {
+            (Some(k), Some(body)) if !keys::is_unsealed(key) => k
                 .open(key, &body)
                 .map(|b| Some(Bytes::from(b)))
                 .map_err(|detail| StoreError::Corrupt {

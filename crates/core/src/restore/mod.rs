@@ -99,18 +99,14 @@ fn escape_percent(s: &str) -> String {
 /// `repo_url` (with the configuration file `config`, which holds the repository's options):
 /// shell-quoted, then `%`-escaped, with only pitr's own `%f %p` left for PostgreSQL to
 /// substitute.
-fn recovery_commands(exe: &str, config: Option<&str>, repo_url: &str) -> (String, String) {
-    let mut config = config.map_or(String::new(), |c| {
-        format!(" --config {}", escape_percent(&shell_word(c)))
-    });
-    // The file holding an encrypted repository's passphrase, when one was named by
-    // --passphrase-file (the binary exports it, absolute): restore-wal needs it too.
-    if let Some(p) = std::env::var_os("PITR_PASSPHRASE_FILE").filter(|p| !p.is_empty()) {
-        config.push_str(&format!(
-            " --passphrase-file {}",
-            escape_percent(&shell_word(&p.to_string_lossy()))
-        ));
-    }
+fn recovery_commands(exe: &str, handed_on: &HandedOn, repo_url: &str) -> (String, String) {
+    let option = |name: &str, value: &Option<String>| {
+        value.as_ref().map_or(String::new(), |v| {
+            format!(" --{name} {}", escape_percent(&shell_word(v)))
+        })
+    };
+    let config = option("config", &handed_on.config)
+        + &option("passphrase-file", &handed_on.passphrase_file);
     let prefix = format!(
         "{}{config} --repo {}",
         escape_percent(&shell_word(exe)),
@@ -122,6 +118,27 @@ fn recovery_commands(exe: &str, config: Option<&str>, repo_url: &str) -> (String
     )
 }
 
+/// What restore_command passes on of this run's own settings: the files the binary exported,
+/// absolute.
+#[derive(Default)]
+struct HandedOn {
+    /// The configuration file read (it may hold the repository's endpoint, credentials and
+    /// passphrase file), so that restore_command reads the same one.
+    config: Option<String>,
+    /// The file `--passphrase-file` named: restore-wal needs the same secret.
+    passphrase_file: Option<String>,
+}
+
+impl HandedOn {
+    fn from_env() -> HandedOn {
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        HandedOn {
+            config: var("PITR_CONFIG"),
+            passphrase_file: var("PITR_PASSPHRASE_FILE"),
+        }
+    }
+}
+
 /// Recovery settings, appended to postgresql.auto.conf after removing any earlier ones.
 fn recovery_settings(
     repo_url: &str,
@@ -129,12 +146,9 @@ fn recovery_settings(
 ) -> anyhow::Result<Vec<(String, String)>> {
     let exe = std::env::current_exe().context("find the pitr binary's own path")?;
     let exe = exe.canonicalize().unwrap_or(exe);
-    // The binary exports the configuration file it read (it may hold the repository's
-    // endpoint and credentials), so that restore_command reads the same one.
-    let config = std::env::var("PITR_CONFIG").ok().filter(|c| !c.is_empty());
     Ok(recovery_settings_for(
         &exe.display().to_string(),
-        config.as_deref(),
+        &HandedOn::from_env(),
         repo_url,
         args,
     ))
@@ -142,12 +156,12 @@ fn recovery_settings(
 
 fn recovery_settings_for(
     exe: &str,
-    config: Option<&str>,
+    handed_on: &HandedOn,
     repo_url: &str,
     args: &RestoreRequest,
 ) -> Vec<(String, String)> {
     let target = &args.target;
-    let (command, cleanup) = recovery_commands(exe, config, repo_url);
+    let (command, cleanup) = recovery_commands(exe, handed_on, repo_url);
     let mut out = vec![
         ("restore_command".to_string(), conf_value(&command)),
         ("recovery_end_command".to_string(), conf_value(&cleanup)),
@@ -822,7 +836,7 @@ mod tests {
     fn percent_in_paths_is_escaped_for_postgresql() {
         let settings = recovery_settings_for(
             "/opt/pitr%p/bin/pitr",
-            None,
+            &HandedOn::default(),
             "file:///srv/repo%f%20x",
             &request(Path::new("/d")),
         );
@@ -842,10 +856,14 @@ mod tests {
             substitute(&value("recovery_end_command"), "x", "y"),
             "/opt/pitr%p/bin/pitr --repo file:///srv/repo%f%20x spool-clean pg_wal"
         );
-        // The configuration file the restore read goes along (quoted, escaped).
+        // The configuration file and the passphrase file the restore read go along (quoted,
+        // escaped).
         let settings = recovery_settings_for(
             "/usr/bin/pitr",
-            Some("/etc/pitr/my cluster%.toml"),
+            &HandedOn {
+                config: Some("/etc/pitr/my cluster%.toml".into()),
+                passphrase_file: Some("/etc/pitr/key 100%".into()),
+            },
             "s3://b/p",
             &request(Path::new("/d")),
         );
@@ -856,7 +874,7 @@ mod tests {
             .1;
         assert_eq!(
             substitute(&value[1..value.len() - 1].replace("''", "'"), "N", "P"),
-            "/usr/bin/pitr --config '/etc/pitr/my cluster%.toml' --repo s3://b/p restore-wal N P"
+            "/usr/bin/pitr --config '/etc/pitr/my cluster%.toml' --passphrase-file '/etc/pitr/key 100%' --repo s3://b/p restore-wal N P"
         );
     }
 
@@ -869,7 +887,7 @@ mod tests {
                 archive_off,
                 ..request(Path::new("/d"))
             };
-            recovery_settings_for("/bin/pitr", None, "/repo", &req)
+            recovery_settings_for("/bin/pitr", &HandedOn::default(), "/repo", &req)
                 .iter()
                 .any(|(k, v)| k == "archive_mode" && v == "'off'")
         };

@@ -146,7 +146,13 @@ fn run(mut cli: Cli, settings: Settings, env: &Env) -> anyhow::Result<()> {
             Command::Backup(args) => commands::backup::run(&repo_url, args).await,
             Command::List(args) => commands::list::run(&repo_url, args).await,
             Command::Restore(args) => {
-                commands::restore::run(&repo_url, args, secret.as_ref()).await
+                let reach = commands::restore::SecretReach {
+                    secret: secret.as_ref(),
+                    written: cli.global.passphrase_file.is_some()
+                        || settings.file.passphrase_file.is_some(),
+                    in_environment: env.get("PITR_PASSPHRASE").is_some(),
+                };
+                commands::restore::run(&repo_url, args, reach).await
             }
             Command::Verify(args) => commands::verify::run(&repo_url, args).await,
             Command::Check(args) => commands::check::run(&repo_url, args).await,

@@ -12,37 +12,34 @@ use pitr_store::Repo;
 use crate::cli::{self, RestoreArgs};
 use crate::progress::Shown;
 
-pub async fn run(
-    url: &str,
-    args: RestoreArgs,
-    secret: Option<&pitr_store::Secret>,
-) -> anyhow::Result<()> {
+/// How the secret this run opened the repository with reaches the restore_command it writes.
+pub struct SecretReach<'a> {
+    pub secret: Option<&'a pitr_store::Secret>,
+    /// restore_command names a file that holds it (`--passphrase-file`, or `--config` whose
+    /// file has `passphrase_file`).
+    pub written: bool,
+    /// `PITR_PASSPHRASE` is set: a server `--start` starts inherits it.
+    pub in_environment: bool,
+}
+
+pub async fn run(url: &str, args: RestoreArgs, reach: SecretReach<'_>) -> anyhow::Result<()> {
     let json = args.json;
     let start = args.start;
     let req = request(args)?;
     let repo = Repo::open(url).await?;
-    if let (Some(_), Some(secret)) = (repo.cipher(), secret) {
-        warn_if_restore_command_lacks(secret, start);
+    if let (Some(_), Some(secret)) = (repo.cipher(), reach.secret) {
+        if !reach.written && !(start && reach.in_environment) {
+            tracing::warn!(
+                "restore_command finds this encrypted repository's secret ({}) only if the \
+                 server's environment has it; give --passphrase-file FILE (a key file from \
+                 `pitr key add --key-file`) or passphrase_file in the config file, and restore \
+                 writes it into restore_command",
+                secret.origin()
+            );
+        }
     }
     let report = pitr_core::restore::restore(&repo, req, &Shown).await?;
     print(&report, json)
-}
-
-/// restore_command carries `--config` and `--passphrase-file`, so a secret from either reaches
-/// it; one from a variable or a systemd credential reaches it only through the server's
-/// environment.
-fn warn_if_restore_command_lacks(secret: &pitr_store::Secret, start: bool) {
-    let origin = secret.origin();
-    let written = origin.starts_with("--passphrase-file") || origin.starts_with("passphrase_file");
-    if written || (start && origin == "PITR_PASSPHRASE") {
-        return;
-    }
-    tracing::warn!(
-        "restore_command finds this encrypted repository's secret ({origin}) only if the \
-         server's environment has it; give --passphrase-file FILE (a key file from \
-         `pitr key add --key-file`) or passphrase_file in the config file, and restore writes \
-         it into restore_command"
-    );
 }
 
 fn request(args: RestoreArgs) -> anyhow::Result<RestoreRequest> {

@@ -27,16 +27,15 @@ pub async fn run(url: &str, args: RestoreArgs, reach: SecretReach<'_>) -> anyhow
     let start = args.start;
     let req = request(args)?;
     let repo = Repo::open(url).await?;
-    if let (Some(_), Some(secret)) = (repo.cipher(), reach.secret) {
-        if !reach.written && !(start && reach.in_environment) {
-            tracing::warn!(
-                "restore_command finds this encrypted repository's secret ({}) only if the \
-                 server's environment has it; give --passphrase-file FILE (a key file from \
-                 `pitr key add --key-file`) or passphrase_file in the config file, and restore \
-                 writes it into restore_command",
-                secret.origin()
-            );
-        }
+    let reaches = reach.written || (start && reach.in_environment);
+    if let (Some(_), Some(secret), false) = (repo.cipher(), reach.secret, reaches) {
+        tracing::warn!(
+            "restore_command finds this encrypted repository's secret ({}) only if the \
+             server's environment has it; give --passphrase-file FILE (a key file from \
+             `pitr key add --key-file`) or passphrase_file in the config file, and restore \
+             writes it into restore_command",
+            secret.origin()
+        );
     }
     let report = pitr_core::restore::restore(&repo, req, &Shown).await?;
     print(&report, json)

@@ -55,9 +55,7 @@ async fn add(repo: &Repo, args: KeyAddArgs, env: &Env) -> anyhow::Result<()> {
         // Claim the file first: nothing is added when it cannot be written.
         let mut file = create_private(path)?;
         let (slot, text) = repo.key_add_key_file(&args.label).await?;
-        file.write_all(text.as_bytes())
-            .and_then(|_| file.sync_all())
-            .with_context(|| format!("write key file {}", path.display()))?;
+        fill(&mut file, path, &text)?;
         tracing::info!(
             "added key slot {} (key file {}); give it to archive_command and restore_command \
              as passphrase_file or the systemd credential pitr-passphrase",
@@ -97,15 +95,17 @@ fn export(repo: &Repo, output: Option<&Path>) -> anyhow::Result<()> {
          repository"
     );
     match output {
-        Some(path) => {
-            let mut file = create_private(path)?;
-            file.write_all(text.as_bytes())
-                .and_then(|_| file.sync_all())
-                .with_context(|| format!("write {}", path.display()))?;
-        }
+        Some(path) => fill(&mut create_private(path)?, path, &text)?,
         None => std::io::stdout().write_all(text.as_bytes())?,
     }
     Ok(())
+}
+
+/// Write a secret into the file [`create_private`] made, durably.
+fn fill(file: &mut std::fs::File, path: &Path, text: &str) -> anyhow::Result<()> {
+    file.write_all(text.as_bytes())
+        .and_then(|_| file.sync_all())
+        .with_context(|| format!("write {}", path.display()))
 }
 
 /// A new file only its owner can read; an existing one is never overwritten.

@@ -905,6 +905,12 @@ pub(crate) mod tests {
     }
 
     /// Archive `data` under `name` the way archive-wal would (no checks).
+    /// Segment `n` of timeline 1, archived as itself.
+    async fn archive_segment(repo: &Repo, n: u64) -> WalRef {
+        let name = format!("0000000100000000000000{n:02X}");
+        archive(repo, &name, segment(n, SYSID), None).await
+    }
+
     async fn archive(repo: &Repo, name: &str, data: Vec<u8>, size: Option<u64>) -> WalRef {
         let (chunk, _) = repo.put_chunk(Bytes::from(data.clone())).await.unwrap();
         let r = WalRef {
@@ -1044,8 +1050,7 @@ pub(crate) mod tests {
         claim_cluster(&repo, SYSID, "test").await.unwrap();
         let mut refs = Vec::new();
         for n in 2..=5u64 {
-            let name = format!("0000000100000000000000{n:02X}");
-            refs.push(archive(&repo, &name, segment(n, SYSID), None).await);
+            refs.push(archive_segment(&repo, n).await);
         }
         let backend = repo.backend().clone();
         let store = backend.store.clone();
@@ -1166,13 +1171,7 @@ pub(crate) mod tests {
         )
         .await;
         for n in [4, 5] {
-            archive(
-                &repo,
-                &format!("0000000100000000000000{n:02X}"),
-                segment(n, SYSID),
-                None,
-            )
-            .await;
+            archive_segment(&repo, n).await;
         }
         let report = verify(&repo, VerifyRequest::default(), &crate::progress::Silent)
             .await
@@ -1197,13 +1196,7 @@ pub(crate) mod tests {
         assert_eq!(one.problems, report.problems);
 
         for n in [2, 3] {
-            archive(
-                &repo,
-                &format!("0000000100000000000000{n:02X}"),
-                segment(n, SYSID),
-                None,
-            )
-            .await;
+            archive_segment(&repo, n).await;
         }
         let report = verify(&repo, VerifyRequest::default(), &crate::progress::Silent)
             .await

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{concurrent_writers, encrypted_suite, file_round_trip, gc_operations, suite};
+use common::{encrypted_suite, shared_checks, suite};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use pitr_store::{Backend, Repo};
@@ -42,9 +42,7 @@ async fn s3_backend() {
 
     let url = format!("s3://{BUCKET}/{PREFIX}");
     let repo = suite(&url).await;
-    concurrent_writers(&repo).await;
-    file_round_trip(&repo).await;
-    gc_operations(&repo).await;
+    shared_checks(&repo).await;
     // a fresh open sees the same configuration
     let reopened = Repo::open(&url).await.unwrap();
     assert_eq!(reopened.config(), repo.config());
@@ -69,9 +67,7 @@ async fn s3_backend() {
     // and encrypted, on the same server
     let url = format!("s3://{BUCKET}/encrypted");
     let repo = encrypted_suite(&url).await;
-    concurrent_writers(&repo).await;
-    file_round_trip(&repo).await;
-    gc_operations(&repo).await;
+    shared_checks(&repo).await;
 
     // with the bucket's server-side encryption asked for on top: every object is stored
     // with it (the server says so on a plain GET), and reads back

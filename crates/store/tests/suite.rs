@@ -4,15 +4,13 @@
 mod common;
 
 use bytes::Bytes;
-use common::{concurrent_writers, encrypted_suite, file_round_trip, gc_operations, suite, walk};
+use common::{encrypted_suite, shared_checks, suite, walk};
 use pitr_store::{Repo, RepoConfig, StoreError};
 
 #[tokio::test]
 async fn memory_backend() {
     let repo = suite("memory://").await;
-    concurrent_writers(&repo).await;
-    file_round_trip(&repo).await;
-    gc_operations(&repo).await;
+    shared_checks(&repo).await;
 }
 
 #[tokio::test]
@@ -20,9 +18,7 @@ async fn local_backend() {
     let dir = tempfile::tempdir().unwrap();
     let url = dir.path().join("repo").display().to_string();
     let repo = suite(&url).await;
-    concurrent_writers(&repo).await;
-    file_round_trip(&repo).await;
-    gc_operations(&repo).await;
+    shared_checks(&repo).await;
     // a fresh open sees the same configuration
     let reopened = Repo::open(&url).await.unwrap();
     assert_eq!(reopened.config(), repo.config());
@@ -37,9 +33,7 @@ async fn local_backend() {
 #[tokio::test]
 async fn memory_backend_encrypted() {
     let repo = encrypted_suite("memory://encrypted").await;
-    concurrent_writers(&repo).await;
-    file_round_trip(&repo).await;
-    gc_operations(&repo).await;
+    shared_checks(&repo).await;
 }
 
 #[tokio::test]
@@ -47,9 +41,7 @@ async fn local_backend_encrypted() {
     let dir = tempfile::tempdir().unwrap();
     let url = dir.path().join("repo").display().to_string();
     let repo = encrypted_suite(&url).await;
-    concurrent_writers(&repo).await;
-    file_round_trip(&repo).await;
-    gc_operations(&repo).await;
+    shared_checks(&repo).await;
 }
 
 #[tokio::test]

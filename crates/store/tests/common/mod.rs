@@ -192,6 +192,14 @@ pub async fn suite(url: &str) -> Repo {
     repo
 }
 
+/// The checks after [`suite`] or [`encrypted_suite`] that every backend, encrypted or not, must
+/// pass.
+pub async fn shared_checks(repo: &Repo) {
+    concurrent_writers(repo).await;
+    file_round_trip(repo).await;
+    gc_operations(repo).await;
+}
+
 pub async fn concurrent_writers(repo: &Repo) {
     // 16 writers of the same chunk at once: all succeed, exactly the same chunk results
     let data = Bytes::from(vec![7u8; 300_000]);

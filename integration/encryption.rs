@@ -17,16 +17,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use pitr_testkit::cluster::{psql_command, stop_immediately};
+use pitr_testkit::cluster::psql_command;
 use pitr_testkit::cmd::{describe, output, run, stdout_of};
-use pitr_testkit::dirs::{list_dir, tail};
-use pitr_testkit::programs::pg_bindir;
+use pitr_testkit::dirs::list_dir;
 use pitr_testkit::s3;
 use pitr_testkit::user::{chmod, give_to_pg};
-use pitr_testkit::{free_port, PgCluster, TestDir};
+use pitr_testkit::{PgCluster, TestDir};
 use sha2::{Digest, Sha256};
 
 use crate::harness::{error_lines, Pitr, ARCHIVE_TIMEOUT};
+use crate::restored::restore_started;
 
 /// Cheap Argon2id for passphrase slots: the tests are about the repository, not the KDF.
 const KDF: [&str; 4] = ["--kdf-memory", "8", "--kdf-iterations", "1"];
@@ -240,62 +240,6 @@ fn restore_command_in(pgdata: &Path) -> String {
         .find(|l| l.trim_start().starts_with("restore_command"))
         .unwrap_or_else(|| panic!("no restore_command in postgresql.auto.conf:\n{conf}"))
         .to_owned()
-}
-
-/// A server `pitr restore --start` left running on `pgdata`; stopped (immediate) on drop.
-struct Started {
-    pgdata: PathBuf,
-    sock: PathBuf,
-    port: u16,
-}
-
-impl Started {
-    /// `pitr restore --pgdata <dir>/d-<name> <args> --start` (archiving off, socket only),
-    /// expecting success.
-    #[track_caller]
-    fn restore(pitr: &Pitr, dir: &TestDir, name: &str, args: &[&str]) -> Started {
-        let started = Started {
-            pgdata: dir.path().join(format!("d-{name}")),
-            sock: dir.mkdir(&format!("s-{name}")),
-            port: free_port(),
-        };
-        let mut cmd = pitr.command(["restore", "--pgdata"]);
-        cmd.arg(&started.pgdata)
-            .args(args)
-            .args(["--start", "--port", &started.port.to_string()])
-            .arg("--pg-option")
-            .arg(format!(
-                "unix_socket_directories='{}'",
-                started.sock.display()
-            ))
-            .args(["--pg-option", "listen_addresses=''"])
-            .args(["--pg-option", "archive_mode=off", "--json"]);
-        let out = output(&mut cmd);
-        assert!(
-            out.status.success(),
-            "restore {name} failed\n{}\n--- recovery log ---\n{}",
-            describe(&cmd, &out),
-            tail(&started.pgdata.join("pitr-recovery.log"), 40)
-        );
-        started
-    }
-
-    fn rows(&self) -> String {
-        rows_at(&self.sock, self.port)
-    }
-}
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "--- recovery log {} ---\n{}",
-                self.pgdata.display(),
-                tail(&self.pgdata.join("pitr-recovery.log"), 40)
-            );
-        }
-        stop_immediately(pg_bindir(), &self.pgdata);
-    }
 }
 
 /// An encrypted local repository that a cluster archives into (with a key file), holding one
@@ -777,13 +721,13 @@ fn key_rotation_locks_out_the_old_passphrase() {
         "B alone in use: {listed:?}"
     );
 
-    let r = Started::restore(&by_b, &dir, "rotated", &[]);
+    let r = restore_started(&by_b, &dir, "rotated", &[], "off");
     assert_eq!(
         r.rows(),
         "1,2,3",
         "every archived row, restored with passphrase B"
     );
-    let rc = restore_command_in(&r.pgdata);
+    let rc = restore_command_in(&r.place.pgdata);
     assert!(
         rc.contains("--passphrase-file") && rc.contains(&pass_b.display().to_string()),
         "restore_command should carry B's file: {rc}"
@@ -834,9 +778,9 @@ fn encrypted_point_in_time_recovery_local() {
     pg.psql("insert into t values (3)");
     switch_and_archive(&pg);
 
-    let r = Started::restore(&pitr, &dir, "name", &["--target-name", "enc-p"]);
+    let r = restore_started(&pitr, &dir, "name", &["--target-name", "enc-p"], "off");
     assert_eq!(r.rows(), "1,2", "rows at restore point enc-p");
-    let rc = restore_command_in(&r.pgdata);
+    let rc = restore_command_in(&r.place.pgdata);
     assert!(
         rc.contains(&format!("--passphrase-file {}", key.display())),
         "restore_command should carry the key file: {rc}"

@@ -15,4 +15,5 @@ mod hardening_wal;
 mod harness;
 mod quickstart;
 mod restore;
+mod restored;
 mod verify;

@@ -9,6 +9,7 @@ mod backup;
 mod check;
 mod config;
 mod encryption;
+mod exit_status;
 mod expire;
 mod hardening_restore;
 mod hardening_wal;

@@ -2,6 +2,16 @@
 //! arguments, sets up logging and progress, runs one command from `commands/`, and is the one
 //! place where errors become exit statuses ([`exit_status`]).
 
+/// `println!` for results on stdout, as an error instead of a panic when stdout cannot be
+/// written (a closed pipe: `pitr list | head`; a full disk): the enclosing function returns
+/// the error, so the command exits non-zero with one line naming it.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*).map_err(crate::stdout_failed)?;
+    }};
+}
+
 mod cli;
 mod commands;
 mod config;
@@ -100,6 +110,16 @@ fn main() -> ExitCode {
         Command::Check(_) => Contract::Check,
         _ => Contract::Other,
     };
+    // One panic guard around everything that follows, logging included: a panic must not
+    // exit 101 (for restore_command that would read as "not archived").
+    let guarded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| execute(cli, contract)));
+    ExitCode::from(guarded.unwrap_or_else(|_| exit_status(Failure::Fatal, contract)))
+}
+
+/// Runs the parsed command and returns its exit status. The status is decided before
+/// anything is logged, and the logging runs under its own guard: nothing that happens while
+/// writing to stderr (a full disk, a closed pipe, a panic in the logger) can change it.
+fn execute(cli: Cli, contract: Contract) -> u8 {
     let restore_wal = contract == Contract::RestoreWal;
     let env = Env::process();
     // A broken configuration file is reported once logging is up.
@@ -109,25 +129,28 @@ fn main() -> ExitCode {
         Err(_) => cli.global.log_format.unwrap_or(cli::LogFormat::Text),
     };
     logging::init(&cli.global, format);
-    // A panic must not exit 101: for restore_command that would read as "not found".
     let outcome =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli, settings?, &env)));
-    match outcome {
-        Ok(Ok(())) => ExitCode::SUCCESS,
+    let (status, report): (u8, Box<dyn FnOnce()>) = match outcome {
+        Ok(Ok(())) => (0, Box::new(|| {})),
         Ok(Err(err)) => {
             let failure = Failure::of(&err);
-            match failure {
-                Failure::NotArchived if restore_wal => tracing::info!("{err:#}"),
-                Failure::Warning => tracing::warn!("{err:#}"),
-                _ => tracing::error!("{err:#}"),
-            }
-            ExitCode::from(exit_status(failure, contract))
+            (
+                exit_status(failure, contract),
+                Box::new(move || match failure {
+                    Failure::NotArchived if restore_wal => tracing::info!("{err:#}"),
+                    Failure::Warning => tracing::warn!("{err:#}"),
+                    _ => tracing::error!("{err:#}"),
+                }),
+            )
         }
-        Err(_) => {
-            tracing::error!("internal error (panic); see the message above");
-            ExitCode::from(exit_status(Failure::Fatal, contract))
-        }
-    }
+        Err(_) => (
+            exit_status(Failure::Fatal, contract),
+            Box::new(|| tracing::error!("internal error (panic); see the message above")),
+        ),
+    };
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(report));
+    status
 }
 
 fn run(mut cli: Cli, settings: Settings, env: &Env) -> anyhow::Result<()> {
@@ -197,6 +220,11 @@ fn hand_over(
         std::env::set_var("PITR_CONFIG", path);
     }
     Ok(secret)
+}
+
+/// The error for a result line stdout would not take.
+fn stdout_failed(e: std::io::Error) -> anyhow::Error {
+    anyhow::anyhow!("cannot write the result to stdout: {e}")
 }
 
 /// Chunk buffers are 1 MiB: above glibc's default mmap threshold, each one would be a fresh

@@ -19,6 +19,6 @@ pub async fn run(url: &str, args: BackupArgs) -> anyhow::Result<()> {
         max_rate: args.max_rate,
     };
     let manifest = pitr_core::backup::backup(&repo, req, &Shown).await?;
-    println!("{}", manifest.id);
+    outln!("{}", manifest.id);
     Ok(())
 }

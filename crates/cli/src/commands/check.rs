@@ -18,7 +18,7 @@ pub async fn run(url: &str, args: CheckArgs) -> anyhow::Result<()> {
     let report = pitr_core::check::check(&repo, &req).await;
     let status = report.status();
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "status": status,
@@ -38,9 +38,9 @@ pub async fn run(url: &str, args: CheckArgs) -> anyhow::Result<()> {
         } else {
             worst.join("; ")
         };
-        println!("PITR {status} - {summary}");
+        outln!("PITR {status} - {summary}");
         for c in &report.checks {
-            println!("{:<8} {}: {}", c.status.to_string(), c.check, c.message);
+            outln!("{:<8} {}: {}", c.status.to_string(), c.check, c.message);
         }
     }
     if status == Status::Ok {

@@ -27,17 +27,17 @@ pub async fn run(url: &str, args: ExpireArgs) -> anyhow::Result<()> {
     };
     let report = expire(&repo, &req).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_text(&report);
+        print_text(&report)?;
     }
     Ok(())
 }
 
-fn print_text(r: &ExpireReport) {
+fn print_text(r: &ExpireReport) -> anyhow::Result<()> {
     let verb = if r.dry_run { "would remove" } else { "removed" };
     for b in &r.backups {
-        println!(
+        outln!(
             "{verb} backup {} (finished {})",
             b.id,
             b.stop_time.format("%Y-%m-%d %H:%M:%S%:z")
@@ -45,22 +45,22 @@ fn print_text(r: &ExpireReport) {
     }
     if r.dry_run {
         for w in &r.wal {
-            println!("{verb} WAL {}", w.key);
+            outln!("{verb} WAL {}", w.key);
         }
         for c in &r.chunks {
-            println!("{verb} chunk {} ({} bytes)", c.key, c.bytes);
+            outln!("{verb} chunk {} ({} bytes)", c.key, c.bytes);
         }
         for s in &r.staging {
-            println!("{verb} staging file {} ({} bytes)", s.key, s.bytes);
+            outln!("{verb} staging file {} ({} bytes)", s.key, s.bytes);
         }
     }
     if let Some(why) = &r.chunks_skipped {
-        println!("chunks not collected: {why}");
+        outln!("chunks not collected: {why}");
     }
     for m in &r.stale_markers {
-        println!("ignored stale backup marker {m}");
+        outln!("ignored stale backup marker {m}");
     }
-    println!(
+    outln!(
         "kept {} backups{}; {verb} {} backups, {} WAL files, {} chunks, {} staging files; \
          {} bytes {}{}",
         r.kept.len(),
@@ -84,4 +84,5 @@ fn print_text(r: &ExpireReport) {
             String::new()
         }
     );
+    Ok(())
 }

@@ -10,9 +10,9 @@ pub async fn run(url: &str, args: InfoArgs) -> anyhow::Result<()> {
     let repo = Repo::open(url).await?;
     let info = pitr_core::info::info(&repo).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
+        outln!("{}", serde_json::to_string_pretty(&info)?);
     } else {
-        print_text(&info);
+        print_text(&info)?;
     }
     Ok(())
 }
@@ -23,26 +23,28 @@ fn shown(v: &serde_json::Value) -> String {
     parse_time(s).map_or_else(|_| s.to_string(), |t| format_time(&t))
 }
 
-fn print_text(info: &Info) {
-    println!("repository:  {}", info.repository);
+fn print_text(info: &Info) -> anyhow::Result<()> {
+    outln!("repository:  {}", info.repository);
     if let Some(s) = &info.system_identifier {
-        println!("system:      {s}");
+        outln!("system:      {s}");
     }
-    println!(
+    outln!(
         "chunks:      {} bytes stored (chunk size {}, zstd level {})",
-        info.stored_bytes, info.chunk_size, info.compression_level
+        info.stored_bytes,
+        info.chunk_size,
+        info.compression_level
     );
     match &info.cipher {
-        Some(c) => println!(
+        Some(c) => outln!(
             "encryption:  {c}, keyed chunk IDs ({}), format {}",
             pitr_store::CHUNK_ID,
             info.format_version
         ),
-        None => println!("encryption:  none (format {})", info.format_version),
+        None => outln!("encryption:  none (format {})", info.format_version),
     }
-    println!("backups:     {}", info.backups.len());
+    outln!("backups:     {}", info.backups.len());
     for b in &info.backups {
-        println!(
+        outln!(
             "  {}  {} .. {}  {} MiB ({} MiB new)",
             b["id"].as_str().unwrap_or(""),
             shown(&b["start_time"]),
@@ -52,25 +54,27 @@ fn print_text(info: &Info) {
         );
     }
     for r in &info.recoverable {
-        println!(
+        outln!(
             "recoverable: {} .. {}",
             format_time(&r.from),
             format_time(&r.to)
         );
     }
     let w = &info.wal;
-    println!(
+    outln!(
         "wal:         {} files, {} bytes raw, {} bytes stored",
-        w.files, w.raw_bytes, w.stored_bytes
+        w.files,
+        w.raw_bytes,
+        w.stored_bytes
     );
     if let (Some(n), Some(t)) = (&w.last_archived, &w.last_archived_at) {
         let age = w
             .last_archived_age_seconds
             .map_or(String::new(), |s| format!(" ({s} s ago)"));
-        println!("last:        {n} at {}{age}", format_time(t));
+        outln!("last:        {n} at {}{age}", format_time(t));
     }
     for t in &w.timelines {
-        println!(
+        outln!(
             "timeline {}:  {} .. {} ({} segments{})",
             t.timeline,
             t.first,
@@ -83,14 +87,15 @@ fn print_text(info: &Info) {
             }
         );
         for [a, b] in &t.gaps {
-            println!("  missing:   {a} .. {b}");
+            outln!("  missing:   {a} .. {b}");
         }
     }
     if !w.history_files.is_empty() {
         let names: Vec<&str> = w.history_files.iter().map(|n| n.as_str()).collect();
-        println!("history:     {}", names.join(", "));
+        outln!("history:     {}", names.join(", "));
     }
     for d in &info.damaged {
-        println!("damaged:     {}: {}", d.key, d.error);
+        outln!("damaged:     {}: {}", d.key, d.error);
     }
+    Ok(())
 }

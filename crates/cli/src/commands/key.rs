@@ -30,15 +30,18 @@ pub async fn run(url: &str, command: KeyCommand, env: &Env) -> anyhow::Result<()
 async fn list(repo: &Repo, json: bool) -> anyhow::Result<()> {
     let slots = repo.key_slots().await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&slots)?);
+        outln!("{}", serde_json::to_string_pretty(&slots)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<16}  {:<10}  {:<25}  {:<6}  label",
-        "id", "kind", "created", "in use"
+        "id",
+        "kind",
+        "created",
+        "in use"
     );
     for s in slots {
-        println!(
+        outln!(
             "{:<16}  {:<10}  {:<25}  {:<6}  {}",
             s.id,
             s.kind,
@@ -62,7 +65,7 @@ async fn add(repo: &Repo, args: KeyAddArgs, env: &Env) -> anyhow::Result<()> {
             slot.id,
             path.display()
         );
-        println!("{}", slot.id);
+        outln!("{}", slot.id);
         return Ok(());
     }
     let new = match (&args.new_passphrase_file, env.get("PITR_NEW_PASSPHRASE")) {
@@ -83,7 +86,7 @@ async fn add(repo: &Repo, args: KeyAddArgs, env: &Env) -> anyhow::Result<()> {
         .key_add_passphrase(&new, &args.label, args.kdf.cost())
         .await?;
     tracing::info!("added passphrase key slot {}", slot.id);
-    println!("{}", slot.id);
+    outln!("{}", slot.id);
     Ok(())
 }
 

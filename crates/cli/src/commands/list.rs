@@ -27,19 +27,25 @@ pub async fn run(url: &str, args: ListArgs) -> anyhow::Result<()> {
                 s
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        outln!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
     if backups.is_empty() {
-        println!("no backups in {}", repo.url());
+        outln!("no backups in {}", repo.url());
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<17} {:<29} {:<29} {:>9} {:>9} {:>4} {:<6}  wal",
-        "id", "start", "stop", "size MiB", "new MiB", "tli", "pinned"
+        "id",
+        "start",
+        "stop",
+        "size MiB",
+        "new MiB",
+        "tli",
+        "pinned"
     );
     for b in &backups {
-        println!(
+        outln!(
             "{:<17} {:<29} {:<29} {:>9} {:>9} {:>4} {:<6}  {}..{}",
             b.id,
             format_time(&b.start_time),

@@ -8,9 +8,9 @@ use crate::cli::PinArgs;
 pub async fn pin(url: &str, args: PinArgs) -> anyhow::Result<()> {
     let repo = Repo::open(url).await?;
     if pin::pin(&repo, &args.id).await? {
-        println!("pinned {}", args.id);
+        outln!("pinned {}", args.id);
     } else {
-        println!("{} was already pinned", args.id);
+        outln!("{} was already pinned", args.id);
     }
     Ok(())
 }
@@ -18,9 +18,9 @@ pub async fn pin(url: &str, args: PinArgs) -> anyhow::Result<()> {
 pub async fn unpin(url: &str, args: PinArgs) -> anyhow::Result<()> {
     let repo = Repo::open(url).await?;
     if pin::unpin(&repo, &args.id).await? {
-        println!("unpinned {}", args.id);
+        outln!("unpinned {}", args.id);
     } else {
-        println!("{} was not pinned", args.id);
+        outln!("{} was not pinned", args.id);
     }
     Ok(())
 }

@@ -118,45 +118,45 @@ fn print(report: &RestoreReport, json: bool) -> anyhow::Result<()> {
     let Some(stats) = &report.stats else {
         // --dry-run
         if json {
-            println!("{}", serde_json::to_string_pretty(plan)?);
+            outln!("{}", serde_json::to_string_pretty(plan)?);
             return Ok(());
         }
-        println!(
+        outln!(
             "backup:    {} (stopped {} at {})",
             plan.backup,
             format_pg_time(&plan.backup_stop_time),
             plan.backup_stop_lsn
         );
-        println!("target:    {}", plan.target);
+        outln!("target:    {}", plan.target);
         let path: Vec<u32> = plan.timeline_path.iter().map(|t| t.0).collect();
-        println!("timeline:  {} (path {:?})", plan.timeline, path);
+        outln!("timeline:  {} (path {:?})", plan.timeline, path);
         match &plan.wal {
-            Some(w) => println!(
+            Some(w) => outln!(
                 "wal:       {} .. {} ({} segments in the archive)",
                 w.first,
                 w.last.as_ref().map_or("-", |l| l.as_str()),
                 w.count
             ),
-            None => println!("wal:       only the backup's own"),
+            None => outln!("wal:       only the backup's own"),
         }
         for r in &plan.recoverable {
-            println!(
+            outln!(
                 "window:    {} .. {} (recoverable target times)",
                 format_pg_time(&r.from),
                 format_pg_time(&r.to)
             );
         }
-        println!("into:      {}", report.pgdata.display());
+        outln!("into:      {}", report.pgdata.display());
         for t in &plan.tablespaces {
             if t.remapped {
-                println!(
+                outln!(
                     "tablespace {}: {} (--tablespace-map; the backup's location was {})",
                     t.oid,
                     t.directory.display(),
                     t.location
                 );
             } else {
-                println!(
+                outln!(
                     "tablespace {}: {} (the backup's location)",
                     t.oid,
                     t.directory.display()
@@ -166,14 +166,14 @@ fn print(report: &RestoreReport, json: bool) -> anyhow::Result<()> {
         return Ok(());
     };
     match &report.recovery {
-        Some(outcome) if json => println!(
+        Some(outcome) if json => outln!(
             "{}",
             serde_json::to_string_pretty(
                 &serde_json::json!({"restore": stats, "recovery": outcome})
             )?
         ),
-        Some(outcome) => println!("{outcome}"),
-        None if json => println!(
+        Some(outcome) => outln!("{outcome}"),
+        None if json => outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({"restore": stats, "plan": plan}))?
         ),

@@ -29,13 +29,13 @@ pub async fn run(url: &str, args: VerifyArgs) -> anyhow::Result<()> {
         let mut doc = serde_json::to_value(&report)?;
         doc["ok"] = report.ok().into();
         doc["repository"] = repo.url().into();
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        outln!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         for p in &report.problems {
-            println!("{p}");
+            outln!("{p}");
         }
         if let Some(t) = &report.restore_test {
-            println!(
+            outln!(
                 "restore test: backup {} restored in {:.1} s, recovered to {} in {:.1} s{}",
                 t.backup,
                 t.restore_seconds,
@@ -46,7 +46,7 @@ pub async fn run(url: &str, args: VerifyArgs) -> anyhow::Result<()> {
                     .map_or(String::new(), |r| format!(" ({r})"))
             );
             for c in &t.checks {
-                println!(
+                outln!(
                     "restore test check {:?}: {}",
                     c.check,
                     if c.ok { "ok" } else { "FAILED" }
@@ -63,7 +63,7 @@ pub async fn run(url: &str, args: VerifyArgs) -> anyhow::Result<()> {
         );
     }
     if !args.json {
-        println!(
+        outln!(
             "verified {} backups and {} archived WAL files ({} MiB of chunks): no problems",
             report.backups,
             report.wal_files,

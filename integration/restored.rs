@@ -91,11 +91,20 @@ impl Restored {
         }
     }
 
-    /// restore-wal's prefetch spool (`pg_wal/pitr-spool`) is gone once the server promoted
-    /// (allowing a prefetch worker a few seconds to notice).
+    /// restore-wal's prefetch spool (`pg_wal/pitr-spool`) was made during recovery (the
+    /// recovery log says so: [`restore_started`] runs restore-wal with debug logging) and is
+    /// gone once the server promoted (allowing a prefetch worker a few seconds to notice).
     #[track_caller]
     pub fn assert_spool_gone(&self, what: &str) {
         let spool = self.place.pgdata.join("pg_wal/pitr-spool");
+        let log = std::fs::read_to_string(self.place.pgdata.join("pitr-recovery.log"))
+            .unwrap_or_else(|e| panic!("{what}: read the recovery log: {e}"));
+        assert!(
+            log.contains(&format!("created the prefetch spool {}", spool.display()))
+                || log.contains("created the prefetch spool pg_wal/pitr-spool"),
+            "{what}: no prefetch spool was ever made, so its removal proves nothing\n{}",
+            tail(&self.place.pgdata.join("pitr-recovery.log"), 30)
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         while spool.exists() {
             if Instant::now() > deadline {
@@ -143,6 +152,9 @@ pub fn restore_started(
 ) -> Restored {
     let place = Place::new(dir, name);
     let mut cmd = pitr.command(["restore", "--pgdata"]);
+    // restore-wal, run by the server, inherits this: its debug lines (the prefetch spool
+    // made, segments served from it) reach the recovery log for the tests to look at.
+    cmd.env("PITR_LOG", "warn,pitr=debug");
     cmd.arg(&place.pgdata)
         .args(args)
         .args(place.start_args(archive_mode))

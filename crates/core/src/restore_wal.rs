@@ -146,7 +146,9 @@ fn try_lock(f: &std::fs::File) -> bool {
 }
 
 fn worker_running(spool: &Path) -> bool {
-    let _ = std::fs::create_dir_all(spool);
+    if !spool.exists() && std::fs::create_dir_all(spool).is_ok() {
+        tracing::debug!("created the prefetch spool {}", spool.display());
+    }
     match lock_file(spool) {
         // Locked by a worker: running. Our probe lock goes away with the file handle.
         Some(f) => !try_lock(&f),

@@ -346,9 +346,7 @@ fn repository_is_private_whatever_the_umask() {
 /// created. A user who cannot read the repository is told its owner and mode.
 #[test]
 fn init_as_root_needs_allow_root_and_permission_errors_name_the_owner() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("not root: nothing to test");
+    if !pitr_testkit::require::root_or_skip("init_as_root_needs_allow_root") {
         return;
     }
     let dir = TestDir::new();

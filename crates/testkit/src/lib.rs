@@ -10,6 +10,7 @@ pub mod cmd;
 pub mod dirs;
 pub mod fakepg;
 pub mod programs;
+pub mod require;
 pub mod s3;
 pub mod user;
 pub mod wal;

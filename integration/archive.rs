@@ -7,7 +7,7 @@ use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pitr_testkit::cmd::{describe, output, run_expect_code, spawn, status_text, stderr_of};
 use pitr_testkit::dirs::{assert_same_bytes, list_dir};
@@ -481,19 +481,40 @@ fn archive_wal_killed_at_any_point_leaves_a_consistent_repository() {
     probe.archive(path, name);
     let duration = started.elapsed();
 
+    // Eight kills spread over the probe's time, then (on a loaded machine a run may be much
+    // slower or faster than the probe) kills placed by bisection between the latest that
+    // landed before any work and the earliest that found it done, until one left it part-done.
     const KILLS: u32 = 8;
+    const MORE: u32 = 16;
     let mut killed_midway = 0;
-    for i in 0..KILLS {
-        let delay = duration * i / KILLS;
+    let (mut before_work, mut done) = (Duration::ZERO, duration * 2);
+    let mut i = 0;
+    while i < KILLS || (killed_midway == 0 && i < KILLS + MORE) {
+        let delay = if i < KILLS {
+            duration * i / KILLS
+        } else {
+            (before_work + done) / 2
+        };
         let pitr = Pitr::init(&dir, &format!("repo{i}"));
         let mut cmd = pitr.archive_cmd(path, name);
         let mut child = spawn(cmd.stdout(Stdio::null()).stderr(Stdio::null()));
         std::thread::sleep(delay); // kill timing, not a readiness check
         let _ = child.kill(); // SIGKILL; fails only if it already exited
         let status = child.wait().expect("wait for pitr");
-        if status.code().is_none() {
+        let stored = !pitr.chunk_files().is_empty();
+        let referenced = !pitr.archived_names().is_empty();
+        if status.code().is_none() && stored && !referenced {
+            // Killed while working, not before it began: chunks stored, no ref yet.
             killed_midway += 1;
+        } else if !stored {
+            before_work = before_work.max(delay);
         } else {
+            done = done.min(delay);
+        }
+        if before_work >= done {
+            done = before_work + duration;
+        }
+        if status.code().is_some() {
             assert!(
                 status.success(),
                 "archive-wal (not killed, {delay:?}) failed: {}",
@@ -510,11 +531,13 @@ fn archive_wal_killed_at_any_point_leaves_a_consistent_repository() {
         let got = pitr.restore(name, &dest.join(name));
         assert_same_bytes(&format!("{name} retried {context}"), &got, &original);
         assert_refs_name_existing_chunks(&pitr, &format!("{context}, then retried"));
+        i += 1;
     }
-    eprintln!("archive-wal takes {duration:?}; {killed_midway} of {KILLS} kills hit it running");
+    eprintln!("archive-wal takes {duration:?}; {killed_midway} of {i} kills left it part-done");
     assert!(
-        killed_midway >= 2,
-        "only {killed_midway} of {KILLS} kills hit a running archive-wal (a run takes {duration:?})"
+        killed_midway >= 1,
+        "no kill left a part-done archive-wal (chunks stored, no ref), so the retry was never \
+         tested against one (a run takes {duration:?})"
     );
 }
 

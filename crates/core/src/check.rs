@@ -613,16 +613,21 @@ mod tests {
         assert_eq!(r.status(), Status::Critical, "{r:?}");
         assert!(r.checks[0].message.contains("no backup"), "{r:?}");
 
-        // A backup that finished on 2026-11-26: old for one hour, fresh for ten years.
+        // A backup that finished on 2026-11-26: old for one hour, fresh for a limit of its
+        // age today plus 30 days (a fixed limit would turn it stale some year).
+        let finished = chrono::DateTime::parse_from_rfc3339("2026-11-26T00:00:01Z").unwrap();
+        let fresh_hours = u64::try_from((chrono::Utc::now() - finished.to_utc()).num_hours())
+            .unwrap_or(0)
+            + 24 * 30;
         let m = crate::verify::tests::manifest("b1", serde_json::json!([]));
         crate::verify::tests::put(&repo, &BackupManifest::key("b1"), &m).await;
         let r = check(&repo, &req(1)).await;
         assert_eq!(r.status(), Status::Critical, "{r:?}");
         assert!(r.checks[0].message.contains("newest backup b1"), "{r:?}");
-        let r = check(&repo, &req(24 * 3650)).await;
+        let r = check(&repo, &req(fresh_hours)).await;
         assert_eq!(r.status(), Status::Ok, "{r:?}");
         // no WAL archived: the archive probe is critical
-        let mut both = req(24 * 3650);
+        let mut both = req(fresh_hours);
         both.max_archive_age = Some(Duration::from_secs(60));
         let r = check(&repo, &both).await;
         assert_eq!(r.checks.len(), 2);

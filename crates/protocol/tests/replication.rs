@@ -748,7 +748,9 @@ async fn checksum_failures_surface_as_warnings_then_an_error() {
 
 #[tokio::test]
 async fn wal_stream_answers_keepalives_and_reports_status() {
-    let pg = server().conf("wal_sender_timeout = '1s'").init();
+    // Long enough that a loaded machine's scheduling delays (hundreds of milliseconds) stay
+    // far below the server's patience: it asks for a reply after half of it (2 s).
+    let pg = server().conf("wal_sender_timeout = '4s'").init();
     let mut c = connect(&pg, &pg.socket_conn("application_name=pitr-keepalive")).await;
     let info = pg.ok(c.identify_system().await, "IDENTIFY_SYSTEM");
     let segment_size = u64::from(pg.ok(c.wal_segment_size().await, "segment size"));
@@ -778,7 +780,7 @@ async fn wal_stream_answers_keepalives_and_reports_status() {
         }
         Ok::<_, Error>(())
     };
-    let result = tokio::time::timeout(Duration::from_secs(20), phase).await;
+    let result = tokio::time::timeout(Duration::from_secs(60), phase).await;
     pg.ok(
         pg.ok(result, "three keepalive requests"),
         "answer keepalives",
@@ -791,7 +793,8 @@ async fn wal_stream_answers_keepalives_and_reports_status() {
         stream.send_status(received, received, Lsn(0), false).await,
         "status update",
     );
-    let quiet_until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    // Longer than the 2 s after which the server would ask, had no update come.
+    let quiet_until = tokio::time::Instant::now() + Duration::from_millis(5000);
     while let Ok(event) = tokio::time::timeout_at(quiet_until, stream.next()).await {
         match pg.ok(event, "WAL stream") {
             Some(WalEvent::Keepalive {

@@ -137,7 +137,8 @@ fn restore_wal_refuses_refs_that_are_not_name() {
 }
 
 /// The prefetch worker applies the same checks: a swapped ref never reaches the spool, and
-/// the call for that segment still stops recovery.
+/// the call for that segment still stops recovery. The good segment before it must reach the
+/// spool first, so the worker is known to have run (and to have got as far as the swap).
 #[test]
 fn restore_wal_prefetch_never_spools_a_swapped_segment() {
     let dir = TestDir::new();
@@ -147,39 +148,47 @@ fn restore_wal_prefetch_never_spools_a_swapped_segment() {
         pitr.archive(path, name);
     }
     let (a, _) = &segments[0];
-    let (b, _) = &segments[1];
+    let (b, b_path) = &segments[1];
     let (c, _) = &segments[2];
-    // B's ref holds C's chunks under B's name.
-    let mut swapped = json(&pitr.wal_ref_path(c));
-    swapped["name"] = serde_json::json!(b);
-    fs::write(pitr.wal_ref_path(b), serde_json::to_vec(&swapped).unwrap()).expect("swap");
+    // C's ref holds B's chunks under C's name.
+    let mut swapped = json(&pitr.wal_ref_path(b));
+    swapped["name"] = serde_json::json!(c);
+    fs::write(pitr.wal_ref_path(c), serde_json::to_vec(&swapped).unwrap()).expect("swap");
 
     let pg_wal = dir.mkdir("pg_wal");
     let dest = pg_wal.join("RECOVERYXLOG");
     pitr.restore(a, &dest);
     fs::remove_file(&dest).expect("remove restored copy");
-    // Wait for the worker: it holds the spool's lock while it runs.
+    // The worker spools B (good) before it looks at C; then it is done once its lock is free.
     let spool = pg_wal.join("pitr-spool");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::time::Instant::now() < deadline {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let worker_done = || {
         let f = fs::File::options().write(true).open(spool.join(".lock"));
-        let free = f.is_ok_and(|f| {
+        f.is_ok_and(|f| {
             use std::os::fd::AsRawFd;
             // SAFETY: flock on a descriptor we own.
             unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
-        });
-        if free {
-            break;
-        }
+        })
+    };
+    while !(spool.join(b).exists() && worker_done()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the prefetch worker never spooled the good segment {b}: {:?}",
+            list_dir(&spool)
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(
-        !spool.join(b).exists(),
-        "the prefetch worker spooled a swapped {b}: {:?}",
+        !spool.join(c).exists(),
+        "the prefetch worker spooled a swapped {c}: {:?}",
         list_dir(&spool)
     );
-    let key = format!("wal/{}/{b}.json", &b[..8]);
-    assert_restore_refused(&pitr, b, &key, &dest, "a swapped ref (prefetch on)");
+    // B is served from the spool, byte for byte.
+    let got = pitr.restore(b, &dest);
+    assert_same_bytes(b, &got, &read(b_path));
+    fs::remove_file(&dest).expect("remove restored copy");
+    let key = format!("wal/{}/{c}.json", &c[..8]);
+    assert_restore_refused(&pitr, c, &key, &dest, "a swapped ref (prefetch on)");
 }
 
 /// A ref missing in the middle of an archived timeline is a hole, not the end of the

@@ -93,27 +93,64 @@ fn expire_keeps_the_newest_backups_and_what_they_need() {
     assert_eq!(pitr.archived_names(), before_names);
     assert_eq!(pitr.chunk_files().len(), before_chunks);
 
-    // kill -9 at several moments of an expire (on copies of the repository): what is left
-    // verifies, and a second expire finishes the work.
-    for (i, delay_ms) in [1u64, 5, 15, 40, 100].into_iter().enumerate() {
-        let name = format!("repo-kill-{i}");
-        let copy = dir.path().join(&name);
+    // kill -9 at moments spread over an expire (on copies of the repository): what is left
+    // verifies, and a second expire finishes the work. A probe run on a copy times it; eight
+    // kills spread over that time, then kills placed by bisection until at least one left the
+    // repository part-expired (neither as before nor as after), which the rule is about.
+    let copy_of_repo = |name: &str| {
         run(std::process::Command::new("cp")
             .arg("-a")
             .arg(pitr.repo())
-            .arg(&copy));
-        let killed = Pitr::new(&dir, &name);
-        let mut child =
-            spawn(&mut killed.command(["expire", "--retain-full", "2", "--gc-grace", "0s"]));
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+            .arg(dir.path().join(name)));
+        Pitr::new(&dir, name)
+    };
+    let expire_args = ["expire", "--retain-full", "2", "--gc-grace", "0s"];
+    let state = |p: &Pitr| {
+        (
+            p.list_json().len(),
+            p.archived_names().len(),
+            p.chunk_files().len(),
+        )
+    };
+    let before = state(&pitr);
+    let probe = copy_of_repo("repo-probe");
+    let started = std::time::Instant::now();
+    run(&mut probe.command(expire_args));
+    let duration = started.elapsed();
+    let after = state(&probe);
+    assert_ne!(before, after, "the probe expire removed nothing");
+    const KILLS: u32 = 8;
+    const MORE: u32 = 12;
+    let (mut part_expired, mut i) = (0, 0);
+    let (mut before_work, mut done) = (std::time::Duration::ZERO, duration * 2);
+    while i < KILLS || (part_expired == 0 && i < KILLS + MORE) {
+        let delay = if i < KILLS {
+            duration * i / KILLS
+        } else {
+            (before_work + done) / 2
+        };
+        let killed = copy_of_repo(&format!("repo-kill-{i}"));
+        let mut child = spawn(&mut killed.command(expire_args));
+        std::thread::sleep(delay); // kill timing, not a readiness check
         let _ = child.kill();
         let status = child.wait().unwrap();
+        let left = state(&killed);
+        if status.code().is_none() && left != before && left != after {
+            part_expired += 1;
+        } else if left == before {
+            before_work = before_work.max(delay);
+        } else {
+            done = done.min(delay);
+        }
+        if before_work >= done {
+            done = before_work + duration;
+        }
         let verify_clean = |when: &str| {
             let mut cmd = killed.command(["verify"]);
             let out = output(&mut cmd);
             assert!(
                 out.status.success(),
-                "verify {when} (expire killed after {delay_ms} ms: {status})\n{}",
+                "verify {when} (expire killed after {delay:?}: {status}, left {left:?})\n{}",
                 describe(&cmd, &out)
             );
         };
@@ -121,7 +158,18 @@ fn expire_keeps_the_newest_backups_and_what_they_need() {
         let finished = expire_json(&killed, &["--retain-full", "2", "--gc-grace", "0s"]);
         verify_clean("after the second expire");
         assert_eq!(killed.list_json().len(), 2, "{finished:#}");
+        assert_eq!(state(&killed), after, "the second expire finishes the work");
+        i += 1;
     }
+    eprintln!(
+        "expire takes {duration:?}; {part_expired} of {i} kills left it part-expired \
+         (before {before:?}, after {after:?})"
+    );
+    assert!(
+        part_expired >= 1,
+        "no kill left the repository part-expired, so recovering from one was never tested \
+         (a run takes {duration:?})"
+    );
 
     let done = expire_json(&pitr, &["--retain-full", "2", "--gc-grace", "0s"]);
     assert_eq!(ids_of(&done["backups"]), ids[..2], "{done:#}");

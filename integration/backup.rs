@@ -310,9 +310,11 @@ fn backup_restores_tablespace_to_new_location() {
 
     let id = pitr.backup(&pg, &["--checkpoint", "fast"]);
     let listed = pitr.listed_backup(&id);
-    if let Some(n) = listed.get("tablespaces") {
-        assert_eq!(n, 1, "list --json tablespaces: {listed}");
-    }
+    assert_eq!(
+        listed.get("tablespaces"),
+        Some(&serde_json::json!(1)),
+        "list --json tablespaces: {listed}"
+    );
 
     // The source is gone and its tablespace moved away: the restore can neither read nor
     // write the original location without this test noticing.

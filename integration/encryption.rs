@@ -514,6 +514,42 @@ fn missing_or_wrong_secret_is_refused() {
         .env("PITR_PASSPHRASE_FILE", &wrong);
     assert_one_error_line(&mut c, &["opens none of its key slots", "wrong"]);
 
+    // No secret ever appears in what pitr prints, opened or refused, even at trace level.
+    let right = fs::read_to_string(&a.pass).unwrap().trim().to_string();
+    let wrong_text = fs::read_to_string(&wrong).unwrap().trim().to_string();
+    for (secret, opens) in [(right.as_str(), true), ("not the passphrase either", false)] {
+        for args in [
+            &["-vv", "list"][..],
+            &["-vv", "info", "--json"],
+            &["-vv", "key", "list"],
+        ] {
+            let mut c = a.pitr.command(args);
+            c.env_remove("PITR_PASSPHRASE_FILE")
+                .env("PITR_PASSPHRASE", secret);
+            let out = output(&mut c);
+            assert_eq!(out.status.success(), opens, "{}", describe(&c, &out));
+            let printed = [&out.stdout[..], &out.stderr[..]].concat();
+            assert!(
+                !contains(&printed, secret.as_bytes()),
+                "the passphrase appears in the output\n{}",
+                describe(&c, &out)
+            );
+        }
+    }
+    for file in [&a.pass, &wrong] {
+        let mut c = a.pitr.command(["-vv", "info"]);
+        c.env("PITR_PASSPHRASE_FILE", file);
+        let out = output(&mut c);
+        let printed = [&out.stdout[..], &out.stderr[..]].concat();
+        for text in [&right, &wrong_text] {
+            assert!(
+                !contains(&printed, text.as_bytes()),
+                "a passphrase file's content appears in the output\n{}",
+                describe(&c, &out)
+            );
+        }
+    }
+
     let loose = secret_file(&a.dir, "loose", "correct horse battery staple\n");
     chmod(&loose, 0o644);
     let mut c = a.pitr.command(["list"]);

@@ -617,9 +617,15 @@ fn verify_and_delta(pitr: &Pitr, dir: &TestDir, pg: &PgCluster, want_rows: &str)
         num("removed") >= 3,
         "--delta should report the removed extras: {stats}"
     );
+    // Every restore logs the line; --delta's must carry the figures of its report.
+    let logged = format!(
+        "{} MiB fetched, {} MiB reused",
+        num("bytes_fetched") >> 20,
+        num("bytes_reused") >> 20
+    );
     assert!(
-        stderr_of(&out).contains("reused"),
-        "the log should report reused vs fetched bytes\n{}",
+        num("bytes_reused") >> 20 > 0 && stderr_of(&out).contains(&logged),
+        "the log should report the reused and fetched bytes ({logged})\n{}",
         describe(&cmd, &out)
     );
     for p in [&extra_file, &extra_top, &extra_dir] {

@@ -159,7 +159,21 @@ async fn encrypted_tampering_is_detected_and_named() {
     let wal = dir.path().join("wal/00000001");
     std::fs::copy(wal.join("a.json"), wal.join("b.json")).unwrap();
     let e = repo.get_doc("wal/00000001/b.json").await.unwrap_err();
-    assert!(e.to_string().contains("wal/00000001/b.json"), "{e}");
+    match &e {
+        StoreError::Corrupt { key, detail } => {
+            assert_eq!(key, "wal/00000001/b.json", "{e}");
+            assert!(detail.contains("authentication"), "{e}");
+        }
+        other => panic!("a moved document read as {other:?}"),
+    }
+    // the original, under its own name, still opens
+    assert_eq!(
+        repo.get_doc("wal/00000001/a.json")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"{}"[..])
+    );
 
     // a slot of someone else's making (their own repository's, copied in) opens nothing
     let other_dir = tempfile::tempdir().unwrap();

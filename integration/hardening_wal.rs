@@ -427,3 +427,81 @@ fn exit_status_comes_from_the_parsed_subcommand() {
     let mut cmd = pitr.command(["archive-wal", "restore-wal"]);
     run_expect_code(&mut cmd, 2);
 }
+
+/// A ref under a timeline-1 name whose segment's first page says timeline 2 (the segment of a
+/// later timeline, put in its place) stops recovery: a page from a newer timeline is never the
+/// older timeline's WAL.
+#[test]
+fn restore_wal_refuses_a_first_page_from_a_newer_timeline() {
+    let dir = TestDir::new();
+    let segments = three_segments(&dir);
+    let pitr = Pitr::init(&dir, "repo");
+    let (a, a_path) = &segments[0];
+    pitr.archive(a_path, a);
+    // The same segment as timeline 2 wrote it: xlp_tli (bytes 4..8 of the long page header).
+    let mut bytes = read(a_path);
+    bytes[4..8].copy_from_slice(&2u32.to_le_bytes());
+    let newer = format!("00000002{}", &a[8..]);
+    let newer_path = dir.path().join("segments").join(&newer);
+    fs::write(&newer_path, &bytes).expect("write the timeline-2 copy");
+    give_to_pg(&newer_path);
+    pitr.archive(&newer_path, &newer);
+    // Its ref, under A's name.
+    let mut moved = json(&pitr.wal_ref_path(&newer));
+    moved["name"] = serde_json::json!(a);
+    fs::write(pitr.wal_ref_path(a), serde_json::to_vec(&moved).unwrap()).expect("replace ref");
+
+    let dest = dir.mkdir("pg_wal").join("RECOVERYXLOG");
+    let key = format!("wal/00000001/{a}.json");
+    assert_restore_refused(&pitr, a, &key, &dest, "a first page from timeline 2");
+    let out = output(&mut pitr.restore_cmd(a, &dest));
+    assert!(
+        stderr_of(&out).contains("from timeline 2")
+            || stderr_of(&out).contains("timeline 2, not 1"),
+        "the error should say which timeline the page is from\n{}",
+        stderr_of(&out)
+    );
+}
+
+/// A history file's ref swapped for a later timeline's history (whose last switch is from
+/// the timeline itself) stops recovery: it is not this timeline's history.
+#[test]
+fn restore_wal_refuses_a_tampered_history_file() {
+    let dir = TestDir::new();
+    let pitr = Pitr::init(&dir, "repo");
+    let files = dir.mkdir("history");
+    let write = |name: &str, text: &str| {
+        let p = files.join(name);
+        fs::write(&p, text).expect("write a history file");
+        chmod(&p, 0o644);
+        give_to_pg(&p);
+        pitr.archive(&p, name);
+    };
+    write(
+        "00000002.history",
+        "1\t0/3000000\tno recovery target specified\n",
+    );
+    write(
+        "00000003.history",
+        "1\t0/3000000\tno recovery target specified\n2\t0/5000000\tno recovery target specified\n",
+    );
+    let dest = dir.mkdir("pg_wal").join("RECOVERYHISTORY");
+    // Intact, it restores.
+    pitr.restore("00000002.history", &dest);
+    fs::remove_file(&dest).expect("remove the restored history");
+    // Timeline 3's history under timeline 2's name.
+    let mut swapped = json(&pitr.wal_ref_path("00000003.history"));
+    swapped["name"] = serde_json::json!("00000002.history");
+    fs::write(
+        pitr.wal_ref_path("00000002.history"),
+        serde_json::to_vec(&swapped).unwrap(),
+    )
+    .expect("swap the history refs");
+    assert_restore_refused(
+        &pitr,
+        "00000002.history",
+        "wal/00000002/00000002.history.json",
+        &dest,
+        "timeline 3's history as timeline 2's",
+    );
+}

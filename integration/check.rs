@@ -115,3 +115,52 @@ fn check_fails_with_archive_mode_off() {
         "{what}"
     );
 }
+
+/// `info` and `list` name every document they could not use (a manifest and a WAL ref that do
+/// not parse), in `info --json`'s `damaged` field and as a warning on stderr, and summarise
+/// the rest.
+#[test]
+fn info_and_list_name_damaged_documents() {
+    let dir = TestDir::new();
+    let pitr = Pitr::init(&dir, "repo");
+    let history = dir.path().join("00000002.history");
+    std::fs::write(&history, "1\t0/3000000\tno recovery target specified\n").unwrap();
+    pitr_testkit::user::chmod(&history, 0o644);
+    pitr_testkit::user::give_to_pg(&history);
+    pitr.archive(&history, "00000002.history");
+    let manifest = pitr.repo().join("backups/20261201T000000Z.json");
+    let wal_ref = pitr.repo().join("wal/00000003/00000003.history.json");
+    for p in [&manifest, &wal_ref] {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, b"{ not json").unwrap();
+        pitr_testkit::user::give_to_pg(p.parent().unwrap());
+        pitr_testkit::user::give_to_pg(p);
+    }
+    let info = pitr.info_json();
+    let damaged: Vec<String> = info["damaged"]
+        .as_array()
+        .unwrap_or_else(|| panic!("info --json has no damaged list: {info:#}"))
+        .iter()
+        .map(|d| d["key"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        damaged.contains(&"backups/20261201T000000Z.json".to_string())
+            && damaged.contains(&"wal/00000003/00000003.history.json".to_string()),
+        "info --json must name both damaged documents: {damaged:?}"
+    );
+    assert_eq!(
+        info["wal"]["files"], 1,
+        "the intact ref is still counted: {info:#}"
+    );
+    let out = pitr.run(["list", "--json"]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        serde_json::json!([]),
+        "list shows no backup for a damaged manifest"
+    );
+    let err = pitr_testkit::cmd::stderr_of(&out);
+    assert!(
+        err.contains("backups/20261201T000000Z.json"),
+        "list names the damaged manifest on stderr\n{err}"
+    );
+}

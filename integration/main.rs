@@ -11,6 +11,7 @@ mod config;
 mod encryption;
 mod exit_status;
 mod expire;
+mod gc_rules;
 mod hardening_restore;
 mod hardening_wal;
 mod harness;

@@ -68,7 +68,19 @@ pub struct VerifyReport {
     /// One line per problem: damaged documents, then chunks, then missing segments, then
     /// the repository's age and the restore test.
     pub problems: Vec<String>,
+    /// Each verified backup's tablespaces and the locations they recorded: shown, since a
+    /// restore lays one down there only when told to (`--tablespaces-as-recorded`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tablespaces: Vec<RecordedTablespace>,
     pub restore_test: Option<RestoreTestReport>,
+}
+
+/// A tablespace location a backup recorded.
+#[derive(Debug, Serialize)]
+pub struct RecordedTablespace {
+    pub backup: String,
+    pub oid: u32,
+    pub location: String,
 }
 
 impl VerifyReport {
@@ -179,6 +191,7 @@ pub async fn verify(
         }
     }
 
+    let mut tablespaces = Vec::new();
     let mut chunks: HashMap<ChunkId, ToRead> = HashMap::new();
     let mut name = |list: &[ChunkRef], owner: &dyn Fn() -> String| {
         for c in list {
@@ -200,6 +213,11 @@ pub async fn verify(
         for f in b.all_files() {
             name(&f.chunks, &|| format!("backup {} file {}", b.id, f.path));
         }
+        tablespaces.extend(b.tablespaces.iter().map(|t| RecordedTablespace {
+            backup: b.id.clone(),
+            oid: t.oid,
+            location: t.location.clone(),
+        }));
     }
     for r in &refs {
         name(&r.chunks, &|| format!("archived WAL {}", r.name));
@@ -283,6 +301,7 @@ pub async fn verify(
         wal_files: refs.len(),
         bytes,
         problems,
+        tablespaces,
         restore_test,
     })
 }
@@ -625,6 +644,8 @@ async fn restore_and_check(
         backup: Some(id.to_string()),
         delta: false,
         remap,
+        // Every tablespace is mapped into the scratch directory above: never a recorded one.
+        tablespaces_as_recorded: false,
         dry_run: false,
         // Written into postgresql.auto.conf too: the scratch instance must never archive.
         archive_off: true,

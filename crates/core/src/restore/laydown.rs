@@ -48,6 +48,10 @@ pub struct LayDown<'a> {
     pub pgdata: &'a Path,
     /// Tablespace OID → directory, for remapped tablespaces.
     pub remap: &'a HashMap<u32, PathBuf>,
+    /// `--tablespaces-as-recorded`: a tablespace not in `remap` goes to the location the
+    /// backup recorded. Without it such a tablespace is refused: a location from the
+    /// repository is a proposal, never a place pitr writes to on its own.
+    pub as_recorded: bool,
     pub delta: bool,
     pub reporter: &'a dyn Reporter,
 }
@@ -336,15 +340,21 @@ impl LayDown<'_> {
         self.manifest.group_access()
     }
 
-    /// Where each tablespace goes: the `--tablespace-map` directory, else the backup's
-    /// location if it is a plain absolute path. None may be inside or above the data
-    /// directory or another tablespace's directory.
+    /// Where each tablespace goes: the `--tablespace-map` directory, else (only with
+    /// `--tablespaces-as-recorded`) the backup's location if it is a plain absolute path. A
+    /// tablespace placed by neither is refused, naming its OID and recorded location. None
+    /// may be inside or above the data directory or another tablespace's directory.
     pub fn tablespace_dirs(&self) -> anyhow::Result<BTreeMap<u32, PathBuf>> {
         let mut out = BTreeMap::new();
+        let mut unplaced = Vec::new();
         for t in &self.manifest.tablespaces {
             let dir = match self.remap.get(&t.oid) {
                 Some(d) => d.clone(),
-                None => t.location_path()?,
+                None if self.as_recorded => t.location_path()?,
+                None => {
+                    unplaced.push(t);
+                    continue;
+                }
             };
             if !dir.is_absolute() {
                 bail!(
@@ -369,11 +379,32 @@ impl LayDown<'_> {
                 );
             }
         }
+        if !unplaced.is_empty() {
+            bail!(
+                "backup {} has {} tablespace{} that no option places: {}; a location recorded \
+                 in the repository is never used on its own. Give each an empty or new \
+                 directory with --tablespace-map OID=DIR (e.g. {}), or pass \
+                 --tablespaces-as-recorded to lay them down at the recorded locations shown",
+                self.manifest.id,
+                unplaced.len(),
+                if unplaced.len() == 1 { "" } else { "s" },
+                unplaced
+                    .iter()
+                    .map(|t| format!("tablespace {} (recorded location {:?})", t.oid, t.location))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                unplaced
+                    .iter()
+                    .map(|t| format!("--tablespace-map {}=DIR", t.oid))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
         let source = |oid: &u32| {
             if self.remap.contains_key(oid) {
                 "--tablespace-map"
             } else {
-                "the backup's location"
+                "the backup's location, --tablespaces-as-recorded"
             }
         };
         let data = resolved(self.pgdata);

@@ -43,6 +43,9 @@ pub struct RestoreRequest {
     pub delta: bool,
     /// Tablespace OID → directory, for relocated tablespaces.
     pub remap: HashMap<u32, PathBuf>,
+    /// `--tablespaces-as-recorded`: lay a tablespace not in `remap` down at the location the
+    /// backup recorded (each is logged first). Without it, such a tablespace is refused.
+    pub tablespaces_as_recorded: bool,
     /// Plan only; change nothing.
     pub dry_run: bool,
     /// Set `archive_mode = off` in the restored server (a clone); otherwise keep the backup's.
@@ -314,10 +317,20 @@ pub async fn restore(
         manifest: &plan.manifest,
         pgdata: &pgdata,
         remap: &args.remap,
+        as_recorded: args.tablespaces_as_recorded,
         delta: args.delta,
         reporter,
     };
     plan.tablespaces = lay.planned_tablespaces()?;
+    for t in plan.tablespaces.iter().filter(|t| !t.remapped) {
+        tracing::warn!(
+            "restore {}: tablespace {} goes to its recorded location {} \
+             (--tablespaces-as-recorded)",
+            plan.backup,
+            t.oid,
+            t.directory.display()
+        );
+    }
     lay.check_targets()?;
     if args.dry_run {
         return Ok(RestoreReport {
@@ -450,9 +463,18 @@ mod tests {
             backup: None,
             delta: false,
             remap: HashMap::new(),
+            tablespaces_as_recorded: false,
             dry_run: false,
             archive_off: false,
             start: None,
+        }
+    }
+
+    /// [`request`] with `--tablespaces-as-recorded`.
+    fn as_recorded(pgdata: &Path) -> RestoreRequest {
+        RestoreRequest {
+            tablespaces_as_recorded: true,
+            ..request(pgdata)
         }
     }
 
@@ -679,7 +701,7 @@ mod tests {
                 let req = RestoreRequest {
                     delta,
                     dry_run,
-                    ..request(&pgdata)
+                    ..as_recorded(&pgdata)
                 };
                 let e = refused(&repo, req).await;
                 assert!(e.contains(why), "{location} (delta {delta}): {e}");
@@ -696,11 +718,11 @@ mod tests {
         std::fs::write(foreign.join("precious"), b"data").unwrap();
         let loc = foreign.display().to_string();
         let repo = repo_with(ts_files(16400), &[(16400, &loc)]).await;
-        let e = refused(&repo, request(&pgdata)).await;
+        let e = refused(&repo, as_recorded(&pgdata)).await;
         assert!(e.contains("is not empty") && e.contains(&loc), "{e}");
         let delta = || RestoreRequest {
             delta: true,
-            ..request(&pgdata)
+            ..as_recorded(&pgdata)
         };
         let e = refused(&repo, delta()).await;
         assert!(
@@ -721,6 +743,75 @@ mod tests {
         );
     }
 
+    /// A tablespace location from the repository is a proposal: without --tablespace-map or
+    /// --tablespaces-as-recorded a backup with a tablespace at an absent directory (here a
+    /// `.ssh` with an `authorized_keys`) is refused by the restore and the dry run, naming
+    /// the OID and the recorded location, and nothing is created; mapped, the file lands in
+    /// the named directory only; as recorded, where the backup said.
+    #[tokio::test]
+    async fn recorded_tablespace_locations_are_used_only_when_asked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pgdata = tmp.path().join("data");
+        let ssh = tmp.path().join("home/.ssh");
+        let loc = ssh.display().to_string();
+        let files = async |r: &Repo| {
+            let mut key = file(r, "authorized_keys", b"ssh-ed25519 AAAA attacker", 0o600).await;
+            key["tablespace"] = json!(16400);
+            vec![
+                dir("global", 0o700),
+                file(r, "global/pg_control", b"control", 0o600).await,
+                key,
+            ]
+        };
+        let repo = repo_with(files, &[(16400, &loc)]).await;
+        for dry_run in [false, true] {
+            for delta in [false, true] {
+                let req = RestoreRequest {
+                    dry_run,
+                    delta,
+                    ..request(&pgdata)
+                };
+                let e = refused(&repo, req).await;
+                assert!(
+                    e.contains("tablespace 16400 (recorded location")
+                        && e.contains(&loc)
+                        && e.contains("--tablespace-map 16400=DIR")
+                        && e.contains("--tablespaces-as-recorded"),
+                    "dry run {dry_run}, delta {delta}: {e}"
+                );
+                assert!(!ssh.exists(), "the recorded location was created");
+                assert!(!tmp.path().join("home").exists());
+                assert!(!pgdata.exists(), "the data directory was created");
+            }
+        }
+
+        // Mapped: the tablespace goes where the user said, the recorded location stays absent.
+        let mapped = tmp.path().join("ts");
+        let mut req = request(&pgdata);
+        req.remap.insert(16400, mapped.clone());
+        let e = refused(&repo, req).await;
+        // (The fixture has no tablespace_map file to rewrite: the lay-down itself is done.)
+        assert!(e.contains("tablespace_map"), "{e}");
+        assert_eq!(
+            std::fs::read(mapped.join("authorized_keys")).unwrap(),
+            b"ssh-ed25519 AAAA attacker"
+        );
+        assert!(!ssh.exists(), "the recorded location was created");
+
+        // Asked for: the dry run shows the recorded location, the restore uses it.
+        let pgdata2 = tmp.path().join("data2");
+        let dry = RestoreRequest {
+            dry_run: true,
+            ..as_recorded(&pgdata2)
+        };
+        let r = restore(&repo, dry, &Silent).await.unwrap();
+        assert_eq!(r.plan.tablespaces[0].location, loc);
+        assert_eq!(r.plan.tablespaces[0].directory, ssh);
+        assert!(!ssh.exists());
+        restore(&repo, as_recorded(&pgdata2), &Silent).await.unwrap();
+        assert!(ssh.join("authorized_keys").is_file());
+    }
+
     /// The dry run shows each tablespace's directory; pitr makes the pg_tblspc link to it
     /// itself, never to the target the manifest stored; --tablespace-map wins.
     #[tokio::test]
@@ -733,7 +824,7 @@ mod tests {
         let repo = repo_with(ts_files(16400), &[(16400, &loc)]).await;
         let dry = RestoreRequest {
             dry_run: true,
-            ..request(&pgdata)
+            ..as_recorded(&pgdata)
         };
         let r = restore(&repo, dry, &Silent).await.unwrap();
         let plan = serde_json::to_value(&r.plan).unwrap();
@@ -741,7 +832,7 @@ mod tests {
             plan["tablespaces"],
             json!([{"oid": 16400, "location": loc, "directory": loc, "remapped": false}])
         );
-        let r = restore(&repo, request(&pgdata), &Silent).await.unwrap();
+        let r = restore(&repo, as_recorded(&pgdata), &Silent).await.unwrap();
         assert_eq!(r.plan.tablespaces[0].directory, orig);
         assert_eq!(
             std::fs::read_link(pgdata.join("pg_tblspc/16400")).unwrap(),

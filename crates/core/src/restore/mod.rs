@@ -169,16 +169,24 @@ fn recovery_settings_for(
         ("restore_command".to_string(), conf_value(&command)),
         ("recovery_end_command".to_string(), conf_value(&cleanup)),
     ];
-    match target {
-        Target::End => {}
-        Target::Immediate => out.push(("recovery_target".into(), conf_value("immediate"))),
-        Target::Time(t) => out.push((
-            "recovery_target_time".into(),
-            conf_value(&format_pg_time(t)),
-        )),
-        Target::Lsn(l) => out.push(("recovery_target_lsn".into(), conf_value(&l.to_string()))),
-        Target::Xid(x) => out.push(("recovery_target_xid".into(), conf_value(&x.to_string()))),
-        Target::Name(n) => out.push(("recovery_target_name".into(), conf_value(n))),
+    let chosen = match target {
+        Target::End => None,
+        Target::Immediate => Some(("recovery_target", "immediate".to_string())),
+        Target::Time(t) => Some(("recovery_target_time", format_pg_time(t))),
+        Target::Lsn(l) => Some(("recovery_target_lsn", l.to_string())),
+        Target::Xid(x) => Some(("recovery_target_xid", x.to_string())),
+        Target::Name(n) => Some(("recovery_target_name", n.clone())),
+    };
+    // Every other target is written empty, before the chosen one: postgresql.auto.conf is read
+    // last and a later setting of the same name wins, so a target the backup's configuration
+    // (or a file it includes) still sets is switched off rather than combined with ours.
+    for name in RECOVERY_TARGETS {
+        if chosen.as_ref().is_none_or(|(c, _)| *c != name) {
+            out.push((name.to_string(), conf_value("")));
+        }
+    }
+    if let Some((name, value)) = chosen {
+        out.push((name.to_string(), conf_value(&value)));
     }
     if !matches!(target, Target::End | Target::Immediate) {
         out.push((
@@ -207,14 +215,62 @@ fn recovery_settings_for(
 
 const MARK: &str = "# pitr restore";
 
+/// The settings that name what recovery stops at: at most one may be set.
+const RECOVERY_TARGETS: [&str; 5] = [
+    "recovery_target",
+    "recovery_target_lsn",
+    "recovery_target_name",
+    "recovery_target_time",
+    "recovery_target_xid",
+];
+
+/// The parameter a configuration file line sets, lower-cased as PostgreSQL compares names
+/// (`  Recovery_Target_Time='…'`, `recovery_target_time '…'` and `RECOVERY_TARGET_TIME = …`
+/// are one setting); `None` for a comment, a blank line or an `include`.
+fn conf_key(line: &str) -> Option<String> {
+    let key: String = line
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
+        .collect();
+    let key = key.to_ascii_lowercase();
+    (!key.is_empty() && !key.starts_with("include")).then_some(key)
+}
+
+/// postgresql.conf with every `recovery_target*` setting of the backup commented out (a
+/// restore to the end of the archive would otherwise stop at the backup's old target); `None`
+/// when there is none.
+fn neutralised_conf(text: &str) -> Option<String> {
+    let mut changed = false;
+    let out = text
+        .lines()
+        .map(|l| {
+            if conf_key(l).is_some_and(|k| k.starts_with("recovery_target")) {
+                changed = true;
+                format!("{MARK}: the backup's recovery target, not used: {l}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    changed.then_some(out)
+}
+
 fn write_recovery_conf(
     pgdata: &Path,
     settings: &[(String, String)],
     header: &str,
 ) -> anyhow::Result<()> {
     let dir = laydown::open_dir(pgdata)?;
+    let mode = if group_access(pgdata) { 0o640 } else { 0o600 };
+    if let Some(conf) = laydown::read_at(&dir, pgdata, "postgresql.conf")? {
+        if let Some(text) = neutralised_conf(&conf) {
+            laydown::write_durably_at(&dir, pgdata, "postgresql.conf", text.as_bytes(), mode)?;
+        }
+    }
     let old = laydown::read_at(&dir, pgdata, "postgresql.auto.conf")?.unwrap_or_default();
-    // Earlier settings of the keys written now go (a restore over a restore, with --delta).
+    // Earlier settings of the keys written now go (a restore over a restore, with --delta),
+    // and every recovery setting the backup carried, however its name is spelt.
     let ours = |key: &str| {
         key == "restore_command"
             || key.starts_with("recovery_")
@@ -222,17 +278,13 @@ fn write_recovery_conf(
     };
     let mut text: String = old
         .lines()
-        .filter(|l| {
-            let key = l.split(['=', ' ', '\t']).next().unwrap_or("").trim();
-            !(l.starts_with(MARK) || ours(key))
-        })
+        .filter(|l| !(l.starts_with(MARK) || conf_key(l).is_some_and(|k| ours(&k))))
         .map(|l| format!("{l}\n"))
         .collect();
     text.push_str(&format!("{MARK}: {header}\n"));
     for (k, v) in settings {
         text.push_str(&format!("{k} = {v}\n"));
     }
-    let mode = if group_access(pgdata) { 0o640 } else { 0o600 };
     laydown::write_durably_at(&dir, pgdata, "postgresql.auto.conf", text.as_bytes(), mode)?;
     laydown::write_durably_at(&dir, pgdata, "recovery.signal", b"", mode)
 }
@@ -808,7 +860,9 @@ mod tests {
         assert_eq!(r.plan.tablespaces[0].location, loc);
         assert_eq!(r.plan.tablespaces[0].directory, ssh);
         assert!(!ssh.exists());
-        restore(&repo, as_recorded(&pgdata2), &Silent).await.unwrap();
+        restore(&repo, as_recorded(&pgdata2), &Silent)
+            .await
+            .unwrap();
         assert!(ssh.join("authorized_keys").is_file());
     }
 
@@ -967,6 +1021,114 @@ mod tests {
             substitute(&value[1..value.len() - 1].replace("''", "'"), "N", "P"),
             "/usr/bin/pitr --config '/etc/pitr/my cluster%.toml' --passphrase-file '/etc/pitr/key 100%' --repo s3://b/p restore-wal N P"
         );
+    }
+
+    /// What PostgreSQL itself reads as the value of `setting` in the restored `pgdata`
+    /// (`postgres -C`, run as the PostgreSQL user): `Err` with its output if it refuses.
+    fn effective(pgdata: &Path, setting: &str) -> Result<String, String> {
+        let out = pitr_testkit::cmd::output(
+            pitr_testkit::programs::pg_command("postgres")
+                .arg("-D")
+                .arg(pgdata)
+                .args(["-C", setting]),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status.success() {
+            Ok(stdout)
+        } else {
+            Err(format!(
+                "postgres -C {setting}: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// The backup's own recovery target — in postgresql.conf or postgresql.auto.conf, in any
+    /// case and spacing — never survives a restore: to the end of the archive PostgreSQL
+    /// reads no target at all, to the backup's consistency point only that one (not
+    /// "multiple recovery targets").
+    #[tokio::test]
+    async fn the_backups_recovery_target_settings_are_neutralised() {
+        let cases: [(&str, &[u8]); 3] = [
+            (
+                "postgresql.conf",
+                b"port = 5432\nRecovery_Target_Time = '2026-11-26 00:00:00+00'\n\
+                  \tRECOVERY_TARGET_ACTION=shutdown\n#recovery_target_name = ''\n",
+            ),
+            (
+                "postgresql.auto.conf",
+                b"# Do not edit this file manually!\n  Recovery_Target_Time\t'2026-11-26 00:00:00+00'\n",
+            ),
+            (
+                "postgresql.auto.conf",
+                b"recovery_target_time = '2026-11-26 00:00:00+00'\nwork_mem = '8MB'\n",
+            ),
+        ];
+        for (name, content) in cases {
+            for target in [Target::End, Target::Immediate] {
+                let tmp = tempfile::tempdir().unwrap();
+                let repo = repo_with(
+                    async |r: &Repo| {
+                        let mut files = vec![
+                            dir("global", 0o700),
+                            file(r, "global/pg_control", b"control", 0o600).await,
+                            file(r, "PG_VERSION", b"15\n", 0o600).await,
+                            file(r, name, content, 0o600).await,
+                        ];
+                        if name != "postgresql.conf" {
+                            files.push(file(r, "postgresql.conf", b"", 0o600).await);
+                        }
+                        files
+                    },
+                    &[],
+                )
+                .await;
+                let pgdata = tmp.path().join("data");
+                let req = RestoreRequest {
+                    target: target.clone(),
+                    ..request(&pgdata)
+                };
+                restore(&repo, req, &Silent).await.unwrap();
+                pitr_testkit::user::give_to_pg(tmp.path());
+                for entry in std::fs::read_dir(&pgdata).unwrap() {
+                    pitr_testkit::user::give_to_pg(&entry.unwrap().path());
+                }
+                pitr_testkit::user::give_to_pg(&pgdata);
+                // With no target of ours the backup's action is gone too (the default); with
+                // one, ours.
+                let (want_target, want_action) = match target {
+                    Target::Immediate => ("immediate", "promote"),
+                    _ => ("", "pause"),
+                };
+                let case = format!(
+                    "{name} {:?}, target {target:?}",
+                    String::from_utf8_lossy(content)
+                );
+                assert_eq!(
+                    effective(&pgdata, "recovery_target_time").as_deref(),
+                    Ok(""),
+                    "{case}"
+                );
+                assert_eq!(
+                    effective(&pgdata, "recovery_target").as_deref(),
+                    Ok(want_target),
+                    "{case}"
+                );
+                if name == "postgresql.conf" {
+                    let conf = std::fs::read_to_string(pgdata.join(name)).unwrap();
+                    assert!(conf.contains("port = 5432\n"), "{conf}");
+                    assert!(conf.contains("#recovery_target_name = ''\n"), "{conf}");
+                    assert_eq!(
+                        effective(&pgdata, "recovery_target_action").as_deref(),
+                        Ok(want_action),
+                        "{case}"
+                    );
+                } else {
+                    let auto = std::fs::read_to_string(pgdata.join(name)).unwrap();
+                    assert!(!auto.contains("2026-11-26"), "{auto}");
+                }
+            }
+        }
     }
 
     /// `--archive-mode off` (a clone) writes archive_mode = off; the default keeps the

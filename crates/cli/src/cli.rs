@@ -303,7 +303,7 @@ pub struct RestoreArgs {
     pub backup: Option<String>,
     /// Reuse files already in the data directory when their content matches, and remove
     /// what the backup does not have; a non-empty tablespace directory is changed only if it
-    /// holds a PG_<major>_* layout or was given with --tablespace-map
+    /// holds the backup's PG_<major>_<catversion> directory with none but its databases
     #[arg(long)]
     pub delta: bool,
     /// Put tablespace OID in DIR (repeatable). A backup with tablespaces needs this for each

@@ -729,7 +729,8 @@ mod tests {
 
     /// A tablespace location from the backup inside or above the data directory, or not
     /// absolute, is refused with and without --delta (and by --dry-run); a non-empty one
-    /// without --delta; with --delta, one that holds no PG_15_* layout.
+    /// without --delta; with --delta, one that holds none of the backup's catalog version
+    /// directories.
     #[tokio::test]
     async fn foreign_tablespace_locations_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
@@ -764,7 +765,7 @@ mod tests {
             );
         }
 
-        // Not empty: refused without --delta; with it, only if it holds this cluster's layout.
+        // Not empty: refused without --delta; with it, only if it holds this backup's layout.
         let foreign = tmp.path().join("foreign");
         std::fs::create_dir(&foreign).unwrap();
         std::fs::write(foreign.join("precious"), b"data").unwrap();
@@ -778,7 +779,7 @@ mod tests {
         };
         let e = refused(&repo, delta()).await;
         assert!(
-            e.contains("holds no PG_15_* tablespace layout") && e.contains(&loc),
+            e.contains("holds none of backup") && e.contains("PG_15_202209061") && e.contains(&loc),
             "{e}"
         );
         assert_eq!(std::fs::read(foreign.join("precious")).unwrap(), b"data");
@@ -791,6 +792,51 @@ mod tests {
         assert!(!foreign.join("PG_15_202209061/5/old").exists());
         assert_eq!(
             std::fs::read(foreign.join("PG_15_202209061/5/1")).unwrap(),
+            b"ts"
+        );
+    }
+
+    /// `--delta` cleans a tablespace directory only if it proves to be this backup's: another
+    /// cluster's tablespace of the same major version at that path (a database this backup
+    /// does not have in its catalog version directory) is refused, whether the directory was
+    /// mapped or recorded, and keeps every file; this backup's own goes ahead.
+    #[tokio::test]
+    async fn delta_refuses_another_clusters_tablespace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pgdata = tmp.path().join("data");
+        let other = tmp.path().join("other");
+        let theirs = other.join("PG_15_202209061/16999/2619");
+        std::fs::create_dir_all(theirs.parent().unwrap()).unwrap();
+        std::fs::write(&theirs, b"their rows").unwrap();
+        let loc = other.display().to_string();
+        let repo = repo_with(ts_files(16400), &[(16400, &loc)]).await;
+        let mut mapped = request(&pgdata);
+        mapped.remap.insert(16400, other.clone());
+        for req in [as_recorded(&pgdata), mapped] {
+            let req = RestoreRequest { delta: true, ..req };
+            let e = refused(&repo, req).await;
+            assert!(
+                e.contains("not this backup's tablespace")
+                    && e.contains("holds 16999")
+                    && e.contains(&loc),
+                "{e}"
+            );
+            assert_eq!(std::fs::read(&theirs).unwrap(), b"their rows");
+            assert!(!pgdata.exists());
+        }
+
+        // This backup's own tablespace (only database 5) is cleaned and refilled.
+        std::fs::remove_dir_all(other.join("PG_15_202209061/16999")).unwrap();
+        std::fs::create_dir_all(other.join("PG_15_202209061/5")).unwrap();
+        std::fs::write(other.join("PG_15_202209061/5/stale"), b"x").unwrap();
+        let req = RestoreRequest {
+            delta: true,
+            ..as_recorded(&pgdata)
+        };
+        restore(&repo, req, &Silent).await.unwrap();
+        assert!(!other.join("PG_15_202209061/5/stale").exists());
+        assert_eq!(
+            std::fs::read(other.join("PG_15_202209061/5/1")).unwrap(),
             b"ts"
         );
     }

@@ -12,7 +12,8 @@
 //! archiving off (see [`restore_test`]).
 //!
 //! Each problem is one line naming the object and who needs it. A chunk shared by many files
-//! is read once and reported under the first file that names it.
+//! is read once per length it is named with, and reported under the first file that names it
+//! so.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -192,10 +193,11 @@ pub async fn verify(
     }
 
     let mut tablespaces = Vec::new();
-    let mut chunks: HashMap<ChunkId, ToRead> = HashMap::new();
+    // Read once per length a chunk is named with: each reference's length is checked.
+    let mut chunks: HashMap<(ChunkId, u32), ToRead> = HashMap::new();
     let mut name = |list: &[ChunkRef], owner: &dyn Fn() -> String| {
         for c in list {
-            chunks.entry(c.id).or_insert_with(|| ToRead {
+            chunks.entry((c.id, c.len)).or_insert_with(|| ToRead {
                 chunk: *c,
                 owner: owner(),
                 first_page_of: Vec::new(),
@@ -225,7 +227,11 @@ pub async fn verify(
     for r in &refs {
         problems.extend(check_ref(r, sysid));
         if matches!(r.name.kind(), WalFileKind::Segment | WalFileKind::Partial) {
-            if let Some(first) = r.chunks.first().and_then(|c| chunks.get_mut(&c.id)) {
+            if let Some(first) = r
+                .chunks
+                .first()
+                .and_then(|c| chunks.get_mut(&(c.id, c.len)))
+            {
                 first.first_page_of.push((r.name.clone(), r.size));
             }
         }

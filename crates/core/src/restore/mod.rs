@@ -796,6 +796,128 @@ mod tests {
         );
     }
 
+    /// The problems `verify` reports for backup `id` (all backups if `None`).
+    async fn verify_problems(repo: &Repo, id: Option<&str>) -> Vec<String> {
+        let req = crate::verify::VerifyRequest {
+            backup: id.map(str::to_string),
+            ..Default::default()
+        };
+        crate::verify::verify(repo, req, &Silent)
+            .await
+            .unwrap()
+            .problems
+    }
+
+    /// Whatever a restore refuses in a manifest, verify reports (one check, run by both): a
+    /// file whose chunks do not add up to its size, a deduplicated chunk named with another
+    /// length at a later reference — in the same backup, or in another backup (where each
+    /// manifest alone holds together, and verify reads the chunk at each length it is named
+    /// with). The restore refuses before it creates anything.
+    #[tokio::test]
+    async fn verify_reports_what_restore_refuses() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pgdata = tmp.path().join("data");
+        let base = async |r: &Repo| {
+            vec![
+                dir("global", 0o700),
+                file(r, "global/pg_control", b"control", 0o600).await,
+                dir("base", 0o700),
+            ]
+        };
+        // A file of 5 bytes whose one chunk has 3.
+        let repo = repo_with(
+            async |r: &Repo| {
+                let mut f = base(r).await;
+                let mut short = file(r, "base/short", b"abc", 0o600).await;
+                short["size"] = json!(5);
+                f.push(short);
+                f
+            },
+            &[],
+        )
+        .await;
+        let e = refused(&repo, request(&pgdata)).await;
+        assert!(e.contains("file base/short has 5 bytes"), "{e}");
+        assert!(!pgdata.exists(), "the restore began");
+        let problems = verify_problems(&repo, Some(ID)).await;
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("file base/short has 5 bytes")),
+            "{problems:?}"
+        );
+
+        // The same chunk twice in one backup, the second time one byte longer (the file's
+        // size agreeing with it).
+        let repo = repo_with(
+            async |r: &Repo| {
+                let mut f = base(r).await;
+                let first = file(r, "base/a", b"shared", 0o600).await;
+                let mut second = first.clone();
+                second["path"] = json!("base/b");
+                second["size"] = json!(7);
+                second["chunks"][0]["len"] = json!(7);
+                f.push(first);
+                f.push(second);
+                f
+            },
+            &[],
+        )
+        .await;
+        let e = refused(&repo, request(&pgdata)).await;
+        assert!(e.contains("is 7 bytes in file base/b"), "{e}");
+        assert!(!pgdata.exists(), "the restore began");
+        let problems = verify_problems(&repo, Some(ID)).await;
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("is 7 bytes in file base/b")),
+            "{problems:?}"
+        );
+
+        // Across two backups: the first names the chunk rightly, the second (on its own
+        // consistent) with a length one byte longer.
+        let repo = repo_with(
+            async |r: &Repo| {
+                let mut f = base(r).await;
+                f.push(file(r, "base/a", b"shared", 0o600).await);
+                f
+            },
+            &[],
+        )
+        .await;
+        let mut m = BackupManifest::list(&repo).await.unwrap().docs.remove(0);
+        let later = "20261127T000000Z";
+        m.id = later.to_string();
+        m.label = later.to_string();
+        m.start_time += chrono::Duration::days(1);
+        m.stop_time += chrono::Duration::days(1);
+        let f = m
+            .files
+            .iter_mut()
+            .find(|f| f.path.as_str() == "base/a")
+            .unwrap();
+        f.chunks[0].len += 1;
+        f.size += 1;
+        repo.put_doc(
+            &BackupManifest::key(later),
+            serde_json::to_vec(&m).unwrap().into(),
+        )
+        .await
+        .unwrap();
+        let problems = verify_problems(&repo, None).await;
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains(&format!("backup {later} file base/a"))),
+            "{problems:?}"
+        );
+        assert!(verify_problems(&repo, Some(ID))
+            .await
+            .iter()
+            .all(|p| !p.contains("base/a")));
+    }
+
     /// `--delta` cleans a tablespace directory only if it proves to be this backup's: another
     /// cluster's tablespace of the same major version at that path (a database this backup
     /// does not have in its catalog version directory) is refused, whether the directory was

@@ -296,32 +296,44 @@ fn group_access(pgdata: &Path) -> bool {
     std::fs::metadata(pgdata).is_ok_and(|m| m.permissions().mode() & 0o050 != 0)
 }
 
-/// Point remapped tablespaces at their new directories in `tablespace_map` (PostgreSQL makes
-/// the pg_tblspc links from it at startup).
-fn rewrite_tablespace_map(pgdata: &Path, remap: &HashMap<u32, PathBuf>) -> anyhow::Result<()> {
-    if remap.is_empty() {
+/// Write `tablespace_map` from the plan: one line per tablespace, pointing at the directory
+/// the user named for it (PostgreSQL makes the pg_tblspc links from this file at startup, so
+/// it must name no location the user did not). Lines of the backup's own file for a
+/// tablespace the backup does not list are dropped, with a warning.
+fn write_tablespace_map(
+    pgdata: &Path,
+    backup: &str,
+    tablespaces: &[PlannedTablespace],
+) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = laydown::open_dir(pgdata)?;
+    let old = laydown::read_at(&dir, pgdata, "tablespace_map")?;
+    if old.is_none() && tablespaces.is_empty() {
         return Ok(());
     }
-    let dir = laydown::open_dir(pgdata)?;
-    let text = laydown::read_at(&dir, pgdata, "tablespace_map")?.with_context(|| {
-        format!(
-            "{} is missing: the backup has no tablespace map to remap",
-            pgdata.join("tablespace_map").display()
-        )
-    })?;
-    let mut out = String::new();
-    for line in text.lines() {
+    for line in old.as_deref().unwrap_or("").lines() {
         let oid = line.split(' ').next().and_then(|o| o.parse::<u32>().ok());
-        match oid.and_then(|o| remap.get(&o).map(|d| (o, d))) {
-            Some((o, d)) => out.push_str(&format!("{o} {}\n", d.display())),
-            None => {
-                out.push_str(line);
-                out.push('\n');
-            }
+        if !oid.is_some_and(|o| tablespaces.iter().any(|t| t.oid == o)) {
+            tracing::warn!(
+                "restore {backup}: dropped {line:?} from tablespace_map: the backup lists no such \
+                 tablespace"
+            );
         }
     }
+    let mut out = Vec::new();
+    for t in tablespaces {
+        out.extend_from_slice(format!("{} ", t.oid).as_bytes());
+        // As PostgreSQL writes it: newline, carriage return and backslash escaped.
+        for &b in t.directory.as_os_str().as_bytes() {
+            if matches!(b, b'\n' | b'\r' | b'\\') {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+        out.push(b'\n');
+    }
     let mode = if group_access(pgdata) { 0o640 } else { 0o600 };
-    laydown::write_durably_at(&dir, pgdata, "tablespace_map", out.as_bytes(), mode)
+    laydown::write_durably_at(&dir, pgdata, "tablespace_map", &out, mode)
 }
 
 /// Plan the restore, and unless it is a dry run lay the backup down, configure recovery and
@@ -399,7 +411,7 @@ pub async fn restore(
         plan.target
     );
     let (mut stats, last) = lay.run().await?;
-    rewrite_tablespace_map(&pgdata, &args.remap)?;
+    write_tablespace_map(&pgdata, &plan.backup, &plan.tablespaces)?;
     let settings = recovery_settings(repo.url(), &args)?;
     write_recovery_conf(
         &pgdata,
@@ -977,9 +989,14 @@ mod tests {
         let files = async |r: &Repo| {
             let mut key = file(r, "authorized_keys", b"ssh-ed25519 AAAA attacker", 0o600).await;
             key["tablespace"] = json!(16400);
+            // The server's tablespace_map, forged too: another place for the same
+            // tablespace, and a line for one the backup does not list.
+            let t = tmp.path().display();
+            let map = format!("16400 {t}/elsewhere\n16999 {t}/evil\n");
             vec![
                 dir("global", 0o700),
                 file(r, "global/pg_control", b"control", 0o600).await,
+                file(r, "tablespace_map", map.as_bytes(), 0o600).await,
                 key,
             ]
         };
@@ -1009,14 +1026,18 @@ mod tests {
         let mapped = tmp.path().join("ts");
         let mut req = request(&pgdata);
         req.remap.insert(16400, mapped.clone());
-        let e = refused(&repo, req).await;
-        // (The fixture has no tablespace_map file to rewrite: the lay-down itself is done.)
-        assert!(e.contains("tablespace_map"), "{e}");
+        restore(&repo, req, &Silent).await.unwrap();
         assert_eq!(
             std::fs::read(mapped.join("authorized_keys")).unwrap(),
             b"ssh-ed25519 AAAA attacker"
         );
         assert!(!ssh.exists(), "the recorded location was created");
+        // The backup's tablespace_map (from which PostgreSQL makes the links at startup) is
+        // pitr's own: the planned directory only, the line for an unlisted tablespace gone.
+        assert_eq!(
+            std::fs::read_to_string(pgdata.join("tablespace_map")).unwrap(),
+            format!("16400 {}\n", mapped.display())
+        );
 
         // Asked for: the dry run shows the recorded location, the restore uses it.
         let pgdata2 = tmp.path().join("data2");
@@ -1032,6 +1053,10 @@ mod tests {
             .await
             .unwrap();
         assert!(ssh.join("authorized_keys").is_file());
+        assert_eq!(
+            std::fs::read_to_string(pgdata2.join("tablespace_map")).unwrap(),
+            format!("16400 {loc}\n")
+        );
     }
 
     /// The dry run shows each tablespace's directory; pitr makes the pg_tblspc link to it
@@ -1068,14 +1093,16 @@ mod tests {
         let pgdata2 = tmp.path().join("data2");
         let mut req = request(&pgdata2);
         req.remap.insert(16400, moved.clone());
-        // The backup has no tablespace_map file here; the remap itself is what is checked.
-        let e = refused(&repo, req).await;
-        assert!(e.contains("tablespace_map"), "{e}");
+        // The backup has no tablespace_map file here: pitr writes it from the plan.
+        restore(&repo, req, &Silent).await.unwrap();
         assert_eq!(
             std::fs::read_link(pgdata2.join("pg_tblspc/16400")).unwrap(),
             moved
         );
-        assert!(!pgdata2.join("global/pg_control").exists());
+        assert_eq!(
+            std::fs::read_to_string(pgdata2.join("tablespace_map")).unwrap(),
+            format!("16400 {}\n", moved.display())
+        );
     }
 
     /// A lay-down that fails half-way (a chunk missing from the repository) leaves no

@@ -354,6 +354,29 @@ fn backup_restores_tablespace_to_new_location() {
         "verify: {}",
         stdout_of(&verified)
     );
+    // Asked for, the recorded location is used: printed before anything is done, and shown
+    // by the dry run.
+    let dry = restore_immediate(
+        &pitr,
+        &id,
+        &restored,
+        &["--tablespaces-as-recorded", "--dry-run"],
+    );
+    let recorded = format!(
+        "tablespace {oid}: {} (the backup's location)",
+        ts_orig.display()
+    );
+    assert!(
+        stdout_of(&dry).contains(&recorded)
+            && stderr_of(&dry).contains(&format!(
+                "tablespace {oid} goes to its recorded location {}",
+                ts_orig.display()
+            )),
+        "restore --tablespaces-as-recorded --dry-run: {}{}",
+        stdout_of(&dry),
+        stderr_of(&dry)
+    );
+    assert!(!ts_orig.exists() && !restored.exists());
     let map = format!("{oid}={}", ts_new.display());
     restore_immediate(&pitr, &id, &restored, &["--tablespace-map", &map]);
     assert!(

@@ -324,6 +324,61 @@ fn backup_restores_tablespace_to_new_location() {
 
     let ts_new = dir.path().join("ts_new");
     let restored = dir.path().join("restored");
+    // The recorded location is a proposal: without --tablespace-map (or
+    // --tablespaces-as-recorded) the restore refuses, naming the tablespace and its location,
+    // and creates nothing; verify shows the location.
+    let out = pitr.output([
+        "restore",
+        "--target-immediate",
+        "--backup",
+        &id,
+        "--pgdata",
+        &restored.display().to_string(),
+    ]);
+    let err = stderr_of(&out);
+    assert!(
+        !out.status.success()
+            && err.contains(&format!(
+                "tablespace {oid} (recorded location \"{}\")",
+                ts_orig.display()
+            ))
+            && err.contains("--tablespaces-as-recorded"),
+        "restore without --tablespace-map: {}\n{err}",
+        status_text(out.status)
+    );
+    assert!(!ts_orig.exists() && !restored.exists(), "{err}");
+    let verified = pitr.output(["verify", "--backup", &id]);
+    assert!(
+        stdout_of(&verified).contains(&format!(
+            "tablespace {oid}: recorded location \"{}\"",
+            ts_orig.display()
+        )),
+        "verify: {}",
+        stdout_of(&verified)
+    );
+    // Asked for, the recorded location is used: printed before anything is done, and shown
+    // by the dry run.
+    let dry = restore_immediate(
+        &pitr,
+        &id,
+        &restored,
+        &["--tablespaces-as-recorded", "--dry-run"],
+    );
+    let recorded = format!(
+        "tablespace {oid}: {} (the backup's location)",
+        ts_orig.display()
+    );
+    assert!(
+        stdout_of(&dry).contains(&recorded)
+            && stderr_of(&dry).contains(&format!(
+                "tablespace {oid} goes to its recorded location {}",
+                ts_orig.display()
+            )),
+        "restore --tablespaces-as-recorded --dry-run: {}{}",
+        stdout_of(&dry),
+        stderr_of(&dry)
+    );
+    assert!(!ts_orig.exists() && !restored.exists());
     let map = format!("{oid}={}", ts_new.display());
     restore_immediate(&pitr, &id, &restored, &["--tablespace-map", &map]);
     assert!(

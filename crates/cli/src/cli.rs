@@ -303,14 +303,19 @@ pub struct RestoreArgs {
     pub backup: Option<String>,
     /// Reuse files already in the data directory when their content matches, and remove
     /// what the backup does not have; a non-empty tablespace directory is changed only if it
-    /// holds a PG_<major>_* layout or was given with --tablespace-map
+    /// holds the backup's PG_<major>_<catversion> directory with none but its databases
     #[arg(long)]
     pub delta: bool,
-    /// Put tablespace OID in DIR instead of the location the backup recorded (repeatable);
-    /// needed when that location is not absolute, overlaps the data directory or another
-    /// tablespace, or is not empty
+    /// Put tablespace OID in DIR (repeatable). A backup with tablespaces needs this for each
+    /// one, or --tablespaces-as-recorded: restore never writes to a location it only read
+    /// from the repository
     #[arg(long, value_name = "OID=DIR")]
     pub tablespace_map: Vec<String>,
+    /// Lay each tablespace not given with --tablespace-map down at the location the backup
+    /// recorded (each is printed first; --dry-run shows them); they must be absolute, empty
+    /// or absent, and outside the data directory
+    #[arg(long)]
+    pub tablespaces_as_recorded: bool,
     /// Show the plan (backup, timeline, WAL needed, tablespace directories) and change nothing
     #[arg(long)]
     pub dry_run: bool,

@@ -12,7 +12,8 @@
 //! archiving off (see [`restore_test`]).
 //!
 //! Each problem is one line naming the object and who needs it. A chunk shared by many files
-//! is read once and reported under the first file that names it.
+//! is read once per length it is named with, and reported under the first file that names it
+//! so.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -68,7 +69,19 @@ pub struct VerifyReport {
     /// One line per problem: damaged documents, then chunks, then missing segments, then
     /// the repository's age and the restore test.
     pub problems: Vec<String>,
+    /// Each verified backup's tablespaces and the locations they recorded: shown, since a
+    /// restore lays one down there only when told to (`--tablespaces-as-recorded`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tablespaces: Vec<RecordedTablespace>,
     pub restore_test: Option<RestoreTestReport>,
+}
+
+/// A tablespace location a backup recorded.
+#[derive(Debug, Serialize)]
+pub struct RecordedTablespace {
+    pub backup: String,
+    pub oid: u32,
+    pub location: String,
 }
 
 impl VerifyReport {
@@ -179,10 +192,12 @@ pub async fn verify(
         }
     }
 
-    let mut chunks: HashMap<ChunkId, ToRead> = HashMap::new();
+    let mut tablespaces = Vec::new();
+    // Read once per length a chunk is named with: each reference's length is checked.
+    let mut chunks: HashMap<(ChunkId, u32), ToRead> = HashMap::new();
     let mut name = |list: &[ChunkRef], owner: &dyn Fn() -> String| {
         for c in list {
-            chunks.entry(c.id).or_insert_with(|| ToRead {
+            chunks.entry((c.id, c.len)).or_insert_with(|| ToRead {
                 chunk: *c,
                 owner: owner(),
                 first_page_of: Vec::new(),
@@ -200,6 +215,11 @@ pub async fn verify(
         for f in b.all_files() {
             name(&f.chunks, &|| format!("backup {} file {}", b.id, f.path));
         }
+        tablespaces.extend(b.tablespaces.iter().map(|t| RecordedTablespace {
+            backup: b.id.clone(),
+            oid: t.oid,
+            location: t.location.clone(),
+        }));
     }
     for r in &refs {
         name(&r.chunks, &|| format!("archived WAL {}", r.name));
@@ -207,7 +227,11 @@ pub async fn verify(
     for r in &refs {
         problems.extend(check_ref(r, sysid));
         if matches!(r.name.kind(), WalFileKind::Segment | WalFileKind::Partial) {
-            if let Some(first) = r.chunks.first().and_then(|c| chunks.get_mut(&c.id)) {
+            if let Some(first) = r
+                .chunks
+                .first()
+                .and_then(|c| chunks.get_mut(&(c.id, c.len)))
+            {
                 first.first_page_of.push((r.name.clone(), r.size));
             }
         }
@@ -283,6 +307,7 @@ pub async fn verify(
         wal_files: refs.len(),
         bytes,
         problems,
+        tablespaces,
         restore_test,
     })
 }
@@ -625,6 +650,8 @@ async fn restore_and_check(
         backup: Some(id.to_string()),
         delta: false,
         remap,
+        // Every tablespace is mapped into the scratch directory above: never a recorded one.
+        tablespaces_as_recorded: false,
         dry_run: false,
         // Written into postgresql.auto.conf too: the scratch instance must never archive.
         archive_off: true,

@@ -61,6 +61,7 @@ fn request(args: RestoreArgs) -> anyhow::Result<RestoreRequest> {
         backup: args.backup,
         delta: args.delta,
         remap,
+        tablespaces_as_recorded: args.tablespaces_as_recorded,
         dry_run: args.dry_run,
         archive_off: args.archive_mode == cli::ArchiveMode::Off,
         start: args.start.then_some(StartOptions {

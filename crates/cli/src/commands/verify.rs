@@ -34,6 +34,13 @@ pub async fn run(url: &str, args: VerifyArgs) -> anyhow::Result<()> {
         for p in &report.problems {
             outln!("{p}");
         }
+        for t in &report.tablespaces {
+            println!(
+                "backup {} tablespace {}: recorded location {:?} (a restore uses it only with \
+                 --tablespaces-as-recorded; else --tablespace-map {}=DIR)",
+                t.backup, t.oid, t.location, t.oid
+            );
+        }
         if let Some(t) = &report.restore_test {
             outln!(
                 "restore test: backup {} restored in {:.1} s, recovered to {} in {:.1} s{}",

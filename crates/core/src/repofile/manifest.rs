@@ -221,7 +221,12 @@ impl BackupManifest {
     /// listed twice. Symbolic links themselves are never created from a stored target: the
     /// `pg_tblspc/<oid>` links pitr makes itself, to the directories the plan shows, and any
     /// other link (a DBA's `log -> /var/log/…`) is named by the restore, not made
-    /// ([`BackupManifest::links_not_restored`]).
+    /// ([`BackupManifest::links_not_restored`]). A file whose chunks do not add up to its
+    /// size, and a chunk named with two different lengths (a deduplicated chunk is the same
+    /// bytes wherever it is named), are refused too, before anything is written.
+    ///
+    /// This is the one check of a manifest's content both a restore (before it plans) and
+    /// `verify` (for every backup) run: whatever one refuses, the other reports.
     pub fn check_restorable(&self) -> anyhow::Result<()> {
         let links: std::collections::HashSet<(Option<u32>, &str)> = self
             .all_files()
@@ -234,7 +239,31 @@ impl BackupManifest {
                 anyhow::bail!("backup {}: tablespace {} is listed twice", self.id, t.oid);
             }
         }
+        let mut lengths: std::collections::HashMap<pitr_store::ChunkId, (u32, &RelPath)> =
+            std::collections::HashMap::new();
         for e in self.all_files() {
+            let cut: u64 = e.chunks.iter().map(|c| u64::from(c.len)).sum();
+            if e.kind == FileKind::File && cut != e.size {
+                anyhow::bail!(
+                    "backup {}: file {} has {} bytes, but its {} chunks add up to {cut}",
+                    self.id,
+                    e.path,
+                    e.size,
+                    e.chunks.len()
+                );
+            }
+            for c in &e.chunks {
+                let (len, first) = *lengths.entry(c.id).or_insert((c.len, &e.path));
+                if len != c.len {
+                    anyhow::bail!(
+                        "backup {}: chunk {} is {} bytes in file {}, but {len} bytes in file {first}",
+                        self.id,
+                        c.id,
+                        c.len,
+                        e.path
+                    );
+                }
+            }
             if let Some(oid) = e.tablespace {
                 if !oids.contains(&oid) {
                     anyhow::bail!(

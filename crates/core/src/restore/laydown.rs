@@ -48,6 +48,10 @@ pub struct LayDown<'a> {
     pub pgdata: &'a Path,
     /// Tablespace OID → directory, for remapped tablespaces.
     pub remap: &'a HashMap<u32, PathBuf>,
+    /// `--tablespaces-as-recorded`: a tablespace not in `remap` goes to the location the
+    /// backup recorded. Without it such a tablespace is refused: a location from the
+    /// repository is a proposal, never a place pitr writes to on its own.
+    pub as_recorded: bool,
     pub delta: bool,
     pub reporter: &'a dyn Reporter,
 }
@@ -69,22 +73,62 @@ fn is_empty_dir(p: &Path) -> anyhow::Result<bool> {
     }
 }
 
-/// Whether `dir` holds a tablespace layout of PostgreSQL `major`: a `PG_<major>_<catversion>`
-/// subdirectory.
-fn holds_tablespace_layout(dir: &Path, major: u32) -> anyhow::Result<bool> {
-    let prefix = format!("PG_{major}_");
-    let rd = std::fs::read_dir(dir).with_context(|| format!("read directory {}", dir.display()))?;
-    for ent in rd {
-        let ent = ent.with_context(|| format!("read directory {}", dir.display()))?;
-        let name = ent.file_name();
-        let name = name.to_string_lossy();
-        if let Some(cat) = name.strip_prefix(&prefix) {
-            if !cat.is_empty() && cat.bytes().all(|b| b.is_ascii_digit()) {
-                return Ok(true);
+/// Why the non-empty directory `dir` cannot be taken for tablespace `oid` of `manifest`, which
+/// `--delta` would clean; `None` when it is that tablespace as far as its contents tell: it
+/// holds a catalog version directory (`PG_<major>_<catversion>`) the backup has for the
+/// tablespace, and every entry in each such directory is one the backup names there (the
+/// tablespace's database OIDs). Another cluster's tablespace at the path, even of the same
+/// major version, has databases this backup does not: refused, never cleaned.
+fn foreign_tablespace(
+    dir: &Path,
+    manifest: &BackupManifest,
+    oid: u32,
+) -> anyhow::Result<Option<String>> {
+    // The backup's catalog version directories of this tablespace and the names in each.
+    let mut layout: BTreeMap<&str, HashSet<&str>> = BTreeMap::new();
+    for e in manifest.all_files().filter(|e| e.tablespace == Some(oid)) {
+        let mut parts = e.path.components();
+        if let Some(top) = parts.next() {
+            let names = layout.entry(top).or_default();
+            if let Some(name) = parts.next() {
+                names.insert(name);
             }
         }
     }
-    Ok(false)
+    let mut present = false;
+    for (top, names) in &layout {
+        let sub = dir.join(top);
+        let rd = match std::fs::read_dir(&sub) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("read directory {}", sub.display())),
+        };
+        present = true;
+        for ent in rd {
+            let ent = ent.with_context(|| format!("read directory {}", sub.display()))?;
+            let name = ent.file_name();
+            if !names.contains(name.to_string_lossy().as_ref()) {
+                return Ok(Some(format!(
+                    "its {top} holds {}, which backup {} does not have in tablespace {oid} \
+                     (another cluster's database?)",
+                    name.to_string_lossy(),
+                    manifest.id
+                )));
+            }
+        }
+    }
+    if present {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "it holds none of backup {}'s catalog version directories for tablespace {oid} ({})",
+        manifest.id,
+        if layout.is_empty() {
+            "the backup has none".to_string()
+        } else {
+            layout.keys().copied().collect::<Vec<_>>().join(", ")
+        }
+    )))
 }
 
 /// `p` with `.` and `..` worked out and its longest existing ancestor's links resolved: two
@@ -336,15 +380,21 @@ impl LayDown<'_> {
         self.manifest.group_access()
     }
 
-    /// Where each tablespace goes: the `--tablespace-map` directory, else the backup's
-    /// location if it is a plain absolute path. None may be inside or above the data
-    /// directory or another tablespace's directory.
+    /// Where each tablespace goes: the `--tablespace-map` directory, else (only with
+    /// `--tablespaces-as-recorded`) the backup's location if it is a plain absolute path. A
+    /// tablespace placed by neither is refused, naming its OID and recorded location. None
+    /// may be inside or above the data directory or another tablespace's directory.
     pub fn tablespace_dirs(&self) -> anyhow::Result<BTreeMap<u32, PathBuf>> {
         let mut out = BTreeMap::new();
+        let mut unplaced = Vec::new();
         for t in &self.manifest.tablespaces {
             let dir = match self.remap.get(&t.oid) {
                 Some(d) => d.clone(),
-                None => t.location_path()?,
+                None if self.as_recorded => t.location_path()?,
+                None => {
+                    unplaced.push(t);
+                    continue;
+                }
             };
             if !dir.is_absolute() {
                 bail!(
@@ -369,11 +419,32 @@ impl LayDown<'_> {
                 );
             }
         }
+        if !unplaced.is_empty() {
+            bail!(
+                "backup {} has {} tablespace{} that no option places: {}; a location recorded \
+                 in the repository is never used on its own. Give each an empty or new \
+                 directory with --tablespace-map OID=DIR (e.g. {}), or pass \
+                 --tablespaces-as-recorded to lay them down at the recorded locations shown",
+                self.manifest.id,
+                unplaced.len(),
+                if unplaced.len() == 1 { "" } else { "s" },
+                unplaced
+                    .iter()
+                    .map(|t| format!("tablespace {} (recorded location {:?})", t.oid, t.location))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                unplaced
+                    .iter()
+                    .map(|t| format!("--tablespace-map {}=DIR", t.oid))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
         let source = |oid: &u32| {
             if self.remap.contains_key(oid) {
                 "--tablespace-map"
             } else {
-                "the backup's location"
+                "the backup's location, --tablespaces-as-recorded"
             }
         };
         let data = resolved(self.pgdata);
@@ -436,20 +507,18 @@ impl LayDown<'_> {
                     self.pgdata.display()
                 );
             }
-            // --delta removes what the backup does not have: only in a directory the user
-            // named, or one that already holds this cluster's tablespace layout.
-            let major = self.manifest.pg_version_num / 10000;
+            // --delta removes what the backup does not have: only in a tablespace directory
+            // that is empty, or proves to be this backup's tablespace.
             for (oid, dir) in &tablespaces {
-                if self.remap.contains_key(oid)
-                    || is_empty_dir(dir)?
-                    || holds_tablespace_layout(dir, major)?
-                {
+                if is_empty_dir(dir)? {
                     continue;
                 }
-                bail!(
-                    "--delta: tablespace {oid} directory {} is not empty and holds no PG_{major}_* tablespace layout: refused to change it; remap it with --tablespace-map {oid}=DIR",
-                    dir.display()
-                );
+                if let Some(why) = foreign_tablespace(dir, self.manifest, *oid)? {
+                    bail!(
+                        "--delta: tablespace {oid} directory {} is not empty and not this backup's tablespace: {why}; refused to change it. Give the tablespace an empty or new directory with --tablespace-map {oid}=DIR",
+                        dir.display()
+                    );
+                }
             }
             return Ok(());
         }

@@ -43,6 +43,9 @@ pub struct RestoreRequest {
     pub delta: bool,
     /// Tablespace OID → directory, for relocated tablespaces.
     pub remap: HashMap<u32, PathBuf>,
+    /// `--tablespaces-as-recorded`: lay a tablespace not in `remap` down at the location the
+    /// backup recorded (each is logged first). Without it, such a tablespace is refused.
+    pub tablespaces_as_recorded: bool,
     /// Plan only; change nothing.
     pub dry_run: bool,
     /// Set `archive_mode = off` in the restored server (a clone); otherwise keep the backup's.
@@ -166,16 +169,24 @@ fn recovery_settings_for(
         ("restore_command".to_string(), conf_value(&command)),
         ("recovery_end_command".to_string(), conf_value(&cleanup)),
     ];
-    match target {
-        Target::End => {}
-        Target::Immediate => out.push(("recovery_target".into(), conf_value("immediate"))),
-        Target::Time(t) => out.push((
-            "recovery_target_time".into(),
-            conf_value(&format_pg_time(t)),
-        )),
-        Target::Lsn(l) => out.push(("recovery_target_lsn".into(), conf_value(&l.to_string()))),
-        Target::Xid(x) => out.push(("recovery_target_xid".into(), conf_value(&x.to_string()))),
-        Target::Name(n) => out.push(("recovery_target_name".into(), conf_value(n))),
+    let chosen = match target {
+        Target::End => None,
+        Target::Immediate => Some(("recovery_target", "immediate".to_string())),
+        Target::Time(t) => Some(("recovery_target_time", format_pg_time(t))),
+        Target::Lsn(l) => Some(("recovery_target_lsn", l.to_string())),
+        Target::Xid(x) => Some(("recovery_target_xid", x.to_string())),
+        Target::Name(n) => Some(("recovery_target_name", n.clone())),
+    };
+    // Every other target is written empty, before the chosen one: postgresql.auto.conf is read
+    // last and a later setting of the same name wins, so a target the backup's configuration
+    // (or a file it includes) still sets is switched off rather than combined with ours.
+    for name in RECOVERY_TARGETS {
+        if chosen.as_ref().is_none_or(|(c, _)| *c != name) {
+            out.push((name.to_string(), conf_value("")));
+        }
+    }
+    if let Some((name, value)) = chosen {
+        out.push((name.to_string(), conf_value(&value)));
     }
     if !matches!(target, Target::End | Target::Immediate) {
         out.push((
@@ -204,14 +215,62 @@ fn recovery_settings_for(
 
 const MARK: &str = "# pitr restore";
 
+/// The settings that name what recovery stops at: at most one may be set.
+const RECOVERY_TARGETS: [&str; 5] = [
+    "recovery_target",
+    "recovery_target_lsn",
+    "recovery_target_name",
+    "recovery_target_time",
+    "recovery_target_xid",
+];
+
+/// The parameter a configuration file line sets, lower-cased as PostgreSQL compares names
+/// (`  Recovery_Target_Time='…'`, `recovery_target_time '…'` and `RECOVERY_TARGET_TIME = …`
+/// are one setting); `None` for a comment, a blank line or an `include`.
+fn conf_key(line: &str) -> Option<String> {
+    let key: String = line
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
+        .collect();
+    let key = key.to_ascii_lowercase();
+    (!key.is_empty() && !key.starts_with("include")).then_some(key)
+}
+
+/// postgresql.conf with every `recovery_target*` setting of the backup commented out (a
+/// restore to the end of the archive would otherwise stop at the backup's old target); `None`
+/// when there is none.
+fn neutralised_conf(text: &str) -> Option<String> {
+    let mut changed = false;
+    let out = text
+        .lines()
+        .map(|l| {
+            if conf_key(l).is_some_and(|k| k.starts_with("recovery_target")) {
+                changed = true;
+                format!("{MARK}: the backup's recovery target, not used: {l}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    changed.then_some(out)
+}
+
 fn write_recovery_conf(
     pgdata: &Path,
     settings: &[(String, String)],
     header: &str,
 ) -> anyhow::Result<()> {
     let dir = laydown::open_dir(pgdata)?;
+    let mode = if group_access(pgdata) { 0o640 } else { 0o600 };
+    if let Some(conf) = laydown::read_at(&dir, pgdata, "postgresql.conf")? {
+        if let Some(text) = neutralised_conf(&conf) {
+            laydown::write_durably_at(&dir, pgdata, "postgresql.conf", text.as_bytes(), mode)?;
+        }
+    }
     let old = laydown::read_at(&dir, pgdata, "postgresql.auto.conf")?.unwrap_or_default();
-    // Earlier settings of the keys written now go (a restore over a restore, with --delta).
+    // Earlier settings of the keys written now go (a restore over a restore, with --delta),
+    // and every recovery setting the backup carried, however its name is spelt.
     let ours = |key: &str| {
         key == "restore_command"
             || key.starts_with("recovery_")
@@ -219,17 +278,13 @@ fn write_recovery_conf(
     };
     let mut text: String = old
         .lines()
-        .filter(|l| {
-            let key = l.split(['=', ' ', '\t']).next().unwrap_or("").trim();
-            !(l.starts_with(MARK) || ours(key))
-        })
+        .filter(|l| !(l.starts_with(MARK) || conf_key(l).is_some_and(|k| ours(&k))))
         .map(|l| format!("{l}\n"))
         .collect();
     text.push_str(&format!("{MARK}: {header}\n"));
     for (k, v) in settings {
         text.push_str(&format!("{k} = {v}\n"));
     }
-    let mode = if group_access(pgdata) { 0o640 } else { 0o600 };
     laydown::write_durably_at(&dir, pgdata, "postgresql.auto.conf", text.as_bytes(), mode)?;
     laydown::write_durably_at(&dir, pgdata, "recovery.signal", b"", mode)
 }
@@ -241,32 +296,44 @@ fn group_access(pgdata: &Path) -> bool {
     std::fs::metadata(pgdata).is_ok_and(|m| m.permissions().mode() & 0o050 != 0)
 }
 
-/// Point remapped tablespaces at their new directories in `tablespace_map` (PostgreSQL makes
-/// the pg_tblspc links from it at startup).
-fn rewrite_tablespace_map(pgdata: &Path, remap: &HashMap<u32, PathBuf>) -> anyhow::Result<()> {
-    if remap.is_empty() {
+/// Write `tablespace_map` from the plan: one line per tablespace, pointing at the directory
+/// the user named for it (PostgreSQL makes the pg_tblspc links from this file at startup, so
+/// it must name no location the user did not). Lines of the backup's own file for a
+/// tablespace the backup does not list are dropped, with a warning.
+fn write_tablespace_map(
+    pgdata: &Path,
+    backup: &str,
+    tablespaces: &[PlannedTablespace],
+) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = laydown::open_dir(pgdata)?;
+    let old = laydown::read_at(&dir, pgdata, "tablespace_map")?;
+    if old.is_none() && tablespaces.is_empty() {
         return Ok(());
     }
-    let dir = laydown::open_dir(pgdata)?;
-    let text = laydown::read_at(&dir, pgdata, "tablespace_map")?.with_context(|| {
-        format!(
-            "{} is missing: the backup has no tablespace map to remap",
-            pgdata.join("tablespace_map").display()
-        )
-    })?;
-    let mut out = String::new();
-    for line in text.lines() {
+    for line in old.as_deref().unwrap_or("").lines() {
         let oid = line.split(' ').next().and_then(|o| o.parse::<u32>().ok());
-        match oid.and_then(|o| remap.get(&o).map(|d| (o, d))) {
-            Some((o, d)) => out.push_str(&format!("{o} {}\n", d.display())),
-            None => {
-                out.push_str(line);
-                out.push('\n');
-            }
+        if !oid.is_some_and(|o| tablespaces.iter().any(|t| t.oid == o)) {
+            tracing::warn!(
+                "restore {backup}: dropped {line:?} from tablespace_map: the backup lists no such \
+                 tablespace"
+            );
         }
     }
+    let mut out = Vec::new();
+    for t in tablespaces {
+        out.extend_from_slice(format!("{} ", t.oid).as_bytes());
+        // As PostgreSQL writes it: newline, carriage return and backslash escaped.
+        for &b in t.directory.as_os_str().as_bytes() {
+            if matches!(b, b'\n' | b'\r' | b'\\') {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+        out.push(b'\n');
+    }
     let mode = if group_access(pgdata) { 0o640 } else { 0o600 };
-    laydown::write_durably_at(&dir, pgdata, "tablespace_map", out.as_bytes(), mode)
+    laydown::write_durably_at(&dir, pgdata, "tablespace_map", &out, mode)
 }
 
 /// Plan the restore, and unless it is a dry run lay the backup down, configure recovery and
@@ -314,10 +381,20 @@ pub async fn restore(
         manifest: &plan.manifest,
         pgdata: &pgdata,
         remap: &args.remap,
+        as_recorded: args.tablespaces_as_recorded,
         delta: args.delta,
         reporter,
     };
     plan.tablespaces = lay.planned_tablespaces()?;
+    for t in plan.tablespaces.iter().filter(|t| !t.remapped) {
+        tracing::warn!(
+            "restore {}: tablespace {} goes to its recorded location {} \
+             (--tablespaces-as-recorded)",
+            plan.backup,
+            t.oid,
+            t.directory.display()
+        );
+    }
     lay.check_targets()?;
     if args.dry_run {
         return Ok(RestoreReport {
@@ -334,7 +411,7 @@ pub async fn restore(
         plan.target
     );
     let (mut stats, last) = lay.run().await?;
-    rewrite_tablespace_map(&pgdata, &args.remap)?;
+    write_tablespace_map(&pgdata, &plan.backup, &plan.tablespaces)?;
     let settings = recovery_settings(repo.url(), &args)?;
     write_recovery_conf(
         &pgdata,
@@ -450,9 +527,18 @@ mod tests {
             backup: None,
             delta: false,
             remap: HashMap::new(),
+            tablespaces_as_recorded: false,
             dry_run: false,
             archive_off: false,
             start: None,
+        }
+    }
+
+    /// [`request`] with `--tablespaces-as-recorded`.
+    fn as_recorded(pgdata: &Path) -> RestoreRequest {
+        RestoreRequest {
+            tablespaces_as_recorded: true,
+            ..request(pgdata)
         }
     }
 
@@ -655,7 +741,8 @@ mod tests {
 
     /// A tablespace location from the backup inside or above the data directory, or not
     /// absolute, is refused with and without --delta (and by --dry-run); a non-empty one
-    /// without --delta; with --delta, one that holds no PG_15_* layout.
+    /// without --delta; with --delta, one that holds none of the backup's catalog version
+    /// directories.
     #[tokio::test]
     async fn foreign_tablespace_locations_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
@@ -679,7 +766,7 @@ mod tests {
                 let req = RestoreRequest {
                     delta,
                     dry_run,
-                    ..request(&pgdata)
+                    ..as_recorded(&pgdata)
                 };
                 let e = refused(&repo, req).await;
                 assert!(e.contains(why), "{location} (delta {delta}): {e}");
@@ -690,21 +777,21 @@ mod tests {
             );
         }
 
-        // Not empty: refused without --delta; with it, only if it holds this cluster's layout.
+        // Not empty: refused without --delta; with it, only if it holds this backup's layout.
         let foreign = tmp.path().join("foreign");
         std::fs::create_dir(&foreign).unwrap();
         std::fs::write(foreign.join("precious"), b"data").unwrap();
         let loc = foreign.display().to_string();
         let repo = repo_with(ts_files(16400), &[(16400, &loc)]).await;
-        let e = refused(&repo, request(&pgdata)).await;
+        let e = refused(&repo, as_recorded(&pgdata)).await;
         assert!(e.contains("is not empty") && e.contains(&loc), "{e}");
         let delta = || RestoreRequest {
             delta: true,
-            ..request(&pgdata)
+            ..as_recorded(&pgdata)
         };
         let e = refused(&repo, delta()).await;
         assert!(
-            e.contains("holds no PG_15_* tablespace layout") && e.contains(&loc),
+            e.contains("holds none of backup") && e.contains("PG_15_202209061") && e.contains(&loc),
             "{e}"
         );
         assert_eq!(std::fs::read(foreign.join("precious")).unwrap(), b"data");
@@ -721,6 +808,257 @@ mod tests {
         );
     }
 
+    /// The problems `verify` reports for backup `id` (all backups if `None`).
+    async fn verify_problems(repo: &Repo, id: Option<&str>) -> Vec<String> {
+        let req = crate::verify::VerifyRequest {
+            backup: id.map(str::to_string),
+            ..Default::default()
+        };
+        crate::verify::verify(repo, req, &Silent)
+            .await
+            .unwrap()
+            .problems
+    }
+
+    /// Whatever a restore refuses in a manifest, verify reports (one check, run by both): a
+    /// file whose chunks do not add up to its size, a deduplicated chunk named with another
+    /// length at a later reference — in the same backup, or in another backup (where each
+    /// manifest alone holds together, and verify reads the chunk at each length it is named
+    /// with). The restore refuses before it creates anything.
+    #[tokio::test]
+    async fn verify_reports_what_restore_refuses() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pgdata = tmp.path().join("data");
+        let base = async |r: &Repo| {
+            vec![
+                dir("global", 0o700),
+                file(r, "global/pg_control", b"control", 0o600).await,
+                dir("base", 0o700),
+            ]
+        };
+        // A file of 5 bytes whose one chunk has 3.
+        let repo = repo_with(
+            async |r: &Repo| {
+                let mut f = base(r).await;
+                let mut short = file(r, "base/short", b"abc", 0o600).await;
+                short["size"] = json!(5);
+                f.push(short);
+                f
+            },
+            &[],
+        )
+        .await;
+        let e = refused(&repo, request(&pgdata)).await;
+        assert!(e.contains("file base/short has 5 bytes"), "{e}");
+        assert!(!pgdata.exists(), "the restore began");
+        let problems = verify_problems(&repo, Some(ID)).await;
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("file base/short has 5 bytes")),
+            "{problems:?}"
+        );
+
+        // The same chunk twice in one backup, the second time one byte longer (the file's
+        // size agreeing with it).
+        let repo = repo_with(
+            async |r: &Repo| {
+                let mut f = base(r).await;
+                let first = file(r, "base/a", b"shared", 0o600).await;
+                let mut second = first.clone();
+                second["path"] = json!("base/b");
+                second["size"] = json!(7);
+                second["chunks"][0]["len"] = json!(7);
+                f.push(first);
+                f.push(second);
+                f
+            },
+            &[],
+        )
+        .await;
+        let e = refused(&repo, request(&pgdata)).await;
+        assert!(e.contains("is 7 bytes in file base/b"), "{e}");
+        assert!(!pgdata.exists(), "the restore began");
+        let problems = verify_problems(&repo, Some(ID)).await;
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("is 7 bytes in file base/b")),
+            "{problems:?}"
+        );
+
+        // Across two backups: the first names the chunk rightly, the second (on its own
+        // consistent) with a length one byte longer.
+        let repo = repo_with(
+            async |r: &Repo| {
+                let mut f = base(r).await;
+                f.push(file(r, "base/a", b"shared", 0o600).await);
+                f
+            },
+            &[],
+        )
+        .await;
+        let mut m = BackupManifest::list(&repo).await.unwrap().docs.remove(0);
+        let later = "20261127T000000Z";
+        m.id = later.to_string();
+        m.label = later.to_string();
+        m.start_time += chrono::Duration::days(1);
+        m.stop_time += chrono::Duration::days(1);
+        let f = m
+            .files
+            .iter_mut()
+            .find(|f| f.path.as_str() == "base/a")
+            .unwrap();
+        f.chunks[0].len += 1;
+        f.size += 1;
+        repo.put_doc(
+            &BackupManifest::key(later),
+            serde_json::to_vec(&m).unwrap().into(),
+        )
+        .await
+        .unwrap();
+        let problems = verify_problems(&repo, None).await;
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains(&format!("backup {later} file base/a"))),
+            "{problems:?}"
+        );
+        assert!(verify_problems(&repo, Some(ID))
+            .await
+            .iter()
+            .all(|p| !p.contains("base/a")));
+    }
+
+    /// `--delta` cleans a tablespace directory only if it proves to be this backup's: another
+    /// cluster's tablespace of the same major version at that path (a database this backup
+    /// does not have in its catalog version directory) is refused, whether the directory was
+    /// mapped or recorded, and keeps every file; this backup's own goes ahead.
+    #[tokio::test]
+    async fn delta_refuses_another_clusters_tablespace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pgdata = tmp.path().join("data");
+        let other = tmp.path().join("other");
+        let theirs = other.join("PG_15_202209061/16999/2619");
+        std::fs::create_dir_all(theirs.parent().unwrap()).unwrap();
+        std::fs::write(&theirs, b"their rows").unwrap();
+        let loc = other.display().to_string();
+        let repo = repo_with(ts_files(16400), &[(16400, &loc)]).await;
+        let mut mapped = request(&pgdata);
+        mapped.remap.insert(16400, other.clone());
+        for req in [as_recorded(&pgdata), mapped] {
+            let req = RestoreRequest { delta: true, ..req };
+            let e = refused(&repo, req).await;
+            assert!(
+                e.contains("not this backup's tablespace")
+                    && e.contains("holds 16999")
+                    && e.contains(&loc),
+                "{e}"
+            );
+            assert_eq!(std::fs::read(&theirs).unwrap(), b"their rows");
+            assert!(!pgdata.exists());
+        }
+
+        // This backup's own tablespace (only database 5) is cleaned and refilled.
+        std::fs::remove_dir_all(other.join("PG_15_202209061/16999")).unwrap();
+        std::fs::create_dir_all(other.join("PG_15_202209061/5")).unwrap();
+        std::fs::write(other.join("PG_15_202209061/5/stale"), b"x").unwrap();
+        let req = RestoreRequest {
+            delta: true,
+            ..as_recorded(&pgdata)
+        };
+        restore(&repo, req, &Silent).await.unwrap();
+        assert!(!other.join("PG_15_202209061/5/stale").exists());
+        assert_eq!(
+            std::fs::read(other.join("PG_15_202209061/5/1")).unwrap(),
+            b"ts"
+        );
+    }
+
+    /// A tablespace location from the repository is a proposal: without --tablespace-map or
+    /// --tablespaces-as-recorded a backup with a tablespace at an absent directory (here a
+    /// `.ssh` with an `authorized_keys`) is refused by the restore and the dry run, naming
+    /// the OID and the recorded location, and nothing is created; mapped, the file lands in
+    /// the named directory only; as recorded, where the backup said.
+    #[tokio::test]
+    async fn recorded_tablespace_locations_are_used_only_when_asked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pgdata = tmp.path().join("data");
+        let ssh = tmp.path().join("home/.ssh");
+        let loc = ssh.display().to_string();
+        let files = async |r: &Repo| {
+            let mut key = file(r, "authorized_keys", b"ssh-ed25519 AAAA attacker", 0o600).await;
+            key["tablespace"] = json!(16400);
+            // The server's tablespace_map, forged too: another place for the same
+            // tablespace, and a line for one the backup does not list.
+            let t = tmp.path().display();
+            let map = format!("16400 {t}/elsewhere\n16999 {t}/evil\n");
+            vec![
+                dir("global", 0o700),
+                file(r, "global/pg_control", b"control", 0o600).await,
+                file(r, "tablespace_map", map.as_bytes(), 0o600).await,
+                key,
+            ]
+        };
+        let repo = repo_with(files, &[(16400, &loc)]).await;
+        for dry_run in [false, true] {
+            for delta in [false, true] {
+                let req = RestoreRequest {
+                    dry_run,
+                    delta,
+                    ..request(&pgdata)
+                };
+                let e = refused(&repo, req).await;
+                assert!(
+                    e.contains("tablespace 16400 (recorded location")
+                        && e.contains(&loc)
+                        && e.contains("--tablespace-map 16400=DIR")
+                        && e.contains("--tablespaces-as-recorded"),
+                    "dry run {dry_run}, delta {delta}: {e}"
+                );
+                assert!(!ssh.exists(), "the recorded location was created");
+                assert!(!tmp.path().join("home").exists());
+                assert!(!pgdata.exists(), "the data directory was created");
+            }
+        }
+
+        // Mapped: the tablespace goes where the user said, the recorded location stays absent.
+        let mapped = tmp.path().join("ts");
+        let mut req = request(&pgdata);
+        req.remap.insert(16400, mapped.clone());
+        restore(&repo, req, &Silent).await.unwrap();
+        assert_eq!(
+            std::fs::read(mapped.join("authorized_keys")).unwrap(),
+            b"ssh-ed25519 AAAA attacker"
+        );
+        assert!(!ssh.exists(), "the recorded location was created");
+        // The backup's tablespace_map (from which PostgreSQL makes the links at startup) is
+        // pitr's own: the planned directory only, the line for an unlisted tablespace gone.
+        assert_eq!(
+            std::fs::read_to_string(pgdata.join("tablespace_map")).unwrap(),
+            format!("16400 {}\n", mapped.display())
+        );
+
+        // Asked for: the dry run shows the recorded location, the restore uses it.
+        let pgdata2 = tmp.path().join("data2");
+        let dry = RestoreRequest {
+            dry_run: true,
+            ..as_recorded(&pgdata2)
+        };
+        let r = restore(&repo, dry, &Silent).await.unwrap();
+        assert_eq!(r.plan.tablespaces[0].location, loc);
+        assert_eq!(r.plan.tablespaces[0].directory, ssh);
+        assert!(!ssh.exists());
+        restore(&repo, as_recorded(&pgdata2), &Silent)
+            .await
+            .unwrap();
+        assert!(ssh.join("authorized_keys").is_file());
+        assert_eq!(
+            std::fs::read_to_string(pgdata2.join("tablespace_map")).unwrap(),
+            format!("16400 {loc}\n")
+        );
+    }
+
     /// The dry run shows each tablespace's directory; pitr makes the pg_tblspc link to it
     /// itself, never to the target the manifest stored; --tablespace-map wins.
     #[tokio::test]
@@ -733,7 +1071,7 @@ mod tests {
         let repo = repo_with(ts_files(16400), &[(16400, &loc)]).await;
         let dry = RestoreRequest {
             dry_run: true,
-            ..request(&pgdata)
+            ..as_recorded(&pgdata)
         };
         let r = restore(&repo, dry, &Silent).await.unwrap();
         let plan = serde_json::to_value(&r.plan).unwrap();
@@ -741,7 +1079,7 @@ mod tests {
             plan["tablespaces"],
             json!([{"oid": 16400, "location": loc, "directory": loc, "remapped": false}])
         );
-        let r = restore(&repo, request(&pgdata), &Silent).await.unwrap();
+        let r = restore(&repo, as_recorded(&pgdata), &Silent).await.unwrap();
         assert_eq!(r.plan.tablespaces[0].directory, orig);
         assert_eq!(
             std::fs::read_link(pgdata.join("pg_tblspc/16400")).unwrap(),
@@ -755,14 +1093,16 @@ mod tests {
         let pgdata2 = tmp.path().join("data2");
         let mut req = request(&pgdata2);
         req.remap.insert(16400, moved.clone());
-        // The backup has no tablespace_map file here; the remap itself is what is checked.
-        let e = refused(&repo, req).await;
-        assert!(e.contains("tablespace_map"), "{e}");
+        // The backup has no tablespace_map file here: pitr writes it from the plan.
+        restore(&repo, req, &Silent).await.unwrap();
         assert_eq!(
             std::fs::read_link(pgdata2.join("pg_tblspc/16400")).unwrap(),
             moved
         );
-        assert!(!pgdata2.join("global/pg_control").exists());
+        assert_eq!(
+            std::fs::read_to_string(pgdata2.join("tablespace_map")).unwrap(),
+            format!("16400 {}\n", moved.display())
+        );
     }
 
     /// A lay-down that fails half-way (a chunk missing from the repository) leaves no
@@ -876,6 +1216,114 @@ mod tests {
             substitute(&value[1..value.len() - 1].replace("''", "'"), "N", "P"),
             "/usr/bin/pitr --config '/etc/pitr/my cluster%.toml' --passphrase-file '/etc/pitr/key 100%' --repo s3://b/p restore-wal N P"
         );
+    }
+
+    /// What PostgreSQL itself reads as the value of `setting` in the restored `pgdata`
+    /// (`postgres -C`, run as the PostgreSQL user): `Err` with its output if it refuses.
+    fn effective(pgdata: &Path, setting: &str) -> Result<String, String> {
+        let out = pitr_testkit::cmd::output(
+            pitr_testkit::programs::pg_command("postgres")
+                .arg("-D")
+                .arg(pgdata)
+                .args(["-C", setting]),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status.success() {
+            Ok(stdout)
+        } else {
+            Err(format!(
+                "postgres -C {setting}: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// The backup's own recovery target — in postgresql.conf or postgresql.auto.conf, in any
+    /// case and spacing — never survives a restore: to the end of the archive PostgreSQL
+    /// reads no target at all, to the backup's consistency point only that one (not
+    /// "multiple recovery targets").
+    #[tokio::test]
+    async fn the_backups_recovery_target_settings_are_neutralised() {
+        let cases: [(&str, &[u8]); 3] = [
+            (
+                "postgresql.conf",
+                b"port = 5432\nRecovery_Target_Time = '2026-11-26 00:00:00+00'\n\
+                  \tRECOVERY_TARGET_ACTION=shutdown\n#recovery_target_name = ''\n",
+            ),
+            (
+                "postgresql.auto.conf",
+                b"# Do not edit this file manually!\n  Recovery_Target_Time\t'2026-11-26 00:00:00+00'\n",
+            ),
+            (
+                "postgresql.auto.conf",
+                b"recovery_target_time = '2026-11-26 00:00:00+00'\nwork_mem = '8MB'\n",
+            ),
+        ];
+        for (name, content) in cases {
+            for target in [Target::End, Target::Immediate] {
+                let tmp = tempfile::tempdir().unwrap();
+                let repo = repo_with(
+                    async |r: &Repo| {
+                        let mut files = vec![
+                            dir("global", 0o700),
+                            file(r, "global/pg_control", b"control", 0o600).await,
+                            file(r, "PG_VERSION", b"15\n", 0o600).await,
+                            file(r, name, content, 0o600).await,
+                        ];
+                        if name != "postgresql.conf" {
+                            files.push(file(r, "postgresql.conf", b"", 0o600).await);
+                        }
+                        files
+                    },
+                    &[],
+                )
+                .await;
+                let pgdata = tmp.path().join("data");
+                let req = RestoreRequest {
+                    target: target.clone(),
+                    ..request(&pgdata)
+                };
+                restore(&repo, req, &Silent).await.unwrap();
+                pitr_testkit::user::give_to_pg(tmp.path());
+                for entry in std::fs::read_dir(&pgdata).unwrap() {
+                    pitr_testkit::user::give_to_pg(&entry.unwrap().path());
+                }
+                pitr_testkit::user::give_to_pg(&pgdata);
+                // With no target of ours the backup's action is gone too (the default); with
+                // one, ours.
+                let (want_target, want_action) = match target {
+                    Target::Immediate => ("immediate", "promote"),
+                    _ => ("", "pause"),
+                };
+                let case = format!(
+                    "{name} {:?}, target {target:?}",
+                    String::from_utf8_lossy(content)
+                );
+                assert_eq!(
+                    effective(&pgdata, "recovery_target_time").as_deref(),
+                    Ok(""),
+                    "{case}"
+                );
+                assert_eq!(
+                    effective(&pgdata, "recovery_target").as_deref(),
+                    Ok(want_target),
+                    "{case}"
+                );
+                if name == "postgresql.conf" {
+                    let conf = std::fs::read_to_string(pgdata.join(name)).unwrap();
+                    assert!(conf.contains("port = 5432\n"), "{conf}");
+                    assert!(conf.contains("#recovery_target_name = ''\n"), "{conf}");
+                    assert_eq!(
+                        effective(&pgdata, "recovery_target_action").as_deref(),
+                        Ok(want_action),
+                        "{case}"
+                    );
+                } else {
+                    let auto = std::fs::read_to_string(pgdata.join(name)).unwrap();
+                    assert!(!auto.contains("2026-11-26"), "{auto}");
+                }
+            }
+        }
     }
 
     /// `--archive-mode off` (a clone) writes archive_mode = off; the default keeps the

@@ -35,7 +35,7 @@ pub async fn run(url: &str, args: VerifyArgs) -> anyhow::Result<()> {
             outln!("{p}");
         }
         for t in &report.tablespaces {
-            println!(
+            outln!(
                 "backup {} tablespace {}: recorded location {:?} (a restore uses it only with \
                  --tablespaces-as-recorded; else --tablespace-map {}=DIR)",
                 t.backup, t.oid, t.location, t.oid

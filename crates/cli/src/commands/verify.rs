@@ -38,7 +38,10 @@ pub async fn run(url: &str, args: VerifyArgs) -> anyhow::Result<()> {
             outln!(
                 "backup {} tablespace {}: recorded location {:?} (a restore uses it only with \
                  --tablespaces-as-recorded; else --tablespace-map {}=DIR)",
-                t.backup, t.oid, t.location, t.oid
+                t.backup,
+                t.oid,
+                t.location,
+                t.oid
             );
         }
         if let Some(t) = &report.restore_test {

@@ -739,6 +739,95 @@ mod tests {
         }
     }
 
+    /// Two tablespaces (16400, 16401), one file each.
+    fn two_ts_files() -> impl AsyncFnOnce(&Repo) -> Vec<Value> {
+        async move |r: &Repo| {
+            let mut out = vec![dir("global", 0o700), dir("pg_tblspc", 0o700)];
+            for oid in [16400u32, 16401] {
+                let mut f = file(r, "PG_15_202209061/5/1", b"ts", 0o600).await;
+                f["tablespace"] = json!(oid);
+                out.push(link(&format!("pg_tblspc/{oid}"), "/stored/target"));
+                out.push(f);
+            }
+            out
+        }
+    }
+
+    /// Two tablespaces overlapping each other (one inside the other, or the same directory
+    /// reached through a link), and a tablespace reaching into the data directory through a
+    /// link, are refused before anything is laid down, by --dry-run too.
+    #[tokio::test]
+    async fn overlapping_tablespaces_are_refused_even_through_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pgdata = tmp.path().join("data");
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        std::fs::create_dir(&a).unwrap();
+        std::os::unix::fs::symlink(&a, &b).unwrap();
+        std::os::unix::fs::symlink(tmp.path(), tmp.path().join("up")).unwrap();
+        let at = |p: &Path| p.display().to_string();
+        let cases = [
+            // one inside the other
+            (
+                at(&a),
+                at(&a.join("inner")),
+                "is inside or the same as tablespace",
+            ),
+            // the same directory, once through a link
+            (at(&a), at(&b.join("x/..")), "not a plain absolute path"),
+            (
+                at(&a.join("t")),
+                at(&b.join("t")),
+                "is inside or the same as tablespace",
+            ),
+            // into the data directory through a link
+            (
+                at(&a.join("t")),
+                at(&tmp.path().join("up/data/ts")),
+                "inside the data directory",
+            ),
+        ];
+        for (first, second, why) in &cases {
+            let repo = repo_with(two_ts_files(), &[(16400, first), (16401, second)]).await;
+            for dry_run in [false, true] {
+                let e = refused(
+                    &repo,
+                    RestoreRequest {
+                        dry_run,
+                        ..as_recorded(&pgdata)
+                    },
+                )
+                .await;
+                assert!(e.contains(why), "{first} and {second}: {e}");
+            }
+            // the same through --tablespace-map
+            let remap = HashMap::from([
+                (16400, PathBuf::from(first)),
+                (16401, PathBuf::from(second)),
+            ]);
+            let e = refused(
+                &repo,
+                RestoreRequest {
+                    remap,
+                    ..request(&pgdata)
+                },
+            )
+            .await;
+            assert!(
+                e.contains(why) || (why.contains("plain") && e.contains("inside or the same")),
+                "{first} and {second} mapped: {e}"
+            );
+            assert!(
+                !pgdata.exists(),
+                "{first}, {second}: the data directory was made"
+            );
+            assert!(
+                is_empty(&a),
+                "{first}, {second}: something was laid down in {}",
+                a.display()
+            );
+        }
+    }
+
     /// A tablespace location from the backup inside or above the data directory, or not
     /// absolute, is refused with and without --delta (and by --dry-run); a non-empty one
     /// without --delta; with --delta, one that holds none of the backup's catalog version

@@ -152,6 +152,9 @@ impl BackupScript {
 pub struct Script {
     pub auth: Auth,
     pub backup: Option<BackupScript>,
+    /// After authentication, before ReadyForQuery: this many NoticeResponses, each with a
+    /// message of this many bytes (a server flooding the client).
+    pub notice_flood: Option<(usize, usize)>,
 }
 
 /// The system identifier the fake server reports.
@@ -337,6 +340,15 @@ impl Session {
         }
         if !self.authenticate(&script.auth)? {
             return Ok(());
+        }
+        if let Some((count, size)) = script.notice_flood {
+            let mut body = b"SWARNING\0VWARNING\0C01000\0M".to_vec();
+            body.extend(std::iter::repeat(b'x').take(size));
+            body.extend_from_slice(b"\0\0");
+            let notice = msg(b'N', &body);
+            for _ in 0..count {
+                self.send(&notice)?;
+            }
         }
         let mut hello = msg(b'S', b"server_version\x0015.4\0");
         hello.extend(msg(b'S', b"integer_datetimes\0on\0"));

@@ -200,3 +200,62 @@ async fn encrypted_tampering_is_detected_and_named() {
     let e = Repo::open_with(&url, Some(&pass)).await.unwrap_err();
     assert!(matches!(e, StoreError::NotEncrypted { .. }), "{e}");
 }
+
+/// Hostile key slots cost bounded work: a slot asking for a dearer Argon2id than pitr
+/// creates (here 64 passes, which the old bound allowed) is refused unrun, named in the
+/// error; an unlock tries at most MAX_PASSPHRASE_SLOTS passphrase slots, and `pitr key add`
+/// makes no more than that.
+#[tokio::test]
+async fn hostile_key_slots_cost_bounded_work() {
+    use pitr_store::{Secret, MAX_PASSPHRASE_SLOTS};
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().display().to_string();
+    let pass = Secret::new("pw", "test");
+    let (repo, _) = Repo::init_encrypted(&url, RepoConfig::default(), &pass, "", common::CHEAP)
+        .await
+        .unwrap();
+    let keys = dir.path().join("keys");
+    let own = std::fs::read_dir(&keys).unwrap().next().unwrap().unwrap();
+    let own: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(own.path()).unwrap()).unwrap();
+    let write_slot = |id: &str, iterations: u32| {
+        let mut v = own.clone();
+        v["id"] = serde_json::json!(id);
+        v["kdf"]["iterations"] = serde_json::json!(iterations);
+        std::fs::write(
+            keys.join(format!("{id}.json")),
+            serde_json::to_vec(&v).unwrap(),
+        )
+        .unwrap();
+    };
+    let wrong = Secret::new("wrong", "PITR_PASSPHRASE");
+
+    // 64 passes of 8 MiB: within the old bound, refused now, before any work, by name
+    write_slot("0000000000000001", 64);
+    let e = Repo::open_with(&url, Some(&wrong)).await.unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("refused keys/0000000000000001.json") && text.contains("iterations 64"),
+        "{text}"
+    );
+    Repo::open_with(&url, Some(&pass)).await.unwrap();
+
+    // more passphrase slots than an unlock tries: the rest are named as not tried
+    for n in 0..MAX_PASSPHRASE_SLOTS + 1 {
+        write_slot(&format!("00000000000001{n:02x}"), 1);
+    }
+    let e = Repo::open_with(&url, Some(&wrong)).await.unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("2 more passphrase slots not tried"), "{text}");
+    assert_eq!(
+        text.matches("keys/00000000000001").count(),
+        MAX_PASSPHRASE_SLOTS,
+        "{text}"
+    );
+    // and pitr adds no slot past the bound
+    let e = repo
+        .key_add_passphrase(&Secret::new("another", "new"), "", common::CHEAP)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("passphrase slots"), "{e}");
+}

@@ -259,3 +259,87 @@ async fn hostile_key_slots_cost_bounded_work() {
         .unwrap_err();
     assert!(e.to_string().contains("passphrase slots"), "{e}");
 }
+
+/// A local repository's objects are read only when they are regular files no longer than
+/// what their reference allows: a FIFO in a document's place is refused at once, naming it
+/// (it used to block the read forever).
+#[tokio::test]
+async fn local_fifo_in_a_documents_place_is_refused_promptly() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().display().to_string();
+    let (repo, _) = Repo::init(&url, RepoConfig::default()).await.unwrap();
+
+    // a FIFO as a WAL ref (and as a manifest)
+    for key in [
+        "wal/00000001/000000010000000000000003.json",
+        "backups/20261207T000000Z.json",
+    ] {
+        let path = dir.path().join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // The timeout only guards against a hang (the bug): on expiry, a writer opens the
+        // FIFO, so a reader blocked in it gets its end and the test can fail cleanly.
+        let got = match tokio::time::timeout(Duration::from_secs(30), repo.get_doc(key)).await {
+            Ok(got) => got,
+            Err(_) => {
+                let _w = std::fs::OpenOptions::new().write(true).open(&path);
+                panic!("reading {key}, a FIFO, did not return within 30 s");
+            }
+        };
+        match got {
+            Err(StoreError::Corrupt { key: k, detail }) => {
+                assert_eq!(k, key);
+                assert!(detail.contains("FIFO"), "{detail}");
+            }
+            other => panic!("{key}: a FIFO read as {other:?}"),
+        }
+    }
+}
+
+/// A chunk replaced by a link to /dev/zero, or by a file larger than it can be, is refused
+/// before it is read (the link used to be read until memory ran out); so is a device in a
+/// document's place.
+#[tokio::test]
+async fn local_chunk_linked_to_dev_zero_or_oversized_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().display().to_string();
+    let (repo, _) = Repo::init(&url, RepoConfig::default()).await.unwrap();
+    let (r, _) = repo
+        .put_chunk(Bytes::from(b"chunk bytes ".repeat(1000)))
+        .await
+        .unwrap();
+    let path = dir.path().join(r.id.key());
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+    match repo.get_chunk(&r).await {
+        Err(StoreError::Corrupt { key, detail }) => {
+            assert_eq!(key, r.id.key());
+            assert!(detail.contains("symbolic link"), "{detail}");
+        }
+        other => panic!("a chunk linked to /dev/zero read as {other:?}"),
+    }
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+    match repo.get_chunk(&r).await {
+        Err(StoreError::Corrupt { key, detail }) => {
+            assert_eq!(key, r.id.key());
+            assert!(detail.contains("more than"), "{detail}");
+        }
+        other => panic!("an oversized chunk read as {other:?}"),
+    }
+    // a device in a document's place
+    let key = "pins/x.json";
+    std::fs::create_dir_all(dir.path().join("pins")).unwrap();
+    let dev = dir.path().join(key);
+    let c = std::ffi::CString::new(dev.to_str().unwrap()).unwrap();
+    // /dev/zero's device number (1, 5)
+    assert_eq!(
+        unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 5)) },
+        0
+    );
+    let e = repo.get_doc(key).await.unwrap_err();
+    assert!(e.to_string().contains("character device"), "{e}");
+    assert!(e.to_string().contains(key), "{e}");
+}

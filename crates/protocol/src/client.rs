@@ -268,6 +268,25 @@ impl ReplicationClient {
                     }
                     return Ok(());
                 }
+                3 | 5 | 10 if method.is_some() => {
+                    // One method per connection, as the server's pg_hba.conf line gives it:
+                    // a request for another (or the same again) once one has begun — e.g. a
+                    // cleartext password or MD5 hash asked for in the middle of SCRAM, which
+                    // a machine in the middle would do to get something it can use — is a
+                    // protocol violation, answered with nothing.
+                    let asked = match code {
+                        3 => "a cleartext password",
+                        5 => "an MD5 password",
+                        _ => "SASL",
+                    };
+                    let begun = method.map(AuthMethod::name).unwrap_or_default();
+                    return Err(self.violation(format!(
+                        "the server asks for {asked} after {begun} authentication began: a \
+                         server may not switch authentication methods (a machine in the \
+                         middle may be trying to obtain the password); refusing the \
+                         connection"
+                    )));
+                }
                 3 => {
                     method = Some(AuthMethod::Password);
                     self.check_required(config, AuthMethod::Password)?;
@@ -305,9 +324,6 @@ impl ReplicationClient {
                     self.authentication = "md5";
                 }
                 10 => {
-                    if method.is_some() {
-                        return Err(self.violation("a second authentication request"));
-                    }
                     method = Some(AuthMethod::ScramSha256);
                     self.check_required(config, AuthMethod::ScramSha256)?;
                     let mut mechanisms = Vec::new();

@@ -286,3 +286,30 @@ async fn a_notice_flood_is_bounded() {
     );
     assert!(c.take_notices().is_empty(), "taken twice");
 }
+
+/// Once SCRAM has begun, a request for a cleartext password or an MD5 hash (what a machine in
+/// the middle would ask for, to get something it can use) is a protocol violation, answered
+/// with nothing — even where the settings would allow that method on its own.
+#[tokio::test]
+async fn no_method_switch_after_scram_began() {
+    for (code, settings, asked) in [
+        (5, "sslmode=disable", "an MD5 password"),
+        (
+            3,
+            "sslmode=disable require_auth=password,scram-sha-256",
+            "a cleartext password",
+        ),
+    ] {
+        let pg = fake(Auth::ScramThenSwitch(code));
+        let err = refused(&pg, settings).await;
+        assert!(matches!(err, Error::Protocol { .. }), "{settings}: {err:?}");
+        assert_mentions(&err, &[asked, "scram-sha-256", "switch"]);
+        let seen = pg.seen();
+        assert_eq!(seen.sasl_mechanisms, ["SCRAM-SHA-256"], "{seen:?}");
+        assert_eq!(
+            seen.passwords.len(),
+            1,
+            "{settings}: only SCRAM's first message may go out: {seen:?}"
+        );
+    }
+}

@@ -28,6 +28,10 @@ pub enum Auth {
     ScramOkBeforeFinal,
     /// FATAL 28P01 without asking for anything.
     Refuse,
+    /// AuthenticationSASL (SCRAM-SHA-256), then, after the client's first message, a switch
+    /// to another method: AuthenticationCleartextPassword (`3`) or AuthenticationMD5Password
+    /// (`5`); Ok after whatever the client answers.
+    ScramThenSwitch(i32),
 }
 
 /// A tar member for [`tar`]: name, type flag (`b'0'` file, `b'5'` directory, `b'2'` symlink),
@@ -404,6 +408,19 @@ impl Session {
                 let Some(_) = self.sasl_initial()? else {
                     return Ok(false);
                 };
+            }
+            Auth::ScramThenSwitch(code) => {
+                self.send(&auth(10, b"SCRAM-SHA-256\0\0"))?;
+                let Some(_) = self.sasl_initial()? else {
+                    return Ok(false);
+                };
+                let salt: &[u8] = if *code == 5 { b"salt" } else { b"" };
+                self.send(&auth(*code, salt))?;
+                let (tag, body) = self.read_msg()?;
+                if tag != b'p' {
+                    return Ok(false);
+                }
+                self.seen().passwords.push(body);
             }
             Auth::ScramOkBeforeFinal => {
                 self.send(&auth(10, b"SCRAM-SHA-256\0\0"))?;

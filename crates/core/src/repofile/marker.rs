@@ -69,6 +69,7 @@ impl HostIdentity {
 #[must_use = "a marker left behind blocks garbage collection until it is stale"]
 pub struct MarkerGuard {
     key: String,
+    marker: BackupMarker,
 }
 
 impl MarkerGuard {
@@ -83,33 +84,25 @@ impl MarkerGuard {
             machine_id: machine_id(),
             boot_id: boot_id(),
         };
-        let body = serde_json::to_vec(&marker)?;
-        let base = format!(
-            "{}-{}",
-            marker.started_at.format("%Y%m%dT%H%M%S%.6fZ"),
-            marker.pid
-        );
-        for n in 1.. {
-            let name = if n == 1 {
-                base.clone()
-            } else {
-                format!("{base}-{n}")
-            };
-            let key = keys::backup_marker(&name);
-            match repo
-                .put_doc(&key, body.clone().into())
-                .await
-                .with_context(|| format!("write the backup marker {key}"))?
-            {
-                DocWrite::Created => {
-                    tokio::time::sleep(repo.marker_settle()).await;
-                    return Ok(MarkerGuard { key });
-                }
-                DocWrite::Exists(_) if n < 10 => continue,
-                DocWrite::Exists(_) => anyhow::bail!("backup markers {base} are all taken"),
-            }
+        let key = put_marker(repo, &marker).await?;
+        tokio::time::sleep(repo.marker_settle()).await;
+        Ok(MarkerGuard { key, marker })
+    }
+
+    /// Replace the marker by a new one (a new name, so a new modification time), then remove
+    /// the old: at every moment at least one of this backup's markers is in the repository,
+    /// and the newest is as young as this call. Nothing to wait for: the old marker covered
+    /// the backup until the new one was written.
+    pub async fn renew(&mut self, repo: &Repo) -> anyhow::Result<()> {
+        let new = put_marker(repo, &self.marker).await?;
+        let old = std::mem::replace(&mut self.key, new);
+        if let Err(e) = repo.delete_docs(std::slice::from_ref(&old)).await {
+            tracing::warn!(
+                "remove the renewed backup marker {old}: {e:#}; `pitr expire` will report it \
+                 until it is stale"
+            );
         }
-        unreachable!("the loop returns")
+        Ok(())
     }
 
     pub fn key(&self) -> &str {
@@ -123,6 +116,33 @@ impl MarkerGuard {
             .with_context(|| format!("remove the backup marker {}", self.key))?;
         Ok(())
     }
+}
+
+/// Write `marker` under a new name (the time now and the PID); its key.
+async fn put_marker(repo: &Repo, marker: &BackupMarker) -> anyhow::Result<String> {
+    let body = serde_json::to_vec(marker)?;
+    let base = format!(
+        "{}-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ"),
+        marker.pid
+    );
+    for n in 1..=10 {
+        let name = if n == 1 {
+            base.clone()
+        } else {
+            format!("{base}-{n}")
+        };
+        let key = keys::backup_marker(&name);
+        match repo
+            .put_doc(&key, body.clone().into())
+            .await
+            .with_context(|| format!("write the backup marker {key}"))?
+        {
+            DocWrite::Created => return Ok(key),
+            DocWrite::Exists(_) => continue,
+        }
+    }
+    anyhow::bail!("backup markers {base} are all taken")
 }
 
 fn pid_namespace() -> String {

@@ -138,6 +138,41 @@ pub struct BackupScript {
     pub piece: usize,
     /// The server's backup_manifest.
     pub manifest: Vec<u8>,
+    /// When set, BASE_BACKUP stops after its start position until the test opens the gate.
+    pub gate: Option<Gate>,
+}
+
+/// A point where the fake server waits for the test: [`Gate::wait_reached`] returns once the
+/// server is there, [`Gate::open`] lets it go on.
+#[derive(Clone, Debug, Default)]
+pub struct Gate(Arc<(Mutex<(bool, bool)>, std::sync::Condvar)>);
+
+impl Gate {
+    /// Block until the server has reached the gate (call from a blocking thread).
+    pub fn wait_reached(&self) {
+        let (lock, cv) = &*self.0;
+        let mut state = lock.lock().expect("gate lock");
+        while !state.0 {
+            state = cv.wait(state).expect("gate lock");
+        }
+    }
+
+    pub fn open(&self) {
+        let (lock, cv) = &*self.0;
+        lock.lock().expect("gate lock").1 = true;
+        cv.notify_all();
+    }
+
+    /// The server side: say it is here, then wait for the test to open the gate.
+    fn pass(&self) {
+        let (lock, cv) = &*self.0;
+        let mut state = lock.lock().expect("gate lock");
+        state.0 = true;
+        cv.notify_all();
+        while !state.1 {
+            state = cv.wait(state).expect("gate lock");
+        }
+    }
 }
 
 impl BackupScript {
@@ -147,6 +182,7 @@ impl BackupScript {
             archives: vec![("base.tar".into(), tar_bytes)],
             piece: 700,
             manifest: br#"{"PostgreSQL-Backup-Manifest-Version": 1, "Files": []}"#.to_vec(),
+            gate: None,
         }
     }
 }
@@ -507,6 +543,9 @@ impl Session {
         ));
         out.extend(msg(b'H', &[0, 0, 0]));
         self.send(&out)?;
+        if let Some(gate) = &script.gate {
+            gate.pass();
+        }
         for (name, bytes) in &script.archives {
             let mut new = vec![b'n'];
             new.extend_from_slice(name.as_bytes());

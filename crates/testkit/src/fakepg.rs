@@ -383,7 +383,7 @@ impl Session {
         }
         if let Some((count, size)) = script.notice_flood {
             let mut body = b"SWARNING\0VWARNING\0C01000\0M".to_vec();
-            body.extend(std::iter::repeat(b'x').take(size));
+            body.extend(std::iter::repeat_n(b'x', size));
             body.extend_from_slice(b"\0\0");
             let notice = msg(b'N', &body);
             for _ in 0..count {

@@ -163,10 +163,10 @@ pub struct KeyAddArgs {
 /// The cost of a passphrase slot's Argon2id.
 #[derive(Args, Debug, Clone, Copy)]
 pub struct KdfArgs {
-    /// Argon2id memory for a passphrase slot, in MiB (8..=4096)
+    /// Argon2id memory for a passphrase slot, in MiB (8..=1024; memory × passes at most 4096)
     #[arg(long, default_value_t = 64, value_name = "MIB")]
     pub kdf_memory: u32,
-    /// Argon2id passes for a passphrase slot (1..=64)
+    /// Argon2id passes for a passphrase slot (1..=16)
     #[arg(long, default_value_t = 3, value_name = "N")]
     pub kdf_iterations: u32,
 }

@@ -16,6 +16,7 @@ async fn run_backup(base_tar: Vec<u8>) -> (Repo, anyhow::Result<BackupManifest>)
     let pg = FakePg::start(Script {
         auth: Auth::Trust,
         backup: Some(BackupScript::base_tar(base_tar)),
+        notice_flood: None,
     });
     // memory:// repositories live as long as the process, by name: one per backup here.
     static NEXT: AtomicUsize = AtomicUsize::new(0);

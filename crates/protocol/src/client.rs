@@ -65,13 +65,25 @@ pub(crate) enum State {
     Broken(String),
 }
 
+/// How many notices a connection keeps for [`ReplicationClient::take_notices`]: the last ones
+/// (each also logged when it arrived). A server may send any number, each up to 1 GiB; with
+/// every text field cut to [`crate::error::MAX_SERVER_FIELD`] bytes, what is kept stays within
+/// a few MiB however much the server sends.
+pub const MAX_NOTICES_KEPT: usize = 32;
+
+/// How many distinct ParameterStatus names a connection keeps (PostgreSQL reports about 15);
+/// values are cut like notice fields.
+const MAX_PARAMETERS: usize = 64;
+
 /// A physical replication connection. Independent connections share nothing, so a backup can
 /// stream WAL on a second client while the first runs BASE_BACKUP.
 pub struct ReplicationClient {
     pub(crate) conn: Connection,
     pub(crate) state: State,
     parameters: HashMap<String, String>,
-    notices: Vec<ServerMessage>,
+    notices: std::collections::VecDeque<ServerMessage>,
+    /// Notices dropped (oldest first) since the last `take_notices`, past [`MAX_NOTICES_KEPT`].
+    notices_dropped: u64,
     backend_pid: i32,
     user: String,
     authentication: &'static str,
@@ -140,7 +152,8 @@ impl ReplicationClient {
             conn,
             state: State::Idle,
             parameters: HashMap::new(),
-            notices: Vec::new(),
+            notices: std::collections::VecDeque::new(),
+            notices_dropped: 0,
             backend_pid: 0,
             user: config.user.clone(),
             authentication: "trust",
@@ -255,6 +268,25 @@ impl ReplicationClient {
                     }
                     return Ok(());
                 }
+                3 | 5 | 10 if method.is_some() => {
+                    // One method per connection, as the server's pg_hba.conf line gives it:
+                    // a request for another (or the same again) once one has begun — e.g. a
+                    // cleartext password or MD5 hash asked for in the middle of SCRAM, which
+                    // a machine in the middle would do to get something it can use — is a
+                    // protocol violation, answered with nothing.
+                    let asked = match code {
+                        3 => "a cleartext password",
+                        5 => "an MD5 password",
+                        _ => "SASL",
+                    };
+                    let begun = method.map(AuthMethod::name).unwrap_or_default();
+                    return Err(self.violation(format!(
+                        "the server asks for {asked} after {begun} authentication began: a \
+                         server may not switch authentication methods (a machine in the \
+                         middle may be trying to obtain the password); refusing the \
+                         connection"
+                    )));
+                }
                 3 => {
                     method = Some(AuthMethod::Password);
                     self.check_required(config, AuthMethod::Password)?;
@@ -292,9 +324,6 @@ impl ReplicationClient {
                     self.authentication = "md5";
                 }
                 10 => {
-                    if method.is_some() {
-                        return Err(self.violation("a second authentication request"));
-                    }
                     method = Some(AuthMethod::ScramSha256);
                     self.check_required(config, AuthMethod::ScramSha256)?;
                     let mut mechanisms = Vec::new();
@@ -486,7 +515,7 @@ impl ReplicationClient {
                             severity = %notice.severity,
                             "{notice}"
                         );
-                        self.notices.push(notice);
+                        self.keep_notice(notice);
                     }
                     Err(why) => tracing::warn!(
                         server = %self.conn.target,
@@ -496,13 +525,52 @@ impl ReplicationClient {
                 b'S' => {
                     let mut r = Reader::new(&msg.body);
                     if let (Some(name), Some(value)) = (r.cstr(), r.cstr()) {
-                        self.parameters.insert(name, value);
+                        self.keep_parameter(name, value);
                     }
                 }
                 b'A' => {} // NotificationResponse: nothing listens on a replication connection
                 _ => return Ok(msg),
             }
         }
+    }
+
+    /// Keep a notice for `take_notices`, dropping the oldest past [`MAX_NOTICES_KEPT`].
+    fn keep_notice(&mut self, notice: ServerMessage) {
+        if self.notices.len() == MAX_NOTICES_KEPT {
+            self.notices.pop_front();
+            if self.notices_dropped == 0 {
+                tracing::warn!(
+                    server = %self.conn.target,
+                    "the server sent more than {MAX_NOTICES_KEPT} notices; keeping only the \
+                     last {MAX_NOTICES_KEPT} for the report (all are logged)"
+                );
+            }
+            self.notices_dropped += 1;
+        }
+        self.notices.push_back(notice);
+    }
+
+    /// Keep a ParameterStatus: a known name is updated, a new one kept only while there are
+    /// fewer than [`MAX_PARAMETERS`]; names and values are cut like notice fields.
+    fn keep_parameter(&mut self, mut name: String, mut value: String) {
+        let limit = crate::error::MAX_SERVER_FIELD;
+        for text in [&mut name, &mut value] {
+            if text.len() > limit {
+                let mut cut = limit;
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                text.truncate(cut);
+            }
+        }
+        if self.parameters.len() >= MAX_PARAMETERS && !self.parameters.contains_key(&name) {
+            tracing::debug!(
+                server = %self.conn.target,
+                "parameter status {name:?} ignored: already {MAX_PARAMETERS} parameters"
+            );
+            return;
+        }
+        self.parameters.insert(name, value);
     }
 
     pub(crate) fn check_idle(&self) -> Result<(), Error> {
@@ -744,9 +812,27 @@ impl ReplicationClient {
     }
 
     /// Notices (warnings) the server sent since the last call. Each was also logged with
-    /// `tracing::warn!` when it arrived.
+    /// `tracing::warn!` when it arrived. At most the last [`MAX_NOTICES_KEPT`], each field cut
+    /// to [`crate::error::MAX_SERVER_FIELD`] bytes; when older ones were dropped, a first
+    /// entry (severity `WARNING`, no code) says how many.
     pub fn take_notices(&mut self) -> Vec<ServerMessage> {
-        std::mem::take(&mut self.notices)
+        let mut out = Vec::with_capacity(self.notices.len() + 1);
+        let dropped = std::mem::take(&mut self.notices_dropped);
+        if dropped > 0 {
+            out.push(ServerMessage {
+                severity: "WARNING".into(),
+                code: String::new(),
+                message: format!(
+                    "{dropped} earlier notices from {} not kept (only the last \
+                     {MAX_NOTICES_KEPT} are; all were logged)",
+                    self.conn.target
+                ),
+                detail: None,
+                hint: None,
+            });
+        }
+        out.extend(std::mem::take(&mut self.notices));
+        out
     }
 
     /// Whether the connection is encrypted.

@@ -16,6 +16,11 @@ pub struct ServerMessage {
     pub hint: Option<String>,
 }
 
+/// The most bytes of one text field (message, detail, hint, …) of an ErrorResponse or
+/// NoticeResponse that the client keeps: the server is untrusted, and a message may be up to
+/// 1 GiB long. The rest is cut, saying how much.
+pub const MAX_SERVER_FIELD: usize = 8 * 1024;
+
 impl ServerMessage {
     /// Parse the fields of an ErrorResponse/NoticeResponse body (`code byte, C string`…, `\0`).
     pub(crate) fn parse(body: &[u8]) -> Result<ServerMessage, String> {
@@ -39,7 +44,7 @@ impl ServerMessage {
                 .iter()
                 .position(|&b| b == 0)
                 .ok_or("error field is not NUL-terminated")?;
-            let value = String::from_utf8_lossy(&tail[..end]).into_owned();
+            let value = bounded_text(&tail[..end]);
             rest = &tail[end + 1..];
             match kind {
                 b'V' => msg.severity = value,
@@ -56,6 +61,20 @@ impl ServerMessage {
         }
         Ok(msg)
     }
+}
+
+/// A server text field as a string of at most [`MAX_SERVER_FIELD`] bytes (plus a note of what
+/// was cut).
+fn bounded_text(raw: &[u8]) -> String {
+    if raw.len() <= MAX_SERVER_FIELD {
+        return String::from_utf8_lossy(raw).into_owned();
+    }
+    let mut text = String::from_utf8_lossy(&raw[..MAX_SERVER_FIELD]).into_owned();
+    text.push_str(&format!(
+        " … ({} more bytes cut)",
+        raw.len() - MAX_SERVER_FIELD
+    ));
+    text
 }
 
 /// One line: newlines inside server texts would break log lines apart.

@@ -20,7 +20,7 @@ pub use backup::{
     BackupEvent, BaseBackupOptions, BaseBackupStream, CheckpointMode, Tablespace,
     MIN_SERVER_VERSION_NUM,
 };
-pub use client::{ReplicationClient, ResultSet, SystemInfo};
+pub use client::{ReplicationClient, ResultSet, SystemInfo, MAX_NOTICES_KEPT};
 pub use config::{AuthMethod, ChannelBinding, ConnConfig, RequireAuth, SslMode};
-pub use error::{Error, ServerMessage};
+pub use error::{Error, ServerMessage, MAX_SERVER_FIELD};
 pub use wal::{WalEvent, WalStream, STATUS_INTERVAL};

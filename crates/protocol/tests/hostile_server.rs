@@ -3,13 +3,17 @@
 //! asking for a cleartext password over plain TCP, asking for a method the user ruled out —
 //! and a real server for the TLS fallback of sslmode=prefer and channel binding.
 
-use pitr_protocol::{ConnConfig, Error, ReplicationClient};
+use pitr_protocol::{ConnConfig, Error, ReplicationClient, MAX_NOTICES_KEPT, MAX_SERVER_FIELD};
 use pitr_testkit::cluster::{password_of, MD5_USER, NOHBA_USER, TLS_USER};
 use pitr_testkit::fakepg::{Auth, FakePg, Script};
 use pitr_testkit::PgCluster;
 
 fn fake(auth: Auth) -> FakePg {
-    FakePg::start(Script { auth, backup: None })
+    FakePg::start(Script {
+        auth,
+        backup: None,
+        notice_flood: None,
+    })
 }
 
 /// Connect to the fake with `extra` settings (password "secret" unless overridden).
@@ -241,4 +245,71 @@ async fn prefer_does_not_retry_a_failed_authentication_in_plain_text() {
     );
     assert!(matches!(err, Error::Auth { .. }), "{err:?}");
     assert!(err.to_string().contains("MD5"), "{err}");
+}
+
+/// A server that floods the client with notices (400 × 1 MiB) cannot make it keep them all:
+/// the client keeps the last [`MAX_NOTICES_KEPT`], each field cut to [`MAX_SERVER_FIELD`]
+/// bytes, and says how many it dropped.
+#[tokio::test]
+async fn a_notice_flood_is_bounded() {
+    let (count, size) = (400, 1 << 20);
+    let pg = FakePg::start(Script {
+        auth: Auth::Trust,
+        backup: None,
+        notice_flood: Some((count, size)),
+    });
+    let mut c = connect(&pg, "sslmode=disable").await.unwrap();
+    // The connection still works after the flood.
+    c.identify_system().await.unwrap();
+    let notices = c.take_notices();
+    assert!(
+        notices.len() <= MAX_NOTICES_KEPT + 1,
+        "{} notices kept",
+        notices.len()
+    );
+    let kept: usize = notices.iter().map(|n| n.message.len()).sum();
+    assert!(
+        kept <= (MAX_NOTICES_KEPT + 1) * (MAX_SERVER_FIELD + 64),
+        "{kept} bytes of notices kept"
+    );
+    let summary = &notices[0];
+    assert!(
+        summary
+            .message
+            .contains(&format!("{} earlier notices", count - MAX_NOTICES_KEPT)),
+        "{summary}"
+    );
+    assert!(
+        notices[1].message.contains("more bytes cut"),
+        "{}",
+        notices[1]
+    );
+    assert!(c.take_notices().is_empty(), "taken twice");
+}
+
+/// Once SCRAM has begun, a request for a cleartext password or an MD5 hash (what a machine in
+/// the middle would ask for, to get something it can use) is a protocol violation, answered
+/// with nothing — even where the settings would allow that method on its own.
+#[tokio::test]
+async fn no_method_switch_after_scram_began() {
+    for (code, settings, asked) in [
+        (5, "sslmode=disable", "an MD5 password"),
+        (
+            3,
+            "sslmode=disable require_auth=password,scram-sha-256",
+            "a cleartext password",
+        ),
+    ] {
+        let pg = fake(Auth::ScramThenSwitch(code));
+        let err = refused(&pg, settings).await;
+        assert!(matches!(err, Error::Protocol { .. }), "{settings}: {err:?}");
+        assert_mentions(&err, &[asked, "scram-sha-256", "switch"]);
+        let seen = pg.seen();
+        assert_eq!(seen.sasl_mechanisms, ["SCRAM-SHA-256"], "{seen:?}");
+        assert_eq!(
+            seen.passwords.len(),
+            1,
+            "{settings}: only SCRAM's first message may go out: {seen:?}"
+        );
+    }
 }

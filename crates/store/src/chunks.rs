@@ -233,12 +233,14 @@ impl ChunkBackend for ObjectChunks {
     fn get(&self, chunk: ChunkRef) -> BoxFuture<'_, Result<Bytes>> {
         async move {
             let key = chunk.id.key();
-            let body = self
+            let got = self
                 .backend
                 .store
                 .get(&self.backend.path(&key))
                 .await
-                .map_err(|e| StoreError::backend(&key, e))?
+                .map_err(|e| StoreError::backend(&key, e))?;
+            too_large(&key, got.meta.size, self.codec.max_stored_len(&chunk))?;
+            let body = got
                 .bytes()
                 .await
                 .map_err(|e| StoreError::backend(&key, e))?;
@@ -281,6 +283,7 @@ impl ChunkBackend for ObjectChunks {
                 Err(object_store::Error::NotFound { .. }) => return Ok(None),
                 Err(e) => return Err(StoreError::backend(key, e)),
             };
+            too_large(&key, got.meta.size, crate::keys::max_doc_len(&key))?;
             got.bytes()
                 .await
                 .map(Some)
@@ -462,6 +465,18 @@ impl Codec {
         }
     }
 
+    /// The most bytes chunk `chunk` can take as stored: its length compressed at worst (or
+    /// stored raw), plus the header and, when encrypted, the seal. A stored body larger than
+    /// this is refused before it is read.
+    pub fn max_stored_len(&self, chunk: &ChunkRef) -> u64 {
+        let seal = if self.keys.is_some() {
+            crate::crypto::SEAL_OVERHEAD
+        } else {
+            0
+        };
+        (encoded_len_bound(chunk.len as usize) + seal) as u64
+    }
+
     /// Open (when encrypted) and decode a chunk body, checking its ID and its length against
     /// the reference. Any mismatch is corruption naming the chunk's key.
     pub fn decode(&self, chunk: &ChunkRef, mut body: Vec<u8>) -> Result<Vec<u8>> {
@@ -487,4 +502,16 @@ impl Codec {
         }
         Ok(data)
     }
+}
+
+/// An object `size` bytes long where at most `max` can be (what its reference or its kind
+/// allows) is refused, naming it, before its body is read.
+pub(crate) fn too_large(key: &str, size: u64, max: u64) -> Result<()> {
+    if size > max {
+        return Err(StoreError::Corrupt {
+            key: key.to_string(),
+            detail: format!("{size} bytes stored, more than the {max} it can take; not read"),
+        });
+    }
+    Ok(())
 }

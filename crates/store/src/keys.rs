@@ -69,3 +69,16 @@ pub fn key_slot(id: &str) -> String {
 pub fn is_unsealed(key: &str) -> bool {
     key == CONFIG || key.starts_with(KEYS_PREFIX)
 }
+
+/// The most bytes a document at `key` may take as stored (sealed or not); a larger one is
+/// refused before it is read, whatever the backend. A backup manifest lists about 160 bytes
+/// per MiB of the cluster's data, so 2 GiB is a backup of some 12 TiB; every other document
+/// (WAL refs, `cluster.json`, `config.json`, key slots, pins, markers) is a few KiB.
+pub fn max_doc_len(key: &str) -> u64 {
+    let plain: u64 = if key.starts_with(BACKUPS_PREFIX) {
+        2 << 30
+    } else {
+        16 << 20
+    };
+    plain + crate::crypto::SEAL_OVERHEAD as u64
+}

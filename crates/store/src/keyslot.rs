@@ -148,13 +148,23 @@ impl Default for KdfCost {
     }
 }
 
-/// Bounds on what a slot may ask for: a slot is untrusted input and must not make pitr
-/// allocate without limit or spin for hours.
+/// Bounds on a passphrase slot's Argon2id, the same for a slot pitr creates and a slot it
+/// reads: a slot is untrusted input (anyone who can write `keys/` can add one), and each slot
+/// tried costs one Argon2id run, so pitr never runs one dearer than it would itself create.
+/// At most 1 GiB, 16 passes, and 4 GiB × passes in all (e.g. 1 GiB × 4, 256 MiB × 16): about
+/// 20 times the default's work.
 const MIN_MEMORY_KIB: u32 = 8 << 10;
-const MAX_MEMORY_KIB: u32 = 4 << 20;
-const MAX_ITERATIONS: u32 = 64;
+pub const MAX_MEMORY_KIB: u32 = 1 << 20;
+pub const MAX_ITERATIONS: u32 = 16;
+pub const MAX_WORK_KIB: u64 = 4 << 20;
+
+/// The most passphrase slots one unlock tries (in key order), and the most a repository is
+/// given by `pitr key add`: a hostile writer cannot make an unlock run Argon2id without
+/// bound by adding slots.
+pub const MAX_PASSPHRASE_SLOTS: usize = 16;
 
 impl KdfCost {
+    /// Whether pitr would create (and so will run) an Argon2id of this cost.
     pub fn validate(&self) -> Result<(), String> {
         if !(MIN_MEMORY_KIB..=MAX_MEMORY_KIB).contains(&self.memory_kib) {
             return Err(format!(
@@ -166,6 +176,14 @@ impl KdfCost {
             return Err(format!(
                 "Argon2id iterations {} outside 1..={MAX_ITERATIONS}",
                 self.iterations
+            ));
+        }
+        let work = u64::from(self.memory_kib) * u64::from(self.iterations);
+        if work > MAX_WORK_KIB {
+            return Err(format!(
+                "Argon2id memory × iterations {} KiB × {} is above {MAX_WORK_KIB} KiB (the \
+                 most pitr creates)",
+                self.memory_kib, self.iterations
             ));
         }
         Ok(())
@@ -478,6 +496,49 @@ mod tests {
         let e = KeySlot::parse(&key, &serde_json::to_vec(&v).unwrap()).unwrap_err();
         assert!(e.contains("memory"), "{e}");
         assert!(KeySlot::parse(&key, b"{}").is_err());
+    }
+
+    /// A slot may ask for no more Argon2id work than pitr itself would create: the issue's
+    /// 4 GiB and 64 passes, either alone, or a product above the bound, is refused by
+    /// `parse` (before any work), and `passphrase` refuses to create the same.
+    #[test]
+    fn slot_kdf_cost_is_bounded_by_what_pitr_creates() {
+        let master = MasterKey::generate();
+        let slot = KeySlot::passphrase("r", "", "pw", CHEAP, &master).unwrap();
+        let key = crate::keys::key_slot(&slot.id);
+        let with = |memory_kib: u32, iterations: u32| {
+            let mut v = serde_json::to_value(&slot).unwrap();
+            v["kdf"]["memory_kib"] = serde_json::json!(memory_kib);
+            v["kdf"]["iterations"] = serde_json::json!(iterations);
+            KeySlot::parse(&key, &serde_json::to_vec(&v).unwrap())
+        };
+        let max_memory = MAX_MEMORY_KIB;
+        let max_passes = MAX_ITERATIONS;
+        for (memory, passes, word) in [
+            (4 << 20, 1, "memory"),
+            (8 << 10, 64, "iterations"),
+            (4 << 20, 64, "memory"),
+            (max_memory, 5, "memory × iterations"),
+            (512 << 10, max_passes, "memory × iterations"),
+        ] {
+            let e = with(memory, passes).unwrap_err();
+            assert!(e.contains(word), "{memory} KiB × {passes}: {e}");
+            let cost = KdfCost {
+                memory_kib: memory,
+                iterations: passes,
+            };
+            assert!(cost.validate().is_err(), "pitr would create {cost:?}");
+        }
+        // the dearest slots pitr creates still read
+        for (memory, passes) in [(max_memory, 4), (256 << 10, max_passes)] {
+            with(memory, passes).unwrap();
+            KdfCost {
+                memory_kib: memory,
+                iterations: passes,
+            }
+            .validate()
+            .unwrap();
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub use chunker::Chunker;
 pub use chunks::{ChunkRemoval, Listed};
 pub use crypto::{CHUNK_ID, CIPHER};
 pub use error::StoreError;
-pub use keyslot::{KdfCost, Secret, SlotInfo};
+pub use keyslot::{KdfCost, Secret, SlotInfo, MAX_PASSPHRASE_SLOTS};
 pub use repo::{
     ChunkRef, DocWrite, EncryptionConfig, InitOutcome, KnownChunk, PutSummary, Repo, RepoConfig,
     ENCRYPTED_FORMAT_VERSION, FORMAT_VERSION,

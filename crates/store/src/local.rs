@@ -224,12 +224,62 @@ impl LocalChunks {
         }
     }
 
-    /// The object's bytes, `None` when absent.
-    pub fn read(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
-        match std::fs::read(self.path(key)) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+    /// The object's bytes, `None` when absent; `Refused` when anything but a regular file of
+    /// at most `max` bytes is in its place. A repository is untrusted: the object is opened
+    /// without following a symbolic link (`O_NOFOLLOW`) and without waiting (`O_NONBLOCK`: a
+    /// FIFO would otherwise block the open until some writer came), checked with `fstat` to
+    /// be a regular file no longer than `max` before a byte is read, and read no further
+    /// than `max` even if it grows meanwhile: a FIFO, a device (`/dev/zero`) or an oversized
+    /// file is refused at once, never waited on or read until memory runs out.
+    pub fn read(&self, key: &str, max: u64) -> io::Result<Result<Option<Vec<u8>>, String>> {
+        use std::io::Read;
+        let path = self.path(key);
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Ok(None)),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Ok(Err(
+                    "a symbolic link in the object's place; not followed".into()
+                ))
+            }
+            Err(e) => return Err(e),
+        };
+        let meta = file.metadata()?;
+        if !meta.file_type().is_file() {
+            return Ok(Err(format!(
+                "{} in the object's place, not a regular file; not read",
+                file_kind(&meta.file_type())
+            )));
+        }
+        if meta.len() > max {
+            return Ok(Err(format!(
+                "{} bytes stored, more than the {max} it can take; not read",
+                meta.len()
+            )));
+        }
+        let mut body = Vec::with_capacity(meta.len() as usize);
+        file.take(max + 1).read_to_end(&mut body)?;
+        if body.len() as u64 > max {
+            return Ok(Err(format!(
+                "grew past the {max} bytes it can take while being read"
+            )));
+        }
+        Ok(Ok(Some(body)))
+    }
+
+    /// [`Self::read`] as a store error naming `key` (`Corrupt` for what is refused).
+    fn read_or_error(&self, key: &str, max: u64) -> Result<Option<Vec<u8>>> {
+        match self.read(key, max) {
+            Ok(Ok(body)) => Ok(body),
+            Ok(Err(detail)) => Err(StoreError::Corrupt {
+                key: key.to_string(),
+                detail,
+            }),
+            Err(source) => Err(self.error(key, source)),
         }
     }
 
@@ -402,8 +452,16 @@ impl LocalChunks {
         let path = self.path(key);
         let c = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| io::Error::new(ErrorKind::InvalidInput, "NUL in path"))?;
-        // SAFETY: a NUL-terminated path that outlives the call; NULL times means "now".
-        let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0) };
+        // SAFETY: a NUL-terminated path that outlives the call; NULL times means "now". A
+        // symbolic link in the object's place is touched itself, never what it points to.
+        let rc = unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                std::ptr::null(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
         if rc == 0 {
             self.mark_dirty(&path);
             return Ok(true);
@@ -552,7 +610,7 @@ impl LocalChunks {
 
     /// A document's bytes, `None` when absent. Anything but a file in its place is an error.
     pub fn get_doc(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.read(key).map_err(|source| self.error(key, source))
+        self.read_or_error(key, crate::keys::max_doc_len(key))
     }
 
     /// Hash, look for (with `look_first`), compress and write one chunk.
@@ -582,11 +640,30 @@ impl LocalChunks {
     /// Read and check one chunk.
     fn get(&self, chunk: &ChunkRef, codec: &Codec) -> Result<Vec<u8>> {
         let key = chunk.id.key();
-        match self.read(&key) {
-            Ok(Some(body)) => codec.decode(chunk, body),
-            Ok(None) => Err(StoreError::NotFound { key }),
-            Err(source) => Err(self.error(&key, source)),
+        match self.read_or_error(&key, codec.max_stored_len(chunk))? {
+            Some(body) => codec.decode(chunk, body),
+            None => Err(StoreError::NotFound { key }),
         }
+    }
+}
+
+/// What a non-regular file is, for errors.
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else {
+        "a special file"
     }
 }
 
@@ -712,9 +789,16 @@ mod tests {
             assert!(!l.exists("chunks/ab/abc").unwrap());
             assert!(l.create("chunks/ab/abc", b"first").unwrap(), "{tmpfile}");
             assert!(!l.create("chunks/ab/abc", b"second").unwrap(), "{tmpfile}");
-            assert_eq!(l.read("chunks/ab/abc").unwrap().unwrap(), b"first");
+            assert_eq!(
+                l.read("chunks/ab/abc", 5).unwrap().unwrap().unwrap(),
+                b"first"
+            );
+            assert!(
+                l.read("chunks/ab/abc", 4).unwrap().is_err(),
+                "above its bound"
+            );
             assert!(l.exists("chunks/ab/abc").unwrap());
-            assert_eq!(l.read("chunks/ab/nope").unwrap(), None);
+            assert_eq!(l.read("chunks/ab/nope", 5).unwrap(), Ok(None));
             assert_eq!(names(&root.path().join("chunks/ab")), ["abc"], "{tmpfile}");
             assert_eq!(l.pending(), [root.path().join("chunks/ab")]);
         }

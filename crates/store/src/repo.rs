@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use crate::chunk::{ChunkId, Fingerprint};
 use crate::chunks::{ChunkBackend, ChunkRemoval, Codec, Listed, ObjectChunks, OutFile};
 use crate::crypto::{Keys, MasterKey};
-use crate::keyslot::{KdfCost, KeySlot, Secret, SecretKind, SlotInfo};
+use crate::keyslot::{KdfCost, KeySlot, Secret, SecretKind, SlotInfo, MAX_PASSPHRASE_SLOTS};
 use crate::local::LocalBackend;
 use crate::{crypto, keys, Backend, Chunker, Result, StoreError};
 
@@ -896,6 +896,13 @@ impl Repo {
                 passphrase.origin()
             )));
         }
+        let (slots, _) = self.slots().await?;
+        if slots.iter().filter(|s| s.kind() == "passphrase").count() >= MAX_PASSPHRASE_SLOTS {
+            return Err(self.key_error(format!(
+                "the repository has {MAX_PASSPHRASE_SLOTS} passphrase slots, the most an unlock \
+                 tries; remove one first (pitr key remove)"
+            )));
+        }
         let (id, label, pass) = (
             self.repository_id().to_string(),
             label.to_string(),
@@ -1033,13 +1040,17 @@ async fn unlock(
             let mut found = None;
             let mut tried = Vec::new();
             let (slots, damaged) = raw.slots().await?;
-            for (key, detail) in damaged {
+            for (key, detail) in &damaged {
                 tracing::warn!("{key}: damaged key slot skipped: {detail}");
             }
-            for s in slots {
-                if s.kind() != "passphrase" {
-                    continue;
-                }
+            // Each passphrase slot costs an Argon2id run (bounded by `KeySlot::parse`): try
+            // at most MAX_PASSPHRASE_SLOTS of them.
+            let passphrase_slots: Vec<KeySlot> = slots
+                .into_iter()
+                .filter(|s| s.kind() == "passphrase")
+                .collect();
+            let untried = passphrase_slots.len().saturating_sub(MAX_PASSPHRASE_SLOTS);
+            for s in passphrase_slots.into_iter().take(MAX_PASSPHRASE_SLOTS) {
                 tried.push(keys::key_slot(&s.id));
                 let (s2, id, secret2) = (s.clone(), enc.repository_id.clone(), secret.clone());
                 let opened = tokio::task::spawn_blocking(move || {
@@ -1053,11 +1064,22 @@ async fn unlock(
                 }
             }
             found.ok_or_else(|| {
-                wrong(if tried.is_empty() {
+                let mut why = if tried.is_empty() {
                     "it has no passphrase slot; a key file or an exported key opens it".into()
                 } else {
                     format!("wrong passphrase; tried {}", tried.join(", "))
-                })
+                };
+                if untried > 0 {
+                    why.push_str(&format!(
+                        "; {untried} more passphrase slots not tried (at most \
+                         {MAX_PASSPHRASE_SLOTS} are: remove unused ones with `pitr key \
+                         remove`, opening with a key file or an exported key)"
+                    ));
+                }
+                for (key, detail) in &damaged {
+                    why.push_str(&format!("; refused {key}: {detail}"));
+                }
+                wrong(why)
             })?
         }
     };

@@ -214,3 +214,146 @@ async fn encrypted_tampering_is_detected_and_named() {
     let e = Repo::open_with(&url, Some(&pass)).await.unwrap_err();
     assert!(matches!(e, StoreError::NotEncrypted { .. }), "{e}");
 }
+
+/// Hostile key slots cost bounded work: a slot asking for a dearer Argon2id than pitr
+/// creates (here 64 passes, which the old bound allowed) is refused unrun, named in the
+/// error; an unlock tries at most MAX_PASSPHRASE_SLOTS passphrase slots, and `pitr key add`
+/// makes no more than that.
+#[tokio::test]
+async fn hostile_key_slots_cost_bounded_work() {
+    use pitr_store::{Secret, MAX_PASSPHRASE_SLOTS};
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().display().to_string();
+    let pass = Secret::new("pw", "test");
+    let (repo, _) = Repo::init_encrypted(&url, RepoConfig::default(), &pass, "", common::CHEAP)
+        .await
+        .unwrap();
+    let keys = dir.path().join("keys");
+    let own = std::fs::read_dir(&keys).unwrap().next().unwrap().unwrap();
+    let own: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(own.path()).unwrap()).unwrap();
+    let write_slot = |id: &str, iterations: u32| {
+        let mut v = own.clone();
+        v["id"] = serde_json::json!(id);
+        v["kdf"]["iterations"] = serde_json::json!(iterations);
+        std::fs::write(
+            keys.join(format!("{id}.json")),
+            serde_json::to_vec(&v).unwrap(),
+        )
+        .unwrap();
+    };
+    let wrong = Secret::new("wrong", "PITR_PASSPHRASE");
+
+    // 64 passes of 8 MiB: within the old bound, refused now, before any work, by name
+    write_slot("0000000000000001", 64);
+    let e = Repo::open_with(&url, Some(&wrong)).await.unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("refused keys/0000000000000001.json") && text.contains("iterations 64"),
+        "{text}"
+    );
+    Repo::open_with(&url, Some(&pass)).await.unwrap();
+
+    // more passphrase slots than an unlock tries: the rest are named as not tried
+    for n in 0..MAX_PASSPHRASE_SLOTS + 1 {
+        write_slot(&format!("00000000000001{n:02x}"), 1);
+    }
+    let e = Repo::open_with(&url, Some(&wrong)).await.unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("2 more passphrase slots not tried"), "{text}");
+    assert_eq!(
+        text.matches("keys/00000000000001").count(),
+        MAX_PASSPHRASE_SLOTS,
+        "{text}"
+    );
+    // and pitr adds no slot past the bound
+    let e = repo
+        .key_add_passphrase(&Secret::new("another", "new"), "", common::CHEAP)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("passphrase slots"), "{e}");
+}
+
+/// A local repository's objects are read only when they are regular files no longer than
+/// what their reference allows: a FIFO in a document's place is refused at once, naming it
+/// (it used to block the read forever).
+#[tokio::test]
+async fn local_fifo_in_a_documents_place_is_refused_promptly() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().display().to_string();
+    let (repo, _) = Repo::init(&url, RepoConfig::default()).await.unwrap();
+
+    // a FIFO as a WAL ref (and as a manifest)
+    for key in [
+        "wal/00000001/000000010000000000000003.json",
+        "backups/20261207T000000Z.json",
+    ] {
+        let path = dir.path().join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // The timeout only guards against a hang (the bug): on expiry, a writer opens the
+        // FIFO, so a reader blocked in it gets its end and the test can fail cleanly.
+        let got = match tokio::time::timeout(Duration::from_secs(30), repo.get_doc(key)).await {
+            Ok(got) => got,
+            Err(_) => {
+                let _w = std::fs::OpenOptions::new().write(true).open(&path);
+                panic!("reading {key}, a FIFO, did not return within 30 s");
+            }
+        };
+        match got {
+            Err(StoreError::Corrupt { key: k, detail }) => {
+                assert_eq!(k, key);
+                assert!(detail.contains("FIFO"), "{detail}");
+            }
+            other => panic!("{key}: a FIFO read as {other:?}"),
+        }
+    }
+}
+
+/// A chunk replaced by a link to /dev/zero, or by a file larger than it can be, is refused
+/// before it is read (the link used to be read until memory ran out); so is a device in a
+/// document's place.
+#[tokio::test]
+async fn local_chunk_linked_to_dev_zero_or_oversized_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().display().to_string();
+    let (repo, _) = Repo::init(&url, RepoConfig::default()).await.unwrap();
+    let (r, _) = repo
+        .put_chunk(Bytes::from(b"chunk bytes ".repeat(1000)))
+        .await
+        .unwrap();
+    let path = dir.path().join(r.id.key());
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+    match repo.get_chunk(&r).await {
+        Err(StoreError::Corrupt { key, detail }) => {
+            assert_eq!(key, r.id.key());
+            assert!(detail.contains("symbolic link"), "{detail}");
+        }
+        other => panic!("a chunk linked to /dev/zero read as {other:?}"),
+    }
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+    match repo.get_chunk(&r).await {
+        Err(StoreError::Corrupt { key, detail }) => {
+            assert_eq!(key, r.id.key());
+            assert!(detail.contains("more than"), "{detail}");
+        }
+        other => panic!("an oversized chunk read as {other:?}"),
+    }
+    // a device in a document's place
+    let key = "pins/x.json";
+    std::fs::create_dir_all(dir.path().join("pins")).unwrap();
+    let dev = dir.path().join(key);
+    let c = std::ffi::CString::new(dev.to_str().unwrap()).unwrap();
+    // /dev/zero's device number (1, 5)
+    assert_eq!(
+        unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 5)) },
+        0
+    );
+    let e = repo.get_doc(key).await.unwrap_err();
+    assert!(e.to_string().contains("character device"), "{e}");
+    assert!(e.to_string().contains(key), "{e}");
+}

@@ -28,6 +28,10 @@ pub enum Auth {
     ScramOkBeforeFinal,
     /// FATAL 28P01 without asking for anything.
     Refuse,
+    /// AuthenticationSASL (SCRAM-SHA-256), then, after the client's first message, a switch
+    /// to another method: AuthenticationCleartextPassword (`3`) or AuthenticationMD5Password
+    /// (`5`); Ok after whatever the client answers.
+    ScramThenSwitch(i32),
 }
 
 /// A tar member for [`tar`]: name, type flag (`b'0'` file, `b'5'` directory, `b'2'` symlink),
@@ -134,6 +138,41 @@ pub struct BackupScript {
     pub piece: usize,
     /// The server's backup_manifest.
     pub manifest: Vec<u8>,
+    /// When set, BASE_BACKUP stops after its start position until the test opens the gate.
+    pub gate: Option<Gate>,
+}
+
+/// A point where the fake server waits for the test: [`Gate::wait_reached`] returns once the
+/// server is there, [`Gate::open`] lets it go on.
+#[derive(Clone, Debug, Default)]
+pub struct Gate(Arc<(Mutex<(bool, bool)>, std::sync::Condvar)>);
+
+impl Gate {
+    /// Block until the server has reached the gate (call from a blocking thread).
+    pub fn wait_reached(&self) {
+        let (lock, cv) = &*self.0;
+        let mut state = lock.lock().expect("gate lock");
+        while !state.0 {
+            state = cv.wait(state).expect("gate lock");
+        }
+    }
+
+    pub fn open(&self) {
+        let (lock, cv) = &*self.0;
+        lock.lock().expect("gate lock").1 = true;
+        cv.notify_all();
+    }
+
+    /// The server side: say it is here, then wait for the test to open the gate.
+    fn pass(&self) {
+        let (lock, cv) = &*self.0;
+        let mut state = lock.lock().expect("gate lock");
+        state.0 = true;
+        cv.notify_all();
+        while !state.1 {
+            state = cv.wait(state).expect("gate lock");
+        }
+    }
 }
 
 impl BackupScript {
@@ -143,6 +182,7 @@ impl BackupScript {
             archives: vec![("base.tar".into(), tar_bytes)],
             piece: 700,
             manifest: br#"{"PostgreSQL-Backup-Manifest-Version": 1, "Files": []}"#.to_vec(),
+            gate: None,
         }
     }
 }
@@ -152,6 +192,9 @@ impl BackupScript {
 pub struct Script {
     pub auth: Auth,
     pub backup: Option<BackupScript>,
+    /// After authentication, before ReadyForQuery: this many NoticeResponses, each with a
+    /// message of this many bytes (a server flooding the client).
+    pub notice_flood: Option<(usize, usize)>,
 }
 
 /// The system identifier the fake server reports.
@@ -338,6 +381,15 @@ impl Session {
         if !self.authenticate(&script.auth)? {
             return Ok(());
         }
+        if let Some((count, size)) = script.notice_flood {
+            let mut body = b"SWARNING\0VWARNING\0C01000\0M".to_vec();
+            body.extend(std::iter::repeat_n(b'x', size));
+            body.extend_from_slice(b"\0\0");
+            let notice = msg(b'N', &body);
+            for _ in 0..count {
+                self.send(&notice)?;
+            }
+        }
         let mut hello = msg(b'S', b"server_version\x0015.4\0");
         hello.extend(msg(b'S', b"integer_datetimes\0on\0"));
         hello.extend(msg(b'K', &[0, 0, 0, 42, 0, 0, 0, 7]));
@@ -392,6 +444,19 @@ impl Session {
                 let Some(_) = self.sasl_initial()? else {
                     return Ok(false);
                 };
+            }
+            Auth::ScramThenSwitch(code) => {
+                self.send(&auth(10, b"SCRAM-SHA-256\0\0"))?;
+                let Some(_) = self.sasl_initial()? else {
+                    return Ok(false);
+                };
+                let salt: &[u8] = if *code == 5 { b"salt" } else { b"" };
+                self.send(&auth(*code, salt))?;
+                let (tag, body) = self.read_msg()?;
+                if tag != b'p' {
+                    return Ok(false);
+                }
+                self.seen().passwords.push(body);
             }
             Auth::ScramOkBeforeFinal => {
                 self.send(&auth(10, b"SCRAM-SHA-256\0\0"))?;
@@ -478,6 +543,9 @@ impl Session {
         ));
         out.extend(msg(b'H', &[0, 0, 0]));
         self.send(&out)?;
+        if let Some(gate) = &script.gate {
+            gate.pass();
+        }
         for (name, bytes) in &script.archives {
             let mut new = vec![b'n'];
             new.extend_from_slice(name.as_bytes());

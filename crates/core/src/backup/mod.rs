@@ -2,6 +2,7 @@
 //! store — files cut into chunks as the tar stream arrives, the WAL of the backup streamed on
 //! a second connection, the manifest written last.
 
+mod keepalive;
 mod sink;
 pub mod tar;
 mod wal;
@@ -21,9 +22,7 @@ use tokio::sync::watch;
 use sink::{ArchiveSink, PendingEntry};
 
 use crate::progress::Reporter;
-use crate::repofile::{
-    claim_cluster, BackupManifest, FileEntry, FileKind, MarkerGuard, RelPath, Tablespace,
-};
+use crate::repofile::{claim_cluster, BackupManifest, FileEntry, FileKind, RelPath, Tablespace};
 
 /// Where a file lives in a backup: tablespace OID (none for the data directory) and path.
 type FileKey = (Option<u32>, RelPath);
@@ -51,14 +50,15 @@ pub async fn backup(
     args: BackupRequest,
     reporter: &dyn Reporter,
 ) -> anyhow::Result<BackupManifest> {
-    let marker = MarkerGuard::write(repo).await?;
-    let result = take_backup(repo, args, reporter).await;
-    let key = marker.key().to_string();
-    match marker.remove(repo).await {
+    // Renewed while the backup runs, checked before the manifest is committed (keepalive.rs).
+    let marker =
+        keepalive::MarkerKeeper::start(repo, keepalive::RENEW_EVERY, keepalive::STALE).await?;
+    let result = take_backup(repo, args, reporter, &marker).await;
+    match marker.finish(repo).await {
         Ok(()) => {}
         // The backup itself is committed (or failed for its own reason): a marker left
         // behind only holds garbage collection back until it is stale.
-        Err(e) => tracing::warn!("{e:#}; `pitr expire` will report {key} until it is stale"),
+        Err(e) => tracing::warn!("{e:#}; `pitr expire` will report it until it is stale"),
     }
     result
 }
@@ -67,6 +67,7 @@ async fn take_backup(
     repo: &Repo,
     args: BackupRequest,
     reporter: &dyn Reporter,
+    marker: &keepalive::MarkerKeeper,
 ) -> anyhow::Result<BackupManifest> {
     let started = Instant::now();
     let repo = repo.clone();
@@ -284,6 +285,7 @@ async fn take_backup(
     for w in &manifest.warnings {
         tracing::warn!("backup {id}: server said: {w}");
     }
+    marker.check_before_commit(&repo).await?;
     // Two backups started in the same second: the later one takes the next free suffix.
     let mut manifest = manifest;
     for n in 1.. {

@@ -542,3 +542,45 @@ async fn a_dead_backups_marker_is_removed() {
     );
     assert_eq!(f.repo.get_doc(&key).await.unwrap(), None);
 }
+
+/// A marker with this host's name, PID namespace and a gone PID, but written by a clone of
+/// this machine (another boot ID) or by an older pitr (no machine or boot ID), is not judged
+/// dead: it holds the collection back until it is stale.
+#[tokio::test]
+async fn a_clones_or_older_pitrs_marker_is_not_judged_dead() {
+    let f = fixture("clone-marker").await;
+    let marker = MarkerGuard::write(&f.repo).await.unwrap();
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&f.repo.get_doc(marker.key()).await.unwrap().unwrap()).unwrap();
+    marker.remove(&f.repo).await.unwrap();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    child.wait().unwrap();
+    doc["pid"] = serde_json::json!(child.id());
+    let clone = {
+        let mut d = doc.clone();
+        d["boot_id"] = serde_json::json!("0f1e2d3c-another-boot");
+        d
+    };
+    let older = {
+        let mut d = doc.clone();
+        let o = d.as_object_mut().unwrap();
+        o.remove("machine_id");
+        o.remove("boot_id");
+        d
+    };
+    for (name, d) in [("clone", clone), ("older", older)] {
+        let key = format!("markers/backup-{name}.json");
+        f.repo
+            .put_doc(&key, serde_json::to_vec(&d).unwrap().into())
+            .await
+            .unwrap();
+        let done = expire(&f.repo, &request(1, true)).await.unwrap();
+        assert!(done.stale_markers.is_empty(), "{name}: {done:?}");
+        assert!(
+            done.chunks_skipped.is_some() && done.chunks.is_empty(),
+            "{name}: chunks collected beside a live marker: {done:?}"
+        );
+        assert!(f.repo.get_doc(&key).await.unwrap().is_some(), "{name}");
+        f.repo.delete_docs(&[key]).await.unwrap();
+    }
+}

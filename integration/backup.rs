@@ -107,6 +107,30 @@ fn assert_backup_fails(pitr: &Pitr, mut cmd: Command, needles: &[&str], what: &s
         "{what}: pitr backup should fail\n{}",
         describe(&cmd, &out)
     );
+    // No password given to it, right or wrong, appears in what it printed.
+    let mut passwords: Vec<String> = cmd
+        .get_envs()
+        .filter(|(k, _)| *k == "PGPASSWORD")
+        .filter_map(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()))
+        .collect();
+    for arg in cmd.get_args() {
+        let arg = arg.to_string_lossy();
+        if let Some((_, rest)) = arg.split_once("password=") {
+            let value = match rest.strip_prefix('\'') {
+                Some(quoted) => quoted.split('\'').next().unwrap_or(""),
+                None => rest.split(' ').next().unwrap_or(""),
+            };
+            passwords.push(value.to_string());
+        }
+    }
+    let printed = format!("{}{}", stdout_of(&out), stderr_of(&out));
+    for pw in passwords.iter().filter(|p| !p.is_empty()) {
+        assert!(
+            !printed.contains(pw.as_str()),
+            "{what}: the password {pw:?} appears in the output\n{}",
+            describe(&cmd, &out)
+        );
+    }
     let lines = error_lines(&out);
     assert_eq!(
         lines.len(),
@@ -463,6 +487,7 @@ fn backup_authenticates_and_reports_auth_errors() {
         .hba(
             "local all postgres trust\n\
              local replication postgres trust\n\
+             local replication pitr_clear password\n\
              host replication pitr_trust 127.0.0.1/32 trust\n\
              host replication pitr_md5 127.0.0.1/32 md5\n\
              host replication pitr_scram 127.0.0.1/32 scram-sha-256\n\
@@ -476,7 +501,8 @@ fn backup_authenticates_and_reports_auth_errors() {
          set password_encryption = 'scram-sha-256'; \
          create role pitr_scram login replication password 'scram secret'; \
          create role pitr_norepl login password 'norepl secret'; \
-         create role pitr_trust login replication",
+         create role pitr_trust login replication; \
+         create role pitr_clear login replication password 'clear secret'",
     );
     // md5 in pg_hba.conf with a SCRAM verifier stored would silently do SCRAM instead.
     assert_eq!(
@@ -506,17 +532,30 @@ fn backup_authenticates_and_reports_auth_errors() {
         &pg,
         "SCRAM-SHA-256, password= in the connection string",
     ));
+    // A cleartext password over a Unix socket is sent (as libpq does): nothing to sniff.
+    ids.push(backup_ok(
+        backup_with(
+            &pitr,
+            &format!(
+                "host={} port={port} user=pitr_clear dbname=postgres",
+                pg.socket_dir().display()
+            ),
+            Some("clear secret"),
+        ),
+        &pg,
+        "cleartext password over a Unix socket",
+    ));
     let listed: Vec<String> = pitr
         .list_json()
         .iter()
         .map(|b| b["id"].as_str().unwrap_or_default().to_owned())
         .collect();
-    assert_eq!(listed, ids, "the three backups, oldest first");
+    assert_eq!(listed, ids, "the four backups, oldest first");
 
     // Failures: one line, saying what went wrong, for whom, and at which server.
     assert_backup_fails(
         &pitr,
-        backup_with(&pitr, &tcp("pitr_md5"), Some("wrong")),
+        backup_with(&pitr, &tcp("pitr_md5"), Some("wrong-pw-4711")),
         &["authentication", "pitr_md5"],
         "md5 user, wrong password",
     );
@@ -524,7 +563,7 @@ fn backup_authenticates_and_reports_auth_errors() {
         &pitr,
         backup_with(
             &pitr,
-            &format!("{} password=wrong", tcp("pitr_scram")),
+            &format!("{} password=wrong-pw-4712", tcp("pitr_scram")),
             None,
         ),
         &["authentication", "pitr_scram"],
@@ -540,7 +579,7 @@ fn backup_authenticates_and_reports_auth_errors() {
     // server at ..., port ... failed" does): a timer's log line is read without the command.
     assert_backup_fails(
         &pitr,
-        backup_with(&pitr, &tcp("pitr_scram"), Some("wrong")),
+        backup_with(&pitr, &tcp("pitr_scram"), Some("wrong-pw-4713")),
         &["authentication", &port.to_string()],
         "SCRAM user, wrong password: server named",
     );
@@ -573,10 +612,12 @@ fn backup_over_tls() {
             "local all postgres trust\n\
              local replication postgres trust\n\
              hostssl replication pitr_tls 127.0.0.1/32 scram-sha-256\n\
+             hostssl replication pitr_tls_clear 127.0.0.1/32 password\n\
              hostnossl replication pitr_plain 127.0.0.1/32 scram-sha-256\n",
         )
         .init();
     pg.psql("create role pitr_tls login replication password 'tls secret'");
+    pg.psql("create role pitr_tls_clear login replication password 'tls clear secret'");
     pg.psql("create role pitr_plain login replication password 'plain secret'");
     let conn_as = |user: &str, password: &str, mode: &str| {
         format!(
@@ -591,6 +632,17 @@ fn backup_over_tls() {
         backup_with(&pitr, &conn("require"), None),
         &pg,
         "sslmode=require",
+    );
+    pitr.listed_backup(&id);
+    // A cleartext password request inside TLS is answered (as libpq does).
+    let id = backup_ok(
+        backup_with(
+            &pitr,
+            &conn_as("pitr_tls_clear", "tls clear secret", "require"),
+            None,
+        ),
+        &pg,
+        "cleartext password over TLS",
     );
     pitr.listed_backup(&id);
     // Only TLS is allowed in: without it, the same user is refused.

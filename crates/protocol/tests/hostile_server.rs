@@ -68,6 +68,20 @@ async fn authentication_ok_in_the_middle_of_scram_is_refused() {
     }
 }
 
+/// A server that does not know the password cannot finish SCRAM: a forged signature in its
+/// final message is refused, and nothing is sent after it.
+#[tokio::test]
+async fn a_forged_scram_server_signature_is_refused() {
+    let pg = fake(Auth::ScramForgedFinal);
+    let err = refused(&pg, "").await;
+    assert!(err.is_auth_failure(), "{err:?}");
+    assert_mentions(&err, &["signature"]);
+    assert!(
+        pg.seen().queries.is_empty(),
+        "the client went on to send commands"
+    );
+}
+
 /// A cleartext password request over plain TCP is not answered unless the user allows it
 /// with require_auth=password.
 #[tokio::test]

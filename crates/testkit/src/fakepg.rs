@@ -26,6 +26,9 @@ pub enum Auth {
     /// A real SCRAM server-first message, then AuthenticationOk instead of SASLFinal: the
     /// server never proves it knows the password.
     ScramOkBeforeFinal,
+    /// A real SCRAM server-first message, then a SASLFinal whose server signature is forged
+    /// (the server does not know the password), then AuthenticationOk.
+    ScramForgedFinal,
     /// FATAL 28P01 without asking for anything.
     Refuse,
     /// AuthenticationSASL (SCRAM-SHA-256), then, after the client's first message, a switch
@@ -458,7 +461,7 @@ impl Session {
                 }
                 self.seen().passwords.push(body);
             }
-            Auth::ScramOkBeforeFinal => {
+            Auth::ScramOkBeforeFinal | Auth::ScramForgedFinal => {
                 self.send(&auth(10, b"SCRAM-SHA-256\0\0"))?;
                 let Some(first) = self.sasl_initial()? else {
                     return Ok(false);
@@ -477,6 +480,10 @@ impl Session {
                     return Ok(false);
                 }
                 self.seen().passwords.push(body);
+                if matches!(how, Auth::ScramForgedFinal) {
+                    // 32 bytes of signature, base64, that no password produces.
+                    self.send(&auth(12, b"v=Zm9yZ2VkIHNlcnZlciBzaWduYXR1cmUgMDEyMzQ1Njc="))?;
+                }
             }
         }
         self.send(&auth(0, &[]))?;

@@ -259,6 +259,10 @@ pub struct CheckArgs {
     /// Probe: critical when the newest backup finished longer ago than this
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub max_backup_age: Option<std::time::Duration>,
+    /// With --max-*-age: run the server checks too, and the age limits after them (without
+    /// it an age limit makes check a probe of the repository alone)
+    #[arg(long)]
+    pub server: bool,
     /// One JSON object on stdout: the overall status and each check's status and message
     #[arg(long)]
     pub json: bool,

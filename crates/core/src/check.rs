@@ -2,7 +2,8 @@
 //! (`archive_mode`, `wal_level`, an `archive_command` running `pitr archive-wal` into this
 //! repository), a forced WAL switch whose segment must appear in the repository, and the
 //! repository's system identifier against the server's. With `max_archive_age` or
-//! `max_backup_age` it is a monitoring probe of the repository alone (no server connection).
+//! `max_backup_age` it is a monitoring probe of the repository alone (no server connection);
+//! [`check_server_and_ages`] (`--server`) applies the age limits after the server checks.
 //!
 //! Each check ends OK, warning or critical (Nagios); the binary maps the worst to 0, 1 or 2.
 
@@ -99,6 +100,20 @@ pub async fn check(repo: &Repo, req: &CheckRequest) -> CheckReport {
         }
     } else {
         server(repo, req, &mut report).await;
+    }
+    report
+}
+
+/// `pitr check --server` with age limits: the server checks and then the age checks, in one
+/// report (without `--server` an age limit makes check a probe of the repository alone).
+pub async fn check_server_and_ages(repo: &Repo, req: &CheckRequest) -> CheckReport {
+    let mut report = CheckReport::default();
+    server(repo, req, &mut report).await;
+    if let Some(max) = req.max_backup_age {
+        backup_age(repo, max, &mut report).await;
+    }
+    if let Some(max) = req.max_archive_age {
+        archive_age(repo, max, &mut report).await;
     }
     report
 }

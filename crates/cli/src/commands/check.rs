@@ -15,7 +15,11 @@ pub async fn run(url: &str, args: CheckArgs) -> anyhow::Result<()> {
         max_archive_age: args.max_archive_age,
         max_backup_age: args.max_backup_age,
     };
-    let report = pitr_core::check::check(&repo, &req).await;
+    let report = if args.server {
+        pitr_core::check::check_server_and_ages(&repo, &req).await
+    } else {
+        pitr_core::check::check(&repo, &req).await
+    };
     let status = report.status();
     if args.json {
         outln!(

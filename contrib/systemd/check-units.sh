@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
-# Checks the units in contrib/systemd with `systemd-analyze verify`, as CI does (.ci/run).
+# Checks the units in contrib/systemd with `systemd-analyze verify`, as CI does (.ci/run),
+# then what verify cannot see: every service alerts through OnFailure=pitr-notify@%n.service,
+# every oneshot has a TimeoutStartSec=, the templates skip an instance without its
+# configuration and log under their own name; and prints each service's exposure from
+# `systemd-analyze security --offline=true`, which must stay at or below 3.5.
 # No systemd needs to be running: the units are installed by contrib/install.sh into a
 # scratch root together with a copy of this machine's own unit directory (sysinit.target and
 # friends) and the built binary, so that ExecStart= resolves, and verified there with --root.
@@ -25,6 +29,10 @@ mkdir -p "$root/usr/lib/systemd"
 cp -a "$sysunits/." "$root/usr/lib/systemd/system/"
 PITR_BIN="$bin" DESTDIR="$root" PREFIX=/usr/local "$top/contrib/install.sh" 2>/dev/null
 unitdir="$root/usr/local/lib/systemd/system"
+# The programs the units run besides pitr (pitr-notify@'s systemd-cat), from this machine.
+for exe in $(sed -n -e 's/^ExecStart=[-@:+!]*\(\/[^ ]*\).*/\1/p' "$unitdir"/pitr-* | sort -u); do
+    if [[ ! -e "$root$exe" && -x "$exe" ]]; then install -D -m 0755 "$exe" "$root$exe"; fi
+done
 
 verify() { # unit files...; prints what systemd-analyze said, fails on any output or status
     local out
@@ -79,4 +87,52 @@ for broken in broken-key broken-value broken-exec; do
         exit 1
     fi
 done
+
+# What every service must say (systemd-analyze verify accepts a unit without any of it).
+fail=0
+for f in "$unitdir"/pitr-*.service; do
+    name="$(basename "$f")"
+    has() { grep -Eq "$1" "$f" || { echo "$name: no $2" >&2; fail=1; }; }
+    if grep -q '^Type=oneshot' "$f"; then has '^TimeoutStartSec=[0-9]' "TimeoutStartSec= (a oneshot waits forever without it)"; fi
+    has '^UMask=0077$' "UMask=0077"
+    has '^SystemCallFilter=@system-service$' "SystemCallFilter=@system-service"
+    has '^PrivateDevices=yes$' "PrivateDevices=yes"
+    has '^ProtectProc=invisible$' "ProtectProc=invisible"
+    case "$name" in
+        pitr-notify@.service) continue ;;
+    esac
+    has '^OnFailure=pitr-notify@%n\.service$' "OnFailure=pitr-notify@%n.service (a failure would alert nobody)"
+    case "$name" in
+        *@.service)
+            has '^ConditionPathExists=/.*/%i\.toml$' "ConditionPathExists= for the instance's configuration"
+            has '^SyslogIdentifier=.*%i' "per-instance SyslogIdentifier=" ;;
+    esac
+    case "$name" in
+        pitr-backup*|pitr-verify*) has '^IOSchedulingClass=idle$' "IOSchedulingClass=idle"; has '^Nice=[1-9]' "Nice=" ;;
+    esac
+done
+[[ "$fail" == 0 ]] || { echo "unit check failed" >&2; exit 1; }
+
+# Exposure (0 safe … 10 unsafe) of each service, the templates as instance "main".
+echo "==> systemd-analyze security --offline=true (exposure; at most 3.5)" >&2
+rm -f "$unitdir"/broken-*.service
+rm -rf "$unitdir"/*.d
+for u in "${units[@]}"; do
+    [[ "$u" == *.service ]] || continue
+    name="$(basename "$u")"
+    out="$(cd "$root" && systemd-analyze security --offline=true --no-pager --root="$root" "$u" 2>&1)" || true
+    level="$(sed -n -e "s/.*Overall exposure level for $name: \([0-9.]*\).*/\1/p" <<<"$out")"
+    if [[ -z "$level" ]]; then
+        printf '%s\n' "$out" >&2
+        echo "no exposure level for $name" >&2
+        exit 1
+    fi
+    echo "exposure $level $name"
+    if ! awk -v l="$level" 'BEGIN { exit !(l <= 3.5) }'; then
+        printf '%s\n' "$out" | grep '✗' >&2 || true
+        echo "$name: exposure $level is above 3.5" >&2
+        fail=1
+    fi
+done
+[[ "$fail" == 0 ]] || { echo "unit check failed" >&2; exit 1; }
 echo "==> units ok (${#units[@]} units; broken ones are caught)" >&2

@@ -18,4 +18,5 @@ mod harness;
 mod quickstart;
 mod restore;
 mod restored;
+mod units;
 mod verify;

@@ -89,18 +89,17 @@ for broken in broken-key broken-value broken-exec; do
 done
 
 # What every service must say (systemd-analyze verify accepts a unit without any of it).
-fail=0
-for f in "$unitdir"/pitr-*.service; do
-    name="$(basename "$f")"
-    has() { grep -Eq "$1" "$f" || { echo "$name: no $2" >&2; fail=1; }; }
-    if grep -q '^Type=oneshot' "$f"; then has '^TimeoutStartSec=[0-9]' "TimeoutStartSec= (a oneshot waits forever without it)"; fi
+requirements() { # unit file, its name as shipped; prints what is missing, fails if anything
+    local f="$1" name="$2" ok=0
+    has() { grep -Eq "$1" "$f" || { echo "$name: no $2" >&2; ok=1; }; }
+    if grep -q '^Type=oneshot' "$f"; then
+        has '^TimeoutStartSec=[0-9]' "TimeoutStartSec= (a oneshot waits forever without it)"
+    fi
     has '^UMask=0077$' "UMask=0077"
     has '^SystemCallFilter=@system-service$' "SystemCallFilter=@system-service"
     has '^PrivateDevices=yes$' "PrivateDevices=yes"
     has '^ProtectProc=invisible$' "ProtectProc=invisible"
-    case "$name" in
-        pitr-notify@.service) continue ;;
-    esac
+    [[ "$name" == pitr-notify@.service ]] && return "$ok" # it must not alert about itself
     has '^OnFailure=pitr-notify@%n\.service$' "OnFailure=pitr-notify@%n.service (a failure would alert nobody)"
     case "$name" in
         *@.service)
@@ -108,10 +107,23 @@ for f in "$unitdir"/pitr-*.service; do
             has '^SyslogIdentifier=.*%i' "per-instance SyslogIdentifier=" ;;
     esac
     case "$name" in
-        pitr-backup*|pitr-verify*) has '^IOSchedulingClass=idle$' "IOSchedulingClass=idle"; has '^Nice=[1-9]' "Nice=" ;;
+        pitr-backup*|pitr-verify*)
+            has '^IOSchedulingClass=idle$' "IOSchedulingClass=idle"
+            has '^Nice=[1-9]' "Nice=" ;;
     esac
+    return "$ok"
+}
+fail=0
+for f in "$unitdir"/pitr-*.service; do
+    requirements "$f" "$(basename "$f")" || fail=1
 done
 [[ "$fail" == 0 ]] || { echo "unit check failed" >&2; exit 1; }
+# ... and it must notice their absence.
+grep -Ev '^(TimeoutStartSec|OnFailure)=' "$unitdir/pitr-backup@.service" >"$unitdir/broken-req.service"
+if requirements "$unitdir/broken-req.service" pitr-backup@.service 2>/dev/null; then
+    echo "the unit check did not notice a service without TimeoutStartSec= and OnFailure=" >&2
+    exit 1
+fi
 
 # Exposure (0 safe … 10 unsafe) of each service, the templates as instance "main".
 echo "==> systemd-analyze security --offline=true (exposure; at most 3.5)" >&2

@@ -4,7 +4,7 @@
 
 use pitr_core::config::{self, Settings};
 
-use crate::cli::{Checkpoint, Command, Global, LogFormat};
+use crate::cli::{Checkpoint, Cli, Command, Global, LogFormat};
 
 /// The configuration file `global` names (`--config`/`PITR_CONFIG`, which clap has merged).
 pub fn load(global: &Global, env: &config::Env) -> anyhow::Result<Settings> {
@@ -25,6 +25,56 @@ pub fn log_format(settings: &Settings, global: &Global) -> LogFormat {
             config::LogFormat::Json => LogFormat::Json,
         }))
         .unwrap_or(LogFormat::Text)
+}
+
+/// What a command is given besides its arguments, resolved from the flags, the environment
+/// and the file: nothing reaches the store or core any other way.
+pub struct Given {
+    /// How to reach and unlock the repository.
+    pub repo: pitr_store::RepoOptions,
+    /// What a pitr process this one writes or starts is given (restore_command, the prefetch
+    /// worker).
+    pub handed_on: pitr_core::restore::HandedOn,
+    /// The backup connection's password from the file (backup and check only: archive_command
+    /// has no systemd credentials).
+    pub pg_password: Option<String>,
+}
+
+/// The settings of `cli`'s command that are not its flags: the repository's options, the
+/// secret, what child processes are handed, the connection password.
+pub fn resolve(
+    settings: &Settings,
+    cli: &Cli,
+    repo_url: &str,
+    env: &config::Env,
+) -> anyhow::Result<Given> {
+    let flag_file = cli.global.passphrase_file.as_deref();
+    let repo = pitr_store::RepoOptions {
+        remote: settings.remote_options(repo_url)?,
+        secret: settings.passphrase(flag_file, env)?,
+        jobs: settings.jobs(env),
+        ..Default::default()
+    };
+    // Absolute, for restore_command (run in the data directory) and helper processes.
+    let absolute = |p: &std::path::Path| {
+        std::path::absolute(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .display()
+            .to_string()
+    };
+    let handed_on = pitr_core::restore::HandedOn {
+        config: settings.path.as_deref().map(absolute),
+        passphrase_file: flag_file.map(absolute),
+    };
+    let pg_password = match cli.command {
+        Command::Backup(_) | Command::Check(_) => settings.pg_password(env)?,
+        _ => None,
+    };
+    Ok(Given {
+        repo,
+        handed_on,
+        pg_password,
+    })
 }
 
 /// Fills the settings a command's flags left open from the file (a flag beats the file).
@@ -91,7 +141,6 @@ mod tests {
     use pitr_core::config::{ConfigFile, Env};
 
     use super::*;
-    use crate::cli::Cli;
 
     fn cli(args: &[&str]) -> Cli {
         Cli::try_parse_from(std::iter::once("pitr").chain(args.iter().copied())).unwrap()
@@ -118,7 +167,7 @@ mod tests {
         let c = cli(&["--config", p, "archive-wal", "X", "Y"]);
         let s = load(&c.global, &env).unwrap();
         assert_eq!(repo_url(&s, &c.global).unwrap(), "/from/file");
-        assert_eq!(s.jobs(&env).as_deref(), Some("3"));
+        assert_eq!(s.jobs(&env), Some(3));
         assert_eq!(log_format(&s, &c.global), LogFormat::Json);
         let mut cmd = c.command;
         apply(&s, &mut cmd).unwrap();
@@ -143,7 +192,7 @@ mod tests {
         ]);
         let s = load(&c.global, &env).unwrap();
         assert_eq!(repo_url(&s, &c.global).unwrap(), "/from/flag");
-        assert_eq!(s.jobs(&env).as_deref(), Some("5"));
+        assert_eq!(s.jobs(&env), Some(5));
         assert_eq!(log_format(&s, &c.global), LogFormat::Text);
         let mut cmd = c.command;
         apply(&s, &mut cmd).unwrap();

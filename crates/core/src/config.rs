@@ -355,11 +355,12 @@ impl Settings {
         }
     }
 
-    /// `PITR_JOBS`, else `jobs = N` (as the variable, so that helper processes inherit it).
-    pub fn jobs(&self, env: &Env) -> Option<String> {
+    /// `PITR_JOBS`, else `jobs = N`. A variable that is not a positive number stands for the
+    /// default (0), as it always did, rather than for the file's value.
+    pub fn jobs(&self, env: &Env) -> Option<usize> {
         match env.get("PITR_JOBS") {
-            Some(v) => Some(v.to_string()),
-            None => self.file.jobs.map(|n| n.to_string()),
+            Some(v) => Some(v.parse().unwrap_or(0)),
+            None => self.file.jobs,
         }
     }
 

@@ -14,6 +14,7 @@ mod error;
 pub mod keys;
 mod keyslot;
 mod local;
+mod options;
 mod readbuf;
 mod repo;
 mod writer;
@@ -25,6 +26,7 @@ pub use chunks::{ChunkRemoval, Listed};
 pub use crypto::{CHUNK_ID, CIPHER};
 pub use error::StoreError;
 pub use keyslot::{KdfCost, Secret, SlotInfo};
+pub use options::{RepoOptions, UnlockCache, DEFAULT_JOBS};
 pub use repo::{
     ChunkRef, DocWrite, EncryptionConfig, InitOutcome, KnownChunk, PutSummary, Repo, RepoConfig,
     ENCRYPTED_FORMAT_VERSION, FORMAT_VERSION,

@@ -7,10 +7,16 @@ use pitr_store::Repo;
 use crate::cli::{BackupArgs, Checkpoint};
 use crate::progress::Shown;
 
-pub async fn run(url: &str, args: BackupArgs) -> anyhow::Result<()> {
-    let repo = Repo::open(url).await?;
+pub async fn run(
+    url: &str,
+    options: &pitr_store::RepoOptions,
+    args: BackupArgs,
+    password: Option<String>,
+) -> anyhow::Result<()> {
+    let repo = Repo::open(url, options).await?;
     let req = BackupRequest {
         dbname: args.dbname,
+        password,
         checkpoint: match args.checkpoint.unwrap_or(Checkpoint::Spread) {
             Checkpoint::Fast => CheckpointMode::Fast,
             Checkpoint::Spread => CheckpointMode::Spread,

@@ -5,8 +5,12 @@ use pitr_store::Repo;
 
 use crate::cli::ExpireArgs;
 
-pub async fn run(url: &str, args: ExpireArgs) -> anyhow::Result<()> {
-    let repo = Repo::open(url).await?;
+pub async fn run(
+    url: &str,
+    options: &pitr_store::RepoOptions,
+    args: ExpireArgs,
+) -> anyhow::Result<()> {
+    let repo = Repo::open(url, options).await?;
     if !args.dry_run && args.gc_grace < std::time::Duration::from_secs(600) {
         tracing::warn!(
             "--gc-grace {} s is shorter than archive-wal may take between storing a chunk and \

@@ -5,7 +5,12 @@ use pitr_store::{RepoConfig, Secret, FORMAT_VERSION};
 
 use crate::cli::{InitArgs, DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL, DEFAULT_WAL_CHUNK_SIZE};
 
-pub async fn run(url: &str, args: InitArgs, secret: Option<Secret>) -> anyhow::Result<()> {
+pub async fn run(
+    url: &str,
+    options: &pitr_store::RepoOptions,
+    args: InitArgs,
+    secret: Option<Secret>,
+) -> anyhow::Result<()> {
     let config = RepoConfig {
         format_version: FORMAT_VERSION,
         chunk_size: args.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE),
@@ -31,5 +36,5 @@ pub async fn run(url: &str, args: InitArgs, secret: Option<Secret>) -> anyhow::R
         ),
         (false, None) => None,
     };
-    pitr_core::archive::init(url, config, encryption, args.allow_root).await
+    pitr_core::archive::init(url, options, config, encryption, args.allow_root).await
 }

@@ -8,8 +8,13 @@ use pitr_store::Repo;
 use crate::cli::VerifyArgs;
 use crate::progress::Shown;
 
-pub async fn run(url: &str, args: VerifyArgs) -> anyhow::Result<()> {
-    let repo = Repo::open(url).await?;
+pub async fn run(
+    url: &str,
+    options: &pitr_store::RepoOptions,
+    args: VerifyArgs,
+    handed_on: pitr_core::restore::HandedOn,
+) -> anyhow::Result<()> {
+    let repo = Repo::open(url, options).await?;
     let report = pitr_core::verify::verify(
         &repo,
         VerifyRequest {
@@ -20,6 +25,7 @@ pub async fn run(url: &str, args: VerifyArgs) -> anyhow::Result<()> {
                 port: args.port,
                 check_sql: args.check_sql,
                 immediate: args.target_immediate,
+                handed_on,
             }),
         },
         &Shown,

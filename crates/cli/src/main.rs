@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod config;
 mod logging;
+mod options;
 mod progress;
 mod prompt;
 
@@ -15,7 +16,7 @@ use clap::Parser;
 use pitr_core::Failure;
 
 use cli::{Cli, Command};
-use pitr_core::config::{Env, Settings};
+use config::{Env, Settings};
 
 /// Exit statuses: the one table (the README's command table mirrors it).
 mod exit {
@@ -103,10 +104,14 @@ fn main() -> ExitCode {
     let restore_wal = contract == Contract::RestoreWal;
     let env = Env::process();
     // A broken configuration file is reported once logging is up.
-    let settings = config::load(&cli.global, &env);
+    let settings = Settings::load(cli.global.config.as_deref(), &env);
     let format = match &settings {
-        Ok(s) => config::log_format(s, &cli.global),
-        Err(_) => cli.global.log_format.unwrap_or(cli::LogFormat::Text),
+        Ok(s) => config::log_format(&config::global(&cli, s, &env)),
+        Err(_) => cli
+            .global
+            .options
+            .log_format
+            .unwrap_or(options::LogFormat::Text),
     };
     logging::init(&cli.global, format);
     // A panic must not exit 101: for restore_command that would read as "not found".
@@ -131,9 +136,10 @@ fn main() -> ExitCode {
 }
 
 fn run(mut cli: Cli, settings: Settings, env: &Env) -> anyhow::Result<()> {
-    let repo_url = config::repo_url(&settings, &cli.global)?;
-    config::apply(&settings, &mut cli.command)?;
-    let given = config::resolve(&settings, &cli, &repo_url, env)?;
+    let global = config::global(&cli, &settings, env);
+    let repo_url = settings.repo_url(global.repo.as_deref())?;
+    config::merge(&settings, &mut cli.command);
+    let given = config::resolve(&settings, &cli, &global, &repo_url, env)?;
     let (url, options, secret) = (&repo_url, &given.repo, given.repo.secret.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -153,8 +159,8 @@ fn run(mut cli: Cli, settings: Settings, env: &Env) -> anyhow::Result<()> {
             Command::Restore(args) => {
                 let reach = commands::restore::SecretReach {
                     secret: secret.as_ref(),
-                    written: cli.global.passphrase_file.is_some()
-                        || settings.file.passphrase_file.is_some(),
+                    written: cli.global.options.passphrase_file.is_some()
+                        || settings.file.global.passphrase_file.is_some(),
                     in_environment: env.get("PITR_PASSPHRASE").is_some(),
                 };
                 commands::restore::run(url, options, args, reach, given.handed_on).await

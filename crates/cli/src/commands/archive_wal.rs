@@ -12,7 +12,10 @@ pub async fn run(
     let req = ArchiveWalRequest {
         name: args.name.parse()?,
         path: args.path,
-        lookahead: args.lookahead.unwrap_or(crate::cli::DEFAULT_LOOKAHEAD),
+        lookahead: args
+            .options
+            .lookahead
+            .unwrap_or(crate::cli::DEFAULT_LOOKAHEAD),
     };
     pitr_core::archive::archive_wal(url, options, req).await
 }

@@ -21,9 +21,9 @@ pub async fn run(
     let days = |d: u32| chrono::Duration::days(i64::from(d));
     let req = ExpireRequest {
         retention: Retention {
-            full: args.retain_full,
-            days: args.retain_days.map(days),
-            wal_days: args.retain_wal_days.map(days),
+            full: args.options.retain_full,
+            days: args.options.retain_days.map(days),
+            wal_days: args.options.retain_wal_days.map(days),
         },
         dry_run: args.dry_run,
         gc_grace: args.gc_grace,

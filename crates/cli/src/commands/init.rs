@@ -13,9 +13,15 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let config = RepoConfig {
         format_version: FORMAT_VERSION,
-        chunk_size: args.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE),
-        wal_chunk_size: args.wal_chunk_size.unwrap_or(DEFAULT_WAL_CHUNK_SIZE),
-        compression_level: args.compression_level.unwrap_or(DEFAULT_COMPRESSION_LEVEL),
+        chunk_size: args.options.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE),
+        wal_chunk_size: args
+            .options
+            .wal_chunk_size
+            .unwrap_or(DEFAULT_WAL_CHUNK_SIZE),
+        compression_level: args
+            .options
+            .compression_level
+            .unwrap_or(DEFAULT_COMPRESSION_LEVEL),
         encryption: None,
     };
     let secret = match (args.encryption, secret) {

@@ -4,8 +4,8 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use crate::config::{read_secret_file, Env};
 use anyhow::{bail, Context};
-use pitr_core::config::{read_secret_file, Env};
 use pitr_store::{Repo, Secret};
 
 use crate::cli::{KeyAddArgs, KeyCommand};

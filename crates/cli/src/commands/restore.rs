@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use pitr_core::restore::{RestoreReport, RestoreRequest, StartOptions, Target, TargetAction};
+use pitr_core::restore::{RestoreReport, RestoreRequest, StartOptions, Target};
 use pitr_core::time::{format_pg_time, parse_time};
 use pitr_store::Repo;
 
@@ -62,11 +62,7 @@ fn request(
         target,
         exclusive: args.target_exclusive,
         timeline,
-        action: match args.target_action {
-            cli::TargetAction::Promote => TargetAction::Promote,
-            cli::TargetAction::Pause => TargetAction::Pause,
-            cli::TargetAction::Shutdown => TargetAction::Shutdown,
-        },
+        action: args.target_action,
         backup: args.backup,
         delta: args.delta,
         remap,

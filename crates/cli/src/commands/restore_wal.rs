@@ -13,7 +13,10 @@ pub async fn run(
     let req = RestoreWalRequest {
         name: args.name.parse()?,
         dest: args.dest,
-        prefetch: args.prefetch.unwrap_or(crate::cli::DEFAULT_PREFETCH),
+        prefetch: args
+            .options
+            .prefetch
+            .unwrap_or(crate::cli::DEFAULT_PREFETCH),
         prefetch_worker: args.prefetch_worker,
         handed_on,
     };

@@ -23,7 +23,7 @@ pub async fn run(
             restore_test: args.restore_test.then_some(RestoreTest {
                 scratch: args.scratch,
                 port: args.port,
-                check_sql: args.check_sql,
+                check_sql: args.options.check_sql,
                 immediate: args.target_immediate,
                 handed_on,
             }),

@@ -20,8 +20,9 @@ pub use laydown::LayDownStats;
 pub use plan::{Plan, PlannedTablespace, Target, TimelineChoice};
 pub use start::{pg_bindir, start_and_wait, RecoveryOutcome};
 
-/// What the server does once recovery reached the target.
+/// What the server does once recovery reached the target (`--target-action`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum TargetAction {
     Promote,
     Pause,

@@ -289,71 +289,56 @@ settings! {
     }
 }
 
-/// The configuration file as written: the top level's settings and one table per group.
-/// Tables other commands own are typed too, so that a typo in them is caught whichever command
-/// runs. (The top level is read by a second pass over the text, not `#[serde(flatten)]`, so
-/// that its type errors keep their line.)
-#[derive(Deserialize, Default, Debug, Clone, PartialEq)]
-pub struct ConfigFile {
-    #[serde(skip)]
-    pub global: GlobalOptions,
-    #[serde(default)]
-    pub s3: S3,
-    #[serde(default)]
-    pub gcs: Gcs,
-    #[serde(default)]
-    pub azure: Azure,
-    #[serde(default)]
-    pub init: InitOptions,
-    #[serde(default)]
-    pub archive_wal: ArchiveWalOptions,
-    #[serde(default)]
-    pub restore_wal: RestoreWalOptions,
-    #[serde(default)]
-    pub backup: BackupOptions,
-    #[serde(default)]
-    pub expire: ExpireOptions,
-    #[serde(default)]
-    pub verify: VerifyOptions,
+/// The configuration file's struct, its tables (one per options struct) listed once.
+macro_rules! config_file {
+    ($( $section:ident : $ty:ty ),* $(,)?) => {
+        /// The configuration file as written: the top level's settings and one table per
+        /// group. Tables other commands own are typed too, so that a typo in them is caught
+        /// whichever command runs. (The top level is read by a second pass over the text, not
+        /// `#[serde(flatten)]`, so that its type errors keep their line.)
+        #[derive(Deserialize, Default, Debug, Clone, PartialEq)]
+        pub struct ConfigFile {
+            #[serde(skip)]
+            pub global: GlobalOptions,
+            $(
+                #[serde(default)]
+                pub $section: $ty,
+            )*
+        }
+
+        impl ConfigFile {
+            /// Every table and its keys (the top level is `""`), from the structs.
+            pub fn tables() -> Vec<(&'static str, Vec<&'static str>)> {
+                let sections: &[(&str, &[&str])] = &[$( (stringify!($section), <$ty>::KEYS), )*];
+                let top = GlobalOptions::KEYS
+                    .iter()
+                    .copied()
+                    .chain(sections.iter().map(|(s, _)| *s))
+                    .collect();
+                std::iter::once(("", top))
+                    .chain(sections.iter().map(|(s, k)| (*s, k.to_vec())))
+                    .collect()
+            }
+
+            /// Relative paths made relative to `dir`, the file's directory.
+            pub fn rebase(&mut self, dir: &Path) {
+                self.global.rebase(dir);
+                $( self.$section.rebase(dir); )*
+            }
+        }
+    };
 }
 
-impl ConfigFile {
-    /// Every table and its keys (the top level is `""`), from the structs above.
-    pub fn tables() -> Vec<(&'static str, Vec<&'static str>)> {
-        let sections: [(&str, &[&str]); 9] = [
-            ("s3", S3::KEYS),
-            ("gcs", Gcs::KEYS),
-            ("azure", Azure::KEYS),
-            ("init", InitOptions::KEYS),
-            ("archive_wal", ArchiveWalOptions::KEYS),
-            ("restore_wal", RestoreWalOptions::KEYS),
-            ("backup", BackupOptions::KEYS),
-            ("expire", ExpireOptions::KEYS),
-            ("verify", VerifyOptions::KEYS),
-        ];
-        let top = GlobalOptions::KEYS
-            .iter()
-            .copied()
-            .chain(sections.iter().map(|(s, _)| *s))
-            .collect();
-        std::iter::once(("", top))
-            .chain(sections.iter().map(|(s, k)| (*s, k.to_vec())))
-            .collect()
-    }
-
-    /// Relative paths made relative to `dir`, the file's directory.
-    pub fn rebase(&mut self, dir: &Path) {
-        self.global.rebase(dir);
-        self.s3.rebase(dir);
-        self.gcs.rebase(dir);
-        self.azure.rebase(dir);
-        self.init.rebase(dir);
-        self.archive_wal.rebase(dir);
-        self.restore_wal.rebase(dir);
-        self.backup.rebase(dir);
-        self.expire.rebase(dir);
-        self.verify.rebase(dir);
-    }
+config_file! {
+    s3: S3,
+    gcs: Gcs,
+    azure: Azure,
+    init: InitOptions,
+    archive_wal: ArchiveWalOptions,
+    restore_wal: RestoreWalOptions,
+    backup: BackupOptions,
+    expire: ExpireOptions,
+    verify: VerifyOptions,
 }
 
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {

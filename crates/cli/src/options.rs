@@ -535,6 +535,7 @@ mod tests {
         assert_eq!(merged.password_file, Some(PathBuf::from("/etc/pitr/pw")));
         let given = VerifyOptions {
             check_sql: vec!["SELECT 2".into()],
+            ..Default::default()
         };
         assert_eq!(given.or(file.verify.clone()).check_sql, ["SELECT 2"]);
         assert_eq!(

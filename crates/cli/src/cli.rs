@@ -210,9 +210,6 @@ pub struct VerifyArgs {
     /// the database owner (PostgreSQL refuses root)
     #[arg(long)]
     pub restore_test: bool,
-    /// Where to restore (absent or empty; emptied afterwards). Default: a new temp directory
-    #[arg(long, value_name = "DIR", requires = "restore_test")]
-    pub scratch: Option<PathBuf>,
     /// Port of the scratch instance (default: a free one)
     #[arg(long, requires = "restore_test")]
     pub port: Option<u16>,

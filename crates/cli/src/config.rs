@@ -511,6 +511,29 @@ mod tests {
         // them: setting variables here would race the other tests' parsing).
     }
 
+    /// `[verify] scratch` gives the restore test's directory (relative to the file's own);
+    /// `--scratch` beats it.
+    #[test]
+    fn verify_scratch_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "pitr.toml", "[verify]\nscratch = \"scratch\"\n");
+        let p = path.to_str().unwrap();
+        let s = Settings::load(Some(&path), &Env::of(&[])).unwrap();
+        for (flag, want) in [
+            (None, dir.path().join("scratch")),
+            (Some("/elsewhere"), PathBuf::from("/elsewhere")),
+        ] {
+            let mut args = vec!["--config", p, "verify", "--restore-test"];
+            args.extend(flag.iter().flat_map(|f| ["--scratch", f]));
+            let mut cmd = cli(&args).command;
+            merge(&s, &mut cmd);
+            let Command::Verify(a) = cmd else {
+                unreachable!()
+            };
+            assert_eq!(a.options.scratch, Some(want));
+        }
+    }
+
     #[test]
     fn no_file_behaves_as_before() {
         let c = cli(&["list"]);

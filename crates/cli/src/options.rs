@@ -280,6 +280,10 @@ settings! {
     #[derive(Args)]
     #[serde(deny_unknown_fields)]
     pub struct VerifyOptions {
+        /// Where to restore (absent or empty; emptied afterwards). Default: a new temp
+        /// directory
+        #[arg(long, value_name = "DIR", requires = "restore_test")]
+        pub scratch: Option<PathBuf>,
         /// SQL each to run with psql on the scratch instance (repeatable). Default: SELECT
         /// count(*) FROM pg_class, and pg_amcheck --all when pg_amcheck and amcheck are
         /// installed

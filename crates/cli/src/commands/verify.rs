@@ -21,7 +21,7 @@ pub async fn run(
             backup: args.backup,
             max_age: args.max_age,
             restore_test: args.restore_test.then_some(RestoreTest {
-                scratch: args.scratch,
+                scratch: args.options.scratch,
                 port: args.port,
                 check_sql: args.options.check_sql,
                 immediate: args.target_immediate,

@@ -122,107 +122,13 @@ impl Settings {
         )
     }
 
-    /// Options for a cloud repository at `url`, as `object_store` configuration keys, with
-    /// secrets read from their files or credentials.
+    /// Options for a cloud repository at `url`, as `object_store` configuration keys (the
+    /// store's mapping), with secrets read from their files or credentials.
     pub fn remote_options(&self, url: &str) -> anyhow::Result<Vec<(String, String)>> {
-        let scheme = url.split_once("://").map_or("", |(s, _)| s);
-        let mut out = Vec::new();
-        let mut put = |key: &str, value: Option<String>| {
-            if let Some(v) = value {
-                out.push((key.to_string(), v));
-            }
-        };
-        let flag = |b: Option<bool>| b.map(|b| b.to_string());
-        match scheme {
-            "s3" | "s3a" => {
-                let s = &self.file.s3;
-                put("aws_endpoint", s.endpoint.clone());
-                put("aws_region", s.region.clone());
-                put("aws_access_key_id", s.access_key_id.clone());
-                put(
-                    "aws_secret_access_key",
-                    self.secret(
-                        "s3.secret_access_key",
-                        s.secret_access_key.as_deref(),
-                        &s.secret_access_key_file,
-                        &s.secret_access_key_credential,
-                    )?,
-                );
-                put(
-                    "aws_session_token",
-                    self.secret(
-                        "s3.session_token",
-                        s.session_token.as_deref(),
-                        &s.session_token_file,
-                        &s.session_token_credential,
-                    )?,
-                );
-                put(
-                    "aws_virtual_hosted_style_request",
-                    flag(s.virtual_hosted_style_request),
-                );
-                put("allow_http", flag(s.allow_http));
-                match s.server_side_encryption.as_deref() {
-                    None | Some("AES256" | "aws:kms" | "aws:kms:dsse") => {}
-                    Some(other) => bail!(
-                        "s3.server_side_encryption = {other:?}: use \"AES256\" (SSE-S3), \
-                         \"aws:kms\" (SSE-KMS) or \"aws:kms:dsse\""
-                    ),
-                }
-                if s.sse_kms_key_id.is_some()
-                    && !matches!(
-                        s.server_side_encryption.as_deref(),
-                        Some("aws:kms" | "aws:kms:dsse")
-                    )
-                {
-                    bail!("s3.sse_kms_key_id needs server_side_encryption = \"aws:kms\"");
-                }
-                put(
-                    "aws_server_side_encryption",
-                    s.server_side_encryption.clone(),
-                );
-                put("aws_sse_kms_key_id", s.sse_kms_key_id.clone());
-                put("aws_sse_bucket_key_enabled", flag(s.sse_bucket_key_enabled));
-            }
-            "gs" => {
-                let g = &self.file.gcs;
-                put(
-                    "google_service_account",
-                    g.service_account_file
-                        .as_ref()
-                        .map(|p| self.relative(p).display().to_string()),
-                );
-                put(
-                    "google_service_account_key",
-                    self.secret(
-                        "gcs.service_account_key",
-                        None,
-                        &None,
-                        &g.service_account_key_credential,
-                    )?,
-                );
-                put("google_base_url", g.base_url.clone());
-                put("allow_http", flag(g.allow_http));
-            }
-            "az" | "azure" | "abfs" | "abfss" => {
-                let a = &self.file.azure;
-                put("azure_storage_account_name", a.account.clone());
-                put(
-                    "azure_storage_account_key",
-                    self.secret(
-                        "azure.access_key",
-                        a.access_key.as_deref(),
-                        &a.access_key_file,
-                        &a.access_key_credential,
-                    )?,
-                );
-                put("azure_storage_endpoint", a.endpoint.clone());
-                put("azure_storage_use_emulator", flag(a.use_emulator));
-                put("allow_http", flag(a.allow_http));
-            }
-            _ => {}
-        }
-        Ok(out)
+        let f = &self.file;
+        pitr_store::remote::object_store_options(url, &f.s3, &f.gcs, &f.azure, &mut |s| {
+            self.secret(s.name, s.inline, s.file, s.credential)
+        })
     }
 
     /// The secret that opens an encrypted repository, first found of: `flag_file`

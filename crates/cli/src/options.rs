@@ -7,13 +7,16 @@
 //! line in `contrib/pitr.toml` and its line in the docs (a test checks the template).
 //!
 //! Settings the file alone gives (`passphrase_credential`, `[backup] password_file`) are
-//! fields with `#[arg(skip)]`; the `[s3]`, `[gcs]`, `[azure]` tables have no flags at all.
+//! fields with `#[arg(skip)]`. The `[s3]`, `[gcs]`, `[azure]` tables have no flags: the store
+//! defines them, with their mapping to object_store's keys (`pitr_store::remote`). The file's
+//! key table is read off the structs' own serde field lists ([`fields`]).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use clap::Args;
 use pitr_core::config::Checkpoint;
+use pitr_store::remote::{Azure, Gcs, S3};
 use serde::Deserialize;
 
 /// Log lines on stderr (`--log-format`, `log_format = "text" | "json"`).
@@ -71,8 +74,8 @@ macro_rules! not_paths {
 }
 not_paths!(String, bool, i32, u32, usize, Checkpoint, LogFormat);
 
-/// An options struct: the fields as written, plus `KEYS` (the file's keys, the field names),
-/// `or` (field by field, `self` beats `lower`) and `rebase` (relative paths from the file).
+/// An options struct: the fields as written, plus `or` (field by field, `self` beats `lower`)
+/// and `rebase` (relative paths from the file).
 macro_rules! settings {
     (
         $(#[$meta:meta])*
@@ -87,12 +90,7 @@ macro_rules! settings {
         }
 
         impl $name {
-            /// The keys of this table in the configuration file.
-            pub const KEYS: &'static [&'static str] = &[$(stringify!($field)),*];
-
-            /// `self`, with what it leaves open taken from `lower` (unused by the tables
-            /// without flags).
-            #[allow(dead_code)]
+            /// `self`, with what it leaves open taken from `lower`.
             pub fn or(self, lower: Self) -> Self {
                 Self { $( $field: Layer::or(self.$field, lower.$field), )* }
             }
@@ -127,61 +125,6 @@ settings! {
         /// present).
         #[arg(skip)]
         pub passphrase_credential: Option<String>,
-    }
-}
-
-settings! {
-    /// `[s3]`: options of an `s3://` repository (`AWS_*` variables beat them).
-    #[serde(deny_unknown_fields)]
-    pub struct S3 {
-        pub endpoint: Option<String>,
-        pub region: Option<String>,
-        pub access_key_id: Option<String>,
-        pub secret_access_key: Option<String>,
-        pub secret_access_key_file: Option<PathBuf>,
-        pub secret_access_key_credential: Option<String>,
-        pub session_token: Option<String>,
-        pub session_token_file: Option<PathBuf>,
-        pub session_token_credential: Option<String>,
-        /// Path-style (false, the default) or virtual-hosted-style requests.
-        pub virtual_hosted_style_request: Option<bool>,
-        /// Plain HTTP to the endpoint (test servers only).
-        pub allow_http: Option<bool>,
-        /// Server-side encryption the bucket applies on top of pitr's own (never instead of
-        /// it): `"AES256"` (SSE-S3), `"aws:kms"` (SSE-KMS) or `"aws:kms:dsse"`.
-        pub server_side_encryption: Option<String>,
-        /// The KMS key for `aws:kms`/`aws:kms:dsse` (ID or ARN).
-        pub sse_kms_key_id: Option<String>,
-        /// Use the bucket's S3 Bucket Key for SSE-KMS.
-        pub sse_bucket_key_enabled: Option<bool>,
-    }
-}
-
-settings! {
-    /// `[gcs]`: options of a `gs://` repository (`GOOGLE_*` variables beat them).
-    #[serde(deny_unknown_fields)]
-    pub struct Gcs {
-        /// Path of the service account's JSON key file.
-        pub service_account_file: Option<PathBuf>,
-        /// The JSON key itself, from a systemd credential.
-        pub service_account_key_credential: Option<String>,
-        /// Another endpoint (test servers).
-        pub base_url: Option<String>,
-        pub allow_http: Option<bool>,
-    }
-}
-
-settings! {
-    /// `[azure]`: options of an `az://` repository (`AZURE_*` variables beat them).
-    #[serde(deny_unknown_fields)]
-    pub struct Azure {
-        pub account: Option<String>,
-        pub access_key: Option<String>,
-        pub access_key_file: Option<PathBuf>,
-        pub access_key_credential: Option<String>,
-        pub endpoint: Option<String>,
-        pub use_emulator: Option<bool>,
-        pub allow_http: Option<bool>,
     }
 }
 
@@ -313,8 +256,8 @@ macro_rules! config_file {
         impl ConfigFile {
             /// Every table and its keys (the top level is `""`), from the structs.
             pub fn tables() -> Vec<(&'static str, Vec<&'static str>)> {
-                let sections: &[(&str, &[&str])] = &[$( (stringify!($section), <$ty>::KEYS), )*];
-                let top = GlobalOptions::KEYS
+                let sections: &[(&str, &[&str])] = &[$( (stringify!($section), fields::<$ty>()), )*];
+                let top = fields::<GlobalOptions>()
                     .iter()
                     .copied()
                     .chain(sections.iter().map(|(s, _)| *s))
@@ -343,6 +286,37 @@ config_file! {
     backup: BackupOptions,
     expire: ExpireOptions,
     verify: VerifyOptions,
+}
+
+/// The keys a struct deriving `Deserialize` reads: serde's own list of its fields, asked
+/// for by a deserializer that stops there.
+pub fn fields<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    use serde::de::{Error, Visitor};
+    type Fail = serde::de::value::Error;
+    struct Names<'a>(&'a mut &'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for Names<'_> {
+        type Error = Fail;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Fail> {
+            Err(Fail::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Fail> {
+            *self.0 = fields;
+            Err(Fail::custom("only the field names were asked for"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    let mut names: &'static [&'static str] = &[];
+    let _ = T::deserialize(Names(&mut names));
+    names
 }
 
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -498,6 +472,8 @@ mod tests {
     fn keys_are_the_fields() {
         let tables = ConfigFile::tables();
         assert!(tables[0].1.contains(&"repo") && tables[0].1.contains(&"verify"));
+        assert_eq!(fields::<VerifyOptions>(), ["scratch", "check_sql"]);
+        assert!(fields::<S3>().contains(&"sse_bucket_key_enabled"));
         let e = parse("[verify]\ncheck_sql = 1\n").unwrap_err().to_string();
         assert!(!e.contains("unknown key"), "{e}");
     }

@@ -16,6 +16,7 @@ mod keyslot;
 mod local;
 mod options;
 mod readbuf;
+pub mod remote;
 mod repo;
 mod writer;
 

@@ -358,11 +358,59 @@ pub fn parse_size(s: &str) -> Result<u32, String> {
 /// The file's text as a configuration: every key known (else an error naming the nearest
 /// valid one), then typed.
 pub fn parse(text: &str) -> anyhow::Result<ConfigFile> {
-    let table: toml::Table = toml::from_str(text)?;
+    let syntax = |e| without_values(text, e);
+    let table: toml::Table = toml::from_str(text).map_err(syntax)?;
     check_keys(&table)?;
-    let mut file: ConfigFile = toml::from_str(text)?;
-    file.global = toml::from_str(text)?;
+    let mut file: ConfigFile = toml::from_str(text).map_err(syntax)?;
+    file.global = toml::from_str(text).map_err(syntax)?;
     Ok(file)
+}
+
+/// A parse error without the file's text: the file may hold secrets inline
+/// (`secret_access_key`, a password in `dbname`), and toml's own message quotes the line and
+/// the value. This says where (line, column) and what, with the value the message names left
+/// out.
+fn without_values(text: &str, e: toml::de::Error) -> anyhow::Error {
+    let at = e.span().map_or(String::new(), |span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        format!(" at line {line}, column {column}")
+    });
+    anyhow::anyhow!("TOML parse error{at}: {}", elide_value(e.message().trim()))
+}
+
+/// serde's messages name the value they refused (`invalid type: string "…", expected
+/// usize`, `unknown variant `…``): that value is left out, the rest kept.
+fn elide_value(message: &str) -> String {
+    for lead in [
+        "invalid type: ",
+        "invalid value: ",
+        "unknown variant ",
+        "unknown field ",
+    ] {
+        let Some(at) = message.find(lead) else {
+            continue;
+        };
+        let rest = &message[at + lead.len()..];
+        // `string "…"`, `integer `…``, or the quoted value itself.
+        let (kind, quoted) = match rest.find([' ', '"', '`']) {
+            Some(i) if rest.as_bytes()[i] == b' ' => (&rest[..i + 1], &rest[i + 1..]),
+            _ => ("", rest),
+        };
+        let close = match quoted.chars().next() {
+            Some(q @ ('"' | '`')) => quoted[1..].find(q).map(|i| i + 2),
+            _ => None,
+        };
+        if let Some(end) = close {
+            return format!(
+                "{}{lead}{kind}(value not shown){}",
+                &message[..at],
+                &quoted[end..]
+            );
+        }
+    }
+    message.to_string()
 }
 
 fn check_keys(table: &toml::Table) -> anyhow::Result<()> {
@@ -521,6 +569,35 @@ mod tests {
         assert_eq!(
             VerifyOptions::default().or(file.verify).check_sql,
             ["SELECT 1"]
+        );
+    }
+
+    /// A parse error names the line and what is wrong, never the value: the file may hold a
+    /// secret inline (issue 17, item 7).
+    #[test]
+    fn parse_errors_do_not_show_values() {
+        for (text, line) in [
+            ("[s3]\nsecret_access_key = \"hunter2-secret\n", 2),
+            ("[s3]\nregion = \"x\"\nsecret_access_key = 4815162342\n", 3),
+            ("[azure]\naccess_key = [\"hunter2-secret\"]\n", 2),
+            ("[backup]\ndbname = \"password=hunter2-secret\" x\n", 2),
+            ("[backup]\ncheckpoint = \"hunter2-secret\"\n", 2),
+            ("jobs = \"hunter2-secret\"\n", 1),
+        ] {
+            let e = format!("{:#}", parse(text).unwrap_err());
+            assert!(
+                !e.contains("hunter2") && !e.contains("4815162342"),
+                "{text:?}: {e}"
+            );
+            assert!(e.contains(&format!("line {line}")), "{text:?}: {e}");
+        }
+        assert_eq!(
+            elide_value("invalid type: string \"x y\", expected usize"),
+            "invalid type: string (value not shown), expected usize"
+        );
+        assert_eq!(
+            elide_value("unknown variant `fastt`, expected `fast` or `spread`"),
+            "unknown variant (value not shown), expected `fast` or `spread`"
         );
     }
 

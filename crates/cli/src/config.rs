@@ -64,7 +64,12 @@ impl Settings {
             Some(p) => (p.to_path_buf(), true),
             None => (PathBuf::from(DEFAULT_PATH), false),
         };
-        let text = match std::fs::read_to_string(&path) {
+        let opened = std::fs::File::open(&path).and_then(|mut f| {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut f, &mut text)?;
+            Ok((text, f.metadata()?))
+        });
+        let (text, meta) = match opened {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
                 return Ok(Settings {
@@ -78,6 +83,13 @@ impl Settings {
             }
         };
         let mut file = parse(&text).with_context(|| format!("config file {}", path.display()))?;
+        if let Some(key) = file.inline_secret() {
+            only_owner_reads(
+                &path,
+                &meta,
+                &format!("config file (it holds {key} inline)"),
+            )?;
+        }
         // Absolute, because it is handed on (restore_command runs in the data directory).
         let path = std::path::absolute(&path).unwrap_or(path);
         if let Some(dir) = path.parent() {
@@ -169,7 +181,13 @@ impl Settings {
         if let Some(dir) = &self.credentials_dir {
             let path = dir.join(DEFAULT_CREDENTIAL);
             if path.exists() {
-                let text = read_secret_file(&path)?;
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("read the passphrase from {}", path.display()))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string();
+                if text.is_empty() {
+                    bail!("{}: the passphrase credential is empty", path.display());
+                }
                 return Ok(Some(pitr_store::Secret::new(
                     text,
                     format!("systemd credential {DEFAULT_CREDENTIAL}"),
@@ -198,7 +216,14 @@ impl Settings {
             return Ok(Some(v.to_string()));
         }
         let path = match (file, credential) {
-            (Some(f), _) => self.relative(f),
+            (Some(f), _) => {
+                let path = self.relative(f);
+                let text = read_private(&path, &format!("{name}_file"))?;
+                if text.is_empty() {
+                    bail!("{name}: {} is empty", path.display());
+                }
+                return Ok(Some(text));
+            }
             (_, Some(c)) => {
                 if c.is_empty() || c.contains('/') || c == "." || c == ".." {
                     bail!("{name}_credential = {c:?}: a credential is a plain name");
@@ -236,24 +261,49 @@ impl Settings {
 pub const DEFAULT_CREDENTIAL: &str = "pitr-passphrase";
 
 /// A passphrase or key file's text, its trailing line ends left out; an empty one, or one
-/// other users may read, is refused.
+/// anyone but its owner may read, is refused.
 pub fn read_secret_file(path: &Path) -> anyhow::Result<String> {
-    use std::os::unix::fs::MetadataExt;
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("read the passphrase from {}", path.display()))?;
-    let meta = std::fs::metadata(path)?;
-    if meta.mode() & 0o004 != 0 {
-        bail!(
-            "{}: the passphrase file is readable by every user (mode {:04o}); chmod o-r it",
-            path.display(),
-            meta.mode() & 0o7777
-        );
-    }
-    let value = text.trim_end_matches(['\n', '\r']).to_string();
+    let value = read_private(path, "passphrase file")?;
     if value.is_empty() {
         bail!("{}: the passphrase file is empty", path.display());
     }
     Ok(value)
+}
+
+/// A file holding a secret, its trailing line ends left out, under [`only_owner_reads`].
+fn read_private(path: &Path, what: &str) -> anyhow::Result<String> {
+    let read = || -> std::io::Result<(String, std::fs::Metadata)> {
+        let mut f = std::fs::File::open(path)?;
+        let meta = f.metadata()?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut f, &mut text)?;
+        Ok((text, meta))
+    };
+    let (text, meta) = read().with_context(|| format!("read the {what} {}", path.display()))?;
+    only_owner_reads(path, &meta, what)?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// The one rule for every file that holds a secret (a passphrase or key file, a `…_file` of
+/// `[s3]`, `[azure]` or `[backup]`, pitr.toml with a secret inline): only its owner may read
+/// it, so group or other read permission is refused (0640 too), naming the file. A systemd
+/// credential is not checked: systemd makes it the service's alone (through an ACL, which
+/// shows as group bits).
+fn only_owner_reads(path: &Path, meta: &std::fs::Metadata, what: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = meta.mode() & 0o7777;
+    let who = if mode & 0o004 != 0 {
+        "every user"
+    } else if mode & 0o040 != 0 {
+        "its group"
+    } else {
+        return Ok(());
+    };
+    bail!(
+        "{}: the {what} is readable by {who} (mode {mode:04o}); chmod go-rwx it, so that \
+         only the user pitr runs as reads it",
+        path.display()
+    )
 }
 
 /// The top-level settings in effect: the flags (and `PITR_REPO`, `PITR_PASSPHRASE_FILE`
@@ -417,6 +467,92 @@ mod tests {
         // them: setting variables here would race the other tests' parsing).
     }
 
+    /// One rule for every file holding a secret, whatever names it: only its owner may read
+    /// it (0640 is refused too), and the error names the file. pitr.toml is held to it only
+    /// when it holds a secret inline; a systemd credential is systemd's to protect (issue 17,
+    /// item 15).
+    #[test]
+    fn secret_files_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let with_mode = |name: &str, text: &str, mode: u32| {
+            let p = write(dir.path(), name, text);
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            p
+        };
+        let refused = |e: anyhow::Error, file: &Path, who: &str| {
+            let e = format!("{e:#}");
+            assert!(
+                e.contains(&file.display().to_string()) && e.contains(who),
+                "{e}"
+            );
+        };
+        let env = Env::of(&[]);
+        for (mode, who) in [
+            (0o640, "its group"),
+            (0o644, "every user"),
+            (0o604, "every user"),
+        ] {
+            let pass = with_mode("pass", "p\n", mode);
+            let s3 = with_mode("s3-secret", "k\n", mode);
+            let azure = with_mode("azure-key", "k\n", mode);
+            let pg = with_mode("pg-password", "pw\n", mode);
+            let config = with_mode(
+                "pitr.toml",
+                "[s3]\nsecret_access_key_file = \"s3-secret\"\n\
+                 [azure]\naccess_key_file = \"azure-key\"\n\
+                 [backup]\npassword_file = \"pg-password\"\n",
+                0o644,
+            );
+            // No inline secret: the file itself may be 0644 (contrib/install.sh installs it so).
+            let s = Settings::load(Some(&config), &env).unwrap();
+            refused(s.passphrase(Some(&pass), &env).unwrap_err(), &pass, who);
+            refused(s.remote_options("s3://b/p").unwrap_err(), &s3, who);
+            refused(s.remote_options("az://c/p").unwrap_err(), &azure, who);
+            refused(s.pg_password(&env).unwrap_err(), &pg, who);
+            let inline = with_mode("inline.toml", "[s3]\nsecret_access_key = \"k\"\n", mode);
+            refused(
+                Settings::load(Some(&inline), &env).unwrap_err(),
+                &inline,
+                who,
+            );
+            let in_dbname = with_mode(
+                "dbname.toml",
+                "[backup]\ndbname = \"host=h password=pw\"\n",
+                mode,
+            );
+            refused(
+                Settings::load(Some(&in_dbname), &env).unwrap_err(),
+                &in_dbname,
+                who,
+            );
+        }
+        for p in [
+            "pass",
+            "s3-secret",
+            "azure-key",
+            "pg-password",
+            "inline.toml",
+        ] {
+            let p = dir.path().join(p);
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let s = Settings::load(Some(&dir.path().join("pitr.toml")), &env).unwrap();
+        assert!(s.passphrase(Some(&dir.path().join("pass")), &env).is_ok());
+        assert_eq!(s.remote_options("s3://b/p").unwrap().len(), 1);
+        assert_eq!(s.pg_password(&env).unwrap().as_deref(), Some("pw"));
+        Settings::load(Some(&dir.path().join("inline.toml")), &env).unwrap();
+        // A credential systemd granted through an ACL shows group bits: accepted.
+        let creds = dir.path().join("creds");
+        std::fs::create_dir(&creds).unwrap();
+        let cred = creds.join(DEFAULT_CREDENTIAL);
+        std::fs::write(&cred, "c\n").unwrap();
+        std::fs::set_permissions(&cred, std::fs::Permissions::from_mode(0o440)).unwrap();
+        let env = Env::of(&[("CREDENTIALS_DIRECTORY", creds.to_str().unwrap())]);
+        let bare = Settings::load(None, &env).unwrap();
+        assert!(bare.passphrase(None, &env).unwrap().is_some());
+    }
+
     /// `[verify] scratch` gives the restore test's directory (relative to the file's own);
     /// `--scratch` beats it.
     #[test]
@@ -528,8 +664,10 @@ mod tests {
 
     #[test]
     fn secrets_from_a_file_and_a_credential() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "s3-secret", "file-secret\n");
+        let s3_secret = write(dir.path(), "s3-secret", "file-secret\n");
+        std::fs::set_permissions(&s3_secret, std::fs::Permissions::from_mode(0o600)).unwrap();
         let creds = dir.path().join("creds");
         std::fs::create_dir(&creds).unwrap();
         write(&creds, "pg-password", "cred-password\n");
@@ -562,6 +700,7 @@ mod tests {
             "both.toml",
             "[s3]\nsecret_access_key = \"a\"\nsecret_access_key_file = \"b\"\n",
         );
+        std::fs::set_permissions(&both, std::fs::Permissions::from_mode(0o600)).unwrap();
         let s = Settings::load(Some(&both), &Env::of(&[])).unwrap();
         assert!(s.remote_options("s3://b/p").is_err());
         // A credential name cannot leave the directory.

@@ -267,6 +267,20 @@ macro_rules! config_file {
                     .collect()
             }
 
+            /// The first secret the file gives inline (its key), if any: such a file must be
+            /// private like any secret file.
+            pub fn inline_secret(&self) -> Option<&'static str> {
+                let dbname = self.backup.dbname.as_deref().unwrap_or("");
+                [
+                    ("s3.secret_access_key", self.s3.secret_access_key.is_some()),
+                    ("s3.session_token", self.s3.session_token.is_some()),
+                    ("azure.access_key", self.azure.access_key.is_some()),
+                    ("backup.dbname (a password)", has_password(dbname)),
+                ]
+                .into_iter()
+                .find_map(|(key, given)| given.then_some(key))
+            }
+
             /// Relative paths made relative to `dir`, the file's directory.
             pub fn rebase(&mut self, dir: &Path) {
                 self.global.rebase(dir);
@@ -317,6 +331,23 @@ pub fn fields<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
     let mut names: &'static [&'static str] = &[];
     let _ = T::deserialize(Names(&mut names));
     names
+}
+
+/// Whether a connection string carries a password (`password=…`, or a URL's `user:pw@`).
+fn has_password(conn: &str) -> bool {
+    let url_password = conn.split_once("://").is_some_and(|(_, rest)| {
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        authority
+            .rsplit_once('@')
+            .is_some_and(|(user, _)| user.contains(':'))
+    });
+    let keyword = conn.match_indices("password").any(|(i, _)| {
+        let before = conn[..i].chars().next_back();
+        let after = conn[i + "password".len()..].trim_start();
+        !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '=')
+            && after.starts_with('=')
+    });
+    url_password || keyword
 }
 
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -599,6 +630,26 @@ mod tests {
             elide_value("unknown variant `fastt`, expected `fast` or `spread`"),
             "unknown variant (value not shown), expected `fast` or `spread`"
         );
+    }
+
+    #[test]
+    fn passwords_in_connection_strings() {
+        for with in [
+            "host=x password=secret",
+            "host=x password = secret",
+            "postgres://u:secret@h/db",
+            "postgresql://h/db?password=secret",
+        ] {
+            assert!(has_password(with), "{with}");
+        }
+        for without in [
+            "host=x user=u",
+            "host=x require_auth=password",
+            "postgres://u@h/db",
+            "host=x passfile=/p",
+        ] {
+            assert!(!has_password(without), "{without}");
+        }
     }
 
     #[test]

@@ -109,6 +109,9 @@ fn s3_options_from_the_config_file() {
     let pitr = Pitr::new(&dir, "unused");
     let secret = dir.path().join("s3-secret");
     std::fs::write(&secret, "pitr-test-secret\n").unwrap();
+    // A secret file only its owner, the user pitr runs as, may read (any other is refused).
+    pitr_testkit::user::chmod(&secret, 0o600);
+    pitr_testkit::user::give_to_pg(&secret);
     let config = dir.path().join("s3.toml");
     std::fs::write(
         &config,

@@ -1,10 +1,17 @@
 //! Command-line interface: global options and each command's flags. A setting the
-//! configuration file can also give is an `Option` here, filled by `config.rs` (a flag beats
-//! the file); its default is the `DEFAULT_…` constant beside it.
+//! configuration file can also give is defined in `options.rs` and flattened in here (its
+//! struct is also its table in the file); `config::merge` fills what the flags left open. Its
+//! default is the `DEFAULT_…` constant below.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use pitr_core::restore::TargetAction;
+
+use crate::options::{
+    ArchiveWalOptions, BackupOptions, ExpireOptions, GlobalOptions, InitOptions, RestoreWalOptions,
+    VerifyOptions,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -26,9 +33,8 @@ pub struct Cli {
 
 #[derive(Args, Debug)]
 pub struct Global {
-    /// Repository URL: /abs/path, file:///abs/path, s3://bucket/prefix, gs://…, az://…
-    #[arg(long, env = "PITR_REPO", global = true)]
-    pub repo: Option<String>,
+    #[command(flatten)]
+    pub options: GlobalOptions,
     /// Configuration file (TOML; default /etc/pitr/pitr.toml when it exists)
     #[arg(long, env = "PITR_CONFIG", global = true)]
     pub config: Option<PathBuf>,
@@ -38,21 +44,6 @@ pub struct Global {
     /// Only errors on stderr
     #[arg(short, long, global = true)]
     pub quiet: bool,
-    /// Log line format on stderr [default: text]
-    #[arg(long, value_enum, global = true)]
-    pub log_format: Option<LogFormat>,
-    /// File holding the passphrase (or key file) of an encrypted repository. Also:
-    /// PITR_PASSPHRASE, passphrase_file in the config file, the systemd credential
-    /// pitr-passphrase. Never on the command line itself.
-    #[arg(long, env = "PITR_PASSPHRASE_FILE", global = true, value_name = "FILE")]
-    pub passphrase_file: Option<PathBuf>,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -182,15 +173,8 @@ impl KdfArgs {
 
 #[derive(Args, Debug)]
 pub struct ExpireArgs {
-    /// Keep the newest N backups
-    #[arg(long, value_name = "N")]
-    pub retain_full: Option<usize>,
-    /// Keep every backup and all WAL needed to restore to any moment of the last D days
-    #[arg(long, value_name = "D")]
-    pub retain_days: Option<u32>,
-    /// Also keep WAL archived in the last D days that no kept backup needs
-    #[arg(long, value_name = "D")]
-    pub retain_wal_days: Option<u32>,
+    #[command(flatten)]
+    pub options: ExpireOptions,
     /// Print what would go (backups, WAL files, chunks) and the bytes freed; delete nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -226,16 +210,11 @@ pub struct VerifyArgs {
     /// the database owner (PostgreSQL refuses root)
     #[arg(long)]
     pub restore_test: bool,
-    /// Where to restore (absent or empty; emptied afterwards). Default: a new temp directory
-    #[arg(long, value_name = "DIR", requires = "restore_test")]
-    pub scratch: Option<PathBuf>,
     /// Port of the scratch instance (default: a free one)
     #[arg(long, requires = "restore_test")]
     pub port: Option<u16>,
-    /// SQL each to run with psql on the scratch instance (repeatable). Default: SELECT
-    /// count(*) FROM pg_class, and pg_amcheck --all when pg_amcheck and amcheck are installed
-    #[arg(long, value_name = "SQL", requires = "restore_test")]
-    pub check_sql: Vec<String>,
+    #[command(flatten)]
+    pub options: VerifyOptions,
     /// Stop recovery as soon as the backup is consistent (default: the end of archived WAL)
     #[arg(long, requires = "restore_test")]
     pub target_immediate: bool,
@@ -268,7 +247,7 @@ pub struct CheckArgs {
     pub json: bool,
 }
 
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     pitr_core::verify::parse_duration(s)
 }
 
@@ -350,40 +329,13 @@ pub enum ArchiveMode {
     Off,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum TargetAction {
-    Promote,
-    Pause,
-    Shutdown,
-}
-
 #[derive(Args, Debug)]
 pub struct BackupArgs {
-    /// Connection: libpq key=value string or postgres:// URL (PGHOST, PGPORT, PGUSER,
-    /// PGPASSWORD, PGPASSFILE, PGSSLMODE, PGCHANNELBINDING, PGREQUIREAUTH apply too).
-    /// Besides host, port, user, password, passfile, sslmode and sslrootcert it takes
-    /// channel_binding=disable|prefer|require and require_auth=LIST (password, md5,
-    /// scram-sha-256, none; `!` negates), as libpq; a cleartext password goes only over TLS
-    /// or a Unix socket unless require_auth=password
-    #[arg(long, short = 'd')]
-    pub dbname: Option<String>,
-    /// Checkpoint at the start: fast (immediately) or spread (paced by the server)
-    /// [default: spread]
-    #[arg(long, value_enum)]
-    pub checkpoint: Option<Checkpoint>,
+    #[command(flatten)]
+    pub options: BackupOptions,
     /// Backup label (default "pitr <id>")
     #[arg(long)]
     pub label: Option<String>,
-    /// Server-side rate limit in kB/s (32..1048576, PostgreSQL's range)
-    #[arg(long, value_parser = clap::value_parser!(u32).range(32..=1048576))]
-    pub max_rate: Option<u32>,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Checkpoint {
-    Fast,
-    Spread,
 }
 
 #[derive(Args, Debug)]
@@ -405,15 +357,8 @@ pub struct InitArgs {
     pub key_label: String,
     #[command(flatten)]
     pub kdf: KdfArgs,
-    /// Bytes per chunk (a multiple of 8 KiB; suffixes K, M accepted) [default: 1M]
-    #[arg(long, value_parser = parse_size)]
-    pub chunk_size: Option<u32>,
-    /// Bytes per chunk for archived WAL files [default: 4M]
-    #[arg(long, value_parser = parse_size)]
-    pub wal_chunk_size: Option<u32>,
-    /// zstd compression level for new chunks [default: 1]
-    #[arg(long, allow_negative_numbers = true)]
-    pub compression_level: Option<i32>,
+    #[command(flatten)]
+    pub options: InitOptions,
     /// Create a local repository even when running as root. Without it `pitr init` refuses:
     /// a repository owned by root is one the PostgreSQL user's archive_command cannot write
     /// to; run init as the user PostgreSQL runs as
@@ -427,10 +372,8 @@ pub struct ArchiveWalArgs {
     pub path: PathBuf,
     /// Name of the WAL file (%f)
     pub name: String,
-    /// Also push up to N upcoming segments that are ready (pg_wal/archive_status/*.ready) in
-    /// parallel, so that the next calls find them already stored [default: 8]
-    #[arg(long)]
-    pub lookahead: Option<usize>,
+    #[command(flatten)]
+    pub options: ArchiveWalOptions,
 }
 
 #[derive(Args, Debug)]
@@ -439,11 +382,8 @@ pub struct RestoreWalArgs {
     pub name: String,
     /// Where to write it (%p)
     pub dest: PathBuf,
-    /// When PostgreSQL asks for a segment, fetch up to N following segments in the background
-    /// into pg_wal/pitr-spool, so that the next calls find them ready (0 disables)
-    /// [default: 8]
-    #[arg(long)]
-    pub prefetch: Option<usize>,
+    #[command(flatten)]
+    pub options: RestoreWalOptions,
     /// Internal: run as the prefetch worker (NAME is the segment just served, DEST the spool)
     #[arg(long, hide = true)]
     pub prefetch_worker: bool,
@@ -469,34 +409,9 @@ pub const DEFAULT_COMPRESSION_LEVEL: i32 = 1;
 pub const DEFAULT_LOOKAHEAD: usize = 8;
 pub const DEFAULT_PREFETCH: usize = 8;
 
-pub fn parse_size(s: &str) -> Result<u32, String> {
-    let (num, mult) = match s.trim().to_ascii_uppercase() {
-        t if t.ends_with("MIB") || t.ends_with('M') => (
-            t.trim_end_matches("MIB").trim_end_matches('M').to_string(),
-            1 << 20,
-        ),
-        t if t.ends_with("KIB") || t.ends_with('K') => (
-            t.trim_end_matches("KIB").trim_end_matches('K').to_string(),
-            1 << 10,
-        ),
-        t => (t, 1),
-    };
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size"))?;
-    u32::try_from(n * mult).map_err(|_| format!("{s:?} is too large"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("1M"), Ok(1 << 20));
-        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
-        assert_eq!(parse_size("8192"), Ok(8192));
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("8192M").is_err());
-    }
 
     #[test]
     fn cli_is_consistent() {

@@ -16,6 +16,7 @@ mod cli;
 mod commands;
 mod config;
 mod logging;
+mod options;
 mod progress;
 mod prompt;
 
@@ -25,7 +26,7 @@ use clap::Parser;
 use pitr_core::Failure;
 
 use cli::{Cli, Command};
-use pitr_core::config::{Env, Settings};
+use config::{Env, Settings};
 
 /// Exit statuses: the one table (the README's command table mirrors it).
 mod exit {
@@ -123,10 +124,14 @@ fn execute(cli: Cli, contract: Contract) -> u8 {
     let restore_wal = contract == Contract::RestoreWal;
     let env = Env::process();
     // A broken configuration file is reported once logging is up.
-    let settings = config::load(&cli.global, &env);
+    let settings = Settings::load(cli.global.config.as_deref(), &env);
     let format = match &settings {
-        Ok(s) => config::log_format(s, &cli.global),
-        Err(_) => cli.global.log_format.unwrap_or(cli::LogFormat::Text),
+        Ok(s) => config::log_format(&config::global(&cli, s, &env)),
+        Err(_) => cli
+            .global
+            .options
+            .log_format
+            .unwrap_or(options::LogFormat::Text),
     };
     logging::init(&cli.global, format);
     let outcome =
@@ -154,72 +159,48 @@ fn execute(cli: Cli, contract: Contract) -> u8 {
 }
 
 fn run(mut cli: Cli, settings: Settings, env: &Env) -> anyhow::Result<()> {
-    let repo_url = config::repo_url(&settings, &cli.global)?;
-    config::apply(&settings, &mut cli.command)?;
-    let secret = hand_over(&settings, &cli, &repo_url, env)?;
+    let global = config::global(&cli, &settings, env);
+    let repo_url = settings.repo_url(global.repo.as_deref())?;
+    config::merge(&settings, &mut cli.command);
+    let given = config::resolve(&settings, &cli, &global, &repo_url, env)?;
+    let (url, options, secret) = (&repo_url, &given.repo, given.repo.secret.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Init(args) => commands::init::run(&repo_url, args, secret).await,
-            Command::ArchiveWal(args) => commands::archive_wal::run(&repo_url, args).await,
-            Command::RestoreWal(args) => commands::restore_wal::run(&repo_url, args).await,
-            Command::Info(args) => commands::info::run(&repo_url, args).await,
-            Command::Backup(args) => commands::backup::run(&repo_url, args).await,
-            Command::List(args) => commands::list::run(&repo_url, args).await,
+            Command::Init(args) => commands::init::run(url, options, args, secret).await,
+            Command::ArchiveWal(args) => commands::archive_wal::run(url, options, args).await,
+            Command::RestoreWal(args) => {
+                commands::restore_wal::run(url, options, args, given.handed_on).await
+            }
+            Command::Info(args) => commands::info::run(url, options, args).await,
+            Command::Backup(args) => {
+                commands::backup::run(url, options, args, given.pg_password).await
+            }
+            Command::List(args) => commands::list::run(url, options, args).await,
             Command::Restore(args) => {
                 let reach = commands::restore::SecretReach {
                     secret: secret.as_ref(),
-                    written: cli.global.passphrase_file.is_some()
-                        || settings.file.passphrase_file.is_some(),
+                    written: cli.global.options.passphrase_file.is_some()
+                        || settings.file.global.passphrase_file.is_some(),
                     in_environment: env.get("PITR_PASSPHRASE").is_some(),
                 };
-                commands::restore::run(&repo_url, args, reach).await
+                commands::restore::run(url, options, args, reach, given.handed_on).await
             }
-            Command::Verify(args) => commands::verify::run(&repo_url, args).await,
-            Command::Check(args) => commands::check::run(&repo_url, args).await,
+            Command::Verify(args) => {
+                commands::verify::run(url, options, args, given.handed_on).await
+            }
+            Command::Check(args) => {
+                commands::check::run(url, options, args, given.pg_password).await
+            }
             Command::SpoolClean(args) => commands::spool_clean::run(args),
-            Command::Expire(args) => commands::expire::run(&repo_url, args).await,
-            Command::Pin(args) => commands::pin::pin(&repo_url, args).await,
-            Command::Unpin(args) => commands::pin::unpin(&repo_url, args).await,
-            Command::Key(command) => commands::key::run(&repo_url, command, env).await,
+            Command::Expire(args) => commands::expire::run(url, options, args).await,
+            Command::Pin(args) => commands::pin::pin(url, options, args).await,
+            Command::Unpin(args) => commands::pin::unpin(url, options, args).await,
+            Command::Key(command) => commands::key::run(url, options, command, env).await,
         }
     })
-}
-
-/// Hands the configuration's process-wide settings to the store and to the processes pitr
-/// starts (restore-wal's prefetch worker): called before the runtime's threads exist, because
-/// it sets variables. Returns the secret that opens an encrypted repository, if one is given.
-fn hand_over(
-    settings: &Settings,
-    cli: &Cli,
-    repo_url: &str,
-    env: &Env,
-) -> anyhow::Result<Option<pitr_store::Secret>> {
-    let command = &cli.command;
-    pitr_store::Backend::set_remote_options(settings.remote_options(repo_url)?);
-    let flag_file = cli.global.passphrase_file.as_deref();
-    let secret = settings.passphrase(flag_file, env)?;
-    pitr_store::Repo::set_secret(secret.clone());
-    if let Some(path) = flag_file {
-        // Absolute, for restore_command (run in the data directory) and helper processes.
-        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        std::env::set_var("PITR_PASSPHRASE_FILE", path);
-    }
-    if let Some(jobs) = settings.jobs(env) {
-        std::env::set_var("PITR_JOBS", jobs);
-    }
-    // The password only where it is used: archive_command has no systemd credentials.
-    if matches!(command, Command::Backup(_) | Command::Check(_)) {
-        if let Some(password) = settings.pg_password(env)? {
-            std::env::set_var("PGPASSWORD", password);
-        }
-    }
-    if let Some(path) = &settings.path {
-        std::env::set_var("PITR_CONFIG", path);
-    }
-    Ok(secret)
 }
 
 /// The error for a result line stdout would not take.

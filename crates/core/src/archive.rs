@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use pitr_pg::{LongPageHeader, WalFileKind, WalFileName, LONG_PAGE_HEADER_LEN};
-use pitr_store::{DocWrite, InitOutcome, Repo, RepoConfig};
+use pitr_store::{DocWrite, InitOutcome, Repo, RepoConfig, RepoOptions};
 
 use crate::repofile::{claim_cluster, SourceFingerprint, WalRef};
 
@@ -28,6 +28,7 @@ pub struct ArchiveWalRequest {
 /// repository is encrypted.
 pub async fn init(
     url: &str,
+    options: &RepoOptions,
     config: RepoConfig,
     encryption: Option<(pitr_store::Secret, &str, pitr_store::KdfCost)>,
     allow_root: bool,
@@ -43,9 +44,9 @@ pub async fn init(
     }
     let (_, outcome) = match &encryption {
         Some((secret, label, cost)) => {
-            Repo::init_encrypted(url, config, secret, label, *cost).await?
+            Repo::init_encrypted(url, config, options, secret, label, *cost).await?
         }
-        None => Repo::init(url, config).await?,
+        None => Repo::init(url, config, options).await?,
     };
     match outcome {
         InitOutcome::Created if encryption.is_some() => tracing::info!(
@@ -227,7 +228,11 @@ async fn archive_one(repo: &Repo, wal: &WalFile) -> anyhow::Result<Archived> {
     }
 }
 
-pub async fn archive_wal(url: &str, req: ArchiveWalRequest) -> anyhow::Result<()> {
+pub async fn archive_wal(
+    url: &str,
+    options: &RepoOptions,
+    req: ArchiveWalRequest,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let wal = WalFile::open(&req.path, req.name)?;
     // archive_command runs in the data directory: its pg_control names the cluster.
@@ -240,7 +245,7 @@ pub async fn archive_wal(url: &str, req: ArchiveWalRequest) -> anyhow::Result<()
             );
         }
     }
-    let repo = Repo::open(url).await?;
+    let repo = Repo::open(url, options).await?;
     if let Some(sysid) = wal.system_identifier().or(control) {
         claim_cluster(&repo, sysid, &format!("WAL file {}", wal.name)).await?;
     }

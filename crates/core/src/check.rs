@@ -74,6 +74,8 @@ impl CheckReport {
 pub struct CheckRequest {
     /// Connection string (libpq key=value or URL); the PG* environment fills in the rest.
     pub dbname: Option<String>,
+    /// The password when neither `dbname` nor `PGPASSWORD` gives one (as for backup).
+    pub password: Option<String>,
     /// How long the switched segment may take to appear in the repository.
     pub archive_timeout: Duration,
     /// Probe: the newest archived segment must have been stored within this long ago.
@@ -225,6 +227,7 @@ async fn server(repo: &Repo, req: &CheckRequest, report: &mut CheckReport) {
         Ok(c) => c,
         Err(e) => return report.push("connection", Status::Critical, e.to_string()),
     };
+    conn.password = conn.password.take().or(req.password.clone());
     // A database connection that also speaks the replication protocol: SHOW and
     // IDENTIFY_SYSTEM as for backup, and SQL for pg_switch_wal().
     conn.replication_database = true;
@@ -614,11 +617,16 @@ mod tests {
     #[tokio::test]
     async fn backup_age_probe() {
         use pitr_store::RepoConfig;
-        let (repo, _) = Repo::init("memory://check-age", RepoConfig::default())
-            .await
-            .unwrap();
+        let (repo, _) = Repo::init(
+            "memory://check-age",
+            RepoConfig::default(),
+            &pitr_store::RepoOptions::default(),
+        )
+        .await
+        .unwrap();
         let req = |h: u64| CheckRequest {
             dbname: None,
+            password: None,
             archive_timeout: Duration::from_secs(1),
             max_archive_age: None,
             max_backup_age: Some(Duration::from_secs(h * 3600)),

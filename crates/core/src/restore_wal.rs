@@ -12,11 +12,12 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 
 use pitr_pg::{LongPageHeader, WalFileKind, WalFileName, LONG_PAGE_HEADER_LEN};
-use pitr_store::{keys, Repo, StoreError};
+use pitr_store::{keys, Repo, RepoOptions, StoreError};
 use tokio::sync::OnceCell;
 
 use crate::error::NotArchived;
 use crate::repofile::{check_first_page, repo_system_identifier, WalRef};
+use crate::restore::HandedOn;
 
 /// The repository's system identifier, read at most once per process (the restore-wal call or
 /// the prefetch worker) and only when a segment is checked.
@@ -31,22 +32,34 @@ pub struct RestoreWalRequest {
     pub prefetch: usize,
     /// Run as the prefetch worker: `name` is the segment just served, `dest` the spool.
     pub prefetch_worker: bool,
+    /// What the prefetch worker this call starts is given of its settings.
+    pub handed_on: HandedOn,
 }
 
 const ATTEMPTS: u32 = 4;
 
-pub async fn restore_wal(url: &str, args: RestoreWalRequest) -> anyhow::Result<()> {
+/// `pitr restore-wal` against the repository at `url`, opened with `options`.
+pub async fn restore_wal(
+    url: &str,
+    options: &RepoOptions,
+    args: RestoreWalRequest,
+) -> anyhow::Result<()> {
     let name = args.name;
     if args.prefetch_worker {
-        return prefetch_worker(url, &name, &args.dest, args.prefetch).await;
+        return prefetch_worker(url, options, &name, &args.dest, args.prefetch).await;
     }
+    let worker = Worker {
+        url,
+        handed_on: &args.handed_on,
+        depth: args.prefetch,
+    };
     let spool = spool_dir(&args.dest, &name, args.prefetch);
     if let Some(spool) = &spool {
         // Served from the spool: the worker renamed it there only after verifying it.
         let spooled = spool.join(name.as_str());
         if std::fs::rename(&spooled, &args.dest).is_ok() {
             tracing::debug!("{name} served from the prefetch spool");
-            after_serving(url, &name, spool, args.prefetch);
+            after_serving(&worker, &name, spool);
             return Ok(());
         }
     }
@@ -54,7 +67,8 @@ pub async fn restore_wal(url: &str, args: RestoreWalRequest) -> anyhow::Result<(
     let mut delay = Duration::from_millis(200);
     for attempt in 1.. {
         let fetched =
-            async { fetch(&Repo::open(url).await?, &name, &args.dest, &sysid).await }.await;
+            async { fetch(&Repo::open(url, options).await?, &name, &args.dest, &sysid).await }
+                .await;
         match fetched {
             Err(e) if attempt < ATTEMPTS && is_transient(&e) => {
                 tracing::warn!("fetch {name} (attempt {attempt} of {ATTEMPTS}): {e:#}; retrying");
@@ -63,7 +77,7 @@ pub async fn restore_wal(url: &str, args: RestoreWalRequest) -> anyhow::Result<(
             }
             Ok(()) => {
                 if let Some(spool) = &spool {
-                    after_serving(url, &name, spool, args.prefetch);
+                    after_serving(&worker, &name, spool);
                 }
                 return Ok(());
             }
@@ -81,8 +95,15 @@ fn spool_dir(dest: &Path, name: &WalFileName, depth: usize) -> Option<PathBuf> {
     (depth > 0 && is_pg_wal && name.kind() == WalFileKind::Segment).then(|| parent.join(SPOOL))
 }
 
+/// The prefetch worker a restore-wal call starts: its repository, settings and depth.
+struct Worker<'a> {
+    url: &'a str,
+    handed_on: &'a HandedOn,
+    depth: usize,
+}
+
 /// Drop spooled segments recovery has passed, and make sure a worker is fetching the next ones.
-fn after_serving(url: &str, name: &WalFileName, spool: &Path, depth: usize) {
+fn after_serving(worker: &Worker<'_>, name: &WalFileName, spool: &Path) {
     if let Ok(entries) = std::fs::read_dir(spool) {
         for e in entries.flatten() {
             let f = e.file_name();
@@ -100,15 +121,16 @@ fn after_serving(url: &str, name: &WalFileName, spool: &Path, depth: usize) {
         return;
     };
     let spawned = std::process::Command::new(exe)
+        .args(worker.handed_on.args())
         .args([
             "--repo",
-            url,
+            worker.url,
             "-q",
             "restore-wal",
             "--prefetch-worker",
             "--prefetch",
         ])
-        .arg(depth.to_string())
+        .arg(worker.depth.to_string())
         .arg(name.as_str())
         .arg(spool)
         .stdin(std::process::Stdio::null())
@@ -160,6 +182,7 @@ fn worker_running(spool: &Path) -> bool {
 /// re-hashed, total size checked) into a temp file and renamed into place only then.
 async fn prefetch_worker(
     url: &str,
+    options: &RepoOptions,
     after: &WalFileName,
     spool: &Path,
     depth: usize,
@@ -172,7 +195,7 @@ async fn prefetch_worker(
     if !try_lock(&lock) || spool_closed(spool) {
         return Ok(());
     }
-    let repo = Repo::open(url).await?;
+    let repo = Repo::open(url, options).await?;
     let seg_size = WalRef::load(&repo, after)
         .await?
         .and_then(|r| r.segment_size)

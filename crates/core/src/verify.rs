@@ -58,6 +58,8 @@ pub struct RestoreTest {
     pub check_sql: Vec<String>,
     /// Stop as soon as the backup is consistent instead of at the end of the archived WAL.
     pub immediate: bool,
+    /// What the scratch instance's restore_command is given of this run's settings.
+    pub handed_on: crate::restore::HandedOn,
 }
 
 #[derive(Debug, Serialize)]
@@ -656,6 +658,7 @@ async fn restore_and_check(
         // Written into postgresql.auto.conf too: the scratch instance must never archive.
         archive_off: true,
         start: None,
+        handed_on: test.handed_on.clone(),
     };
     tracing::info!(
         "restore test: backup {id} into {} on port {port}",
@@ -964,9 +967,13 @@ pub(crate) mod tests {
     /// damaged one is refused naming it.
     #[tokio::test]
     async fn damaged_documents_are_named_and_the_rest_stays_usable() {
-        let (repo, _) = Repo::init("memory://verify-damaged", RepoConfig::default())
-            .await
-            .unwrap();
+        let (repo, _) = Repo::init(
+            "memory://verify-damaged",
+            RepoConfig::default(),
+            &pitr_store::RepoOptions::default(),
+        )
+        .await
+        .unwrap();
         claim_cluster(&repo, SYSID, "test").await.unwrap();
         put(
             &repo,
@@ -1068,6 +1075,7 @@ pub(crate) mod tests {
         let (repo, _) = Repo::init_encrypted(
             "memory://verify-encrypted",
             RepoConfig::default(),
+            &pitr_store::RepoOptions::default(),
             &pass,
             "",
             cheap,
@@ -1120,9 +1128,13 @@ pub(crate) mod tests {
     /// another segment or cluster, and history files that do not parse are each named.
     #[tokio::test]
     async fn wal_refs_that_lie_are_named() {
-        let (repo, _) = Repo::init("memory://verify-refs", RepoConfig::default())
-            .await
-            .unwrap();
+        let (repo, _) = Repo::init(
+            "memory://verify-refs",
+            RepoConfig::default(),
+            &pitr_store::RepoOptions::default(),
+        )
+        .await
+        .unwrap();
         claim_cluster(&repo, SYSID, "test").await.unwrap();
         archive(&repo, "000000010000000000000002", segment(2, SYSID), None).await;
         // segment 3's ref lies about its size; 4 holds 5's bytes; 5 another cluster's
@@ -1175,9 +1187,13 @@ pub(crate) mod tests {
     /// repository and a backup older than --max-age fail too.
     #[tokio::test]
     async fn continuity_from_each_backup_and_age() {
-        let (repo, _) = Repo::init("memory://verify-continuity", RepoConfig::default())
-            .await
-            .unwrap();
+        let (repo, _) = Repo::init(
+            "memory://verify-continuity",
+            RepoConfig::default(),
+            &pitr_store::RepoOptions::default(),
+        )
+        .await
+        .unwrap();
         claim_cluster(&repo, SYSID, "test").await.unwrap();
         let report = verify(&repo, VerifyRequest::default(), &crate::progress::Silent)
             .await

@@ -84,10 +84,14 @@ async fn expire_on_s3() {
     for (key, value) in aws_env(&server.endpoint()) {
         std::env::set_var(key, value);
     }
-    let repo = Repo::init("s3://pitr-expire/repo", RepoConfig::default())
-        .await
-        .unwrap()
-        .0;
+    let repo = Repo::init(
+        "s3://pitr-expire/repo",
+        RepoConfig::default(),
+        &pitr_store::RepoOptions::default(),
+    )
+    .await
+    .unwrap()
+    .0;
     let shared = chunk(&repo, "shared ").await;
     let old = chunk(&repo, "old only ").await;
     let kept = chunk(&repo, "kept only ").await;

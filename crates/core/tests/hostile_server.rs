@@ -21,11 +21,16 @@ async fn run_backup(base_tar: Vec<u8>) -> (Repo, anyhow::Result<BackupManifest>)
     // memory:// repositories live as long as the process, by name: one per backup here.
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let url = format!("memory://hostile-{}", NEXT.fetch_add(1, Ordering::Relaxed));
-    let (repo, _) = Repo::init(&url, RepoConfig::default())
-        .await
-        .expect("memory repository");
+    let (repo, _) = Repo::init(
+        &url,
+        RepoConfig::default(),
+        &pitr_store::RepoOptions::default(),
+    )
+    .await
+    .expect("memory repository");
     let req = BackupRequest {
         dbname: Some(pg.conn("sslmode=disable")),
+        password: None,
         checkpoint: CheckpointMode::Fast,
         label: None,
         max_rate: None,

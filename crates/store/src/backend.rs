@@ -1,12 +1,12 @@
 //! Turning a repository URL into an `object_store` backend. Local directories are built by
 //! hand because `parse_url` leaves fsync off, and pitr's promise is durability on success.
-//! Cloud backends take their options (endpoint, region, credentials) from the binary's
-//! configuration file ([`Backend::set_remote_options`]) and from the environment, which wins.
+//! Cloud backends take their options (endpoint, region, credentials) from the caller
+//! ([`crate::RepoOptions::remote`]) and from the environment, which wins.
 
 use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -14,11 +14,6 @@ use object_store::path::Path;
 use object_store::ObjectStore;
 
 use crate::{Result, StoreError};
-
-/// Options for cloud backends, set once by the binary before any repository is opened: every
-/// command opens its repository by URL alone, so they are process-wide rather than threaded
-/// through each command's signature.
-static REMOTE_OPTIONS: RwLock<Vec<(String, String)>> = RwLock::new(Vec::new());
 
 /// Where a repository lives.
 #[derive(Debug, Clone)]
@@ -38,24 +33,10 @@ impl Backend {
         url.starts_with('/') || url.starts_with("file://")
     }
 
-    /// Options for every cloud repository this process opens: `object_store` configuration
-    /// keys (`aws_endpoint`, `aws_region`, `aws_secret_access_key`, `google_service_account`,
-    /// `azure_storage_account_name`, `allow_http`, …) with their values. The environment's
-    /// `AWS_*`, `GOOGLE_*` and `AZURE_*` variables still apply and beat these.
-    pub fn set_remote_options(options: Vec<(String, String)>) {
-        *REMOTE_OPTIONS.write().expect("remote options lock") = options;
-    }
-
-    /// Connect to the repository at `url` with the options given to
-    /// [`Backend::set_remote_options`]. With `create`, a missing local directory is made.
-    pub fn connect(url: &str, create: bool) -> Result<Backend> {
-        let options = REMOTE_OPTIONS.read().expect("remote options lock").clone();
-        Self::connect_with(url, create, &options)
-    }
-
-    /// Connect to the repository at `url`; `options` configure a cloud backend (the
-    /// environment's `AWS_*`/`GOOGLE_*`/`AZURE_*` variables are applied after them).
-    pub fn connect_with(url: &str, create: bool, options: &[(String, String)]) -> Result<Backend> {
+    /// Connect to the repository at `url`; `options` configure a cloud backend
+    /// ([`crate::RepoOptions::remote`]; the environment's `AWS_*`/`GOOGLE_*`/`AZURE_*`
+    /// variables are applied after them). With `create`, a missing local directory is made.
+    pub fn connect(url: &str, create: bool, options: &[(String, String)]) -> Result<Backend> {
         let bad = |reason: &str| StoreError::BadUrl {
             url: url.to_string(),
             reason: reason.to_string(),
@@ -80,8 +61,8 @@ impl Backend {
             return Self::local(url, root, create);
         }
         if url.starts_with("memory://") {
-            // One in-memory store per URL for the life of the process, so that tests can
-            // open the same repository twice.
+            // Test plumbing, not an option channel: one in-memory store per URL for the
+            // life of the process, so that tests can open the same repository twice.
             static MEMORY: OnceLock<Mutex<HashMap<String, Arc<InMemory>>>> = OnceLock::new();
             let mut stores = MEMORY
                 .get_or_init(Default::default)
@@ -211,7 +192,7 @@ mod tests {
             dir.path().to_str().unwrap().to_string(),
             format!("file://{}", dir.path().display()),
         ] {
-            let b = Backend::connect(&url, false).unwrap();
+            let b = Backend::connect(&url, false, &[]).unwrap();
             let debug = format!("{:?}", b.store);
             assert!(debug.contains("fsync: true"), "{url}: {debug}");
             assert_eq!(b.local_root.as_deref(), Some(dir.path()));
@@ -221,17 +202,17 @@ mod tests {
     #[test]
     fn bad_urls_are_one_clear_error() {
         for url in ["", "relative/dir", "file://relative", "ftp://x/y"] {
-            let e = Backend::connect(url, false).unwrap_err();
+            let e = Backend::connect(url, false, &[]).unwrap_err();
             assert!(matches!(e, StoreError::BadUrl { .. }), "{url}: {e}");
         }
-        let e = Backend::connect("/nonexistent/pitr-repo", false).unwrap_err();
+        let e = Backend::connect("/nonexistent/pitr-repo", false, &[]).unwrap_err();
         assert!(matches!(e, StoreError::NotInitialized { .. }), "{e}");
     }
 
     #[test]
     fn prefix_is_applied() {
-        std::env::set_var("AWS_REGION", "us-east-1");
-        let b = Backend::connect("s3://bucket/some/prefix", false).unwrap();
+        let region = [("aws_region".to_string(), "us-east-1".to_string())];
+        let b = Backend::connect("s3://bucket/some/prefix", false, &region).unwrap();
         assert_eq!(b.path("config.json").as_ref(), "some/prefix/config.json");
         let p = b.path("chunks/ab/abcd");
         assert_eq!(b.key_of(&p), "chunks/ab/abcd");
@@ -245,7 +226,7 @@ mod tests {
             ("aws_endpoint".to_string(), "http://127.0.0.1:9".to_string()),
             ("allow_http".to_string(), "true".to_string()),
         ];
-        let b = Backend::connect_with("s3://bucket/p", false, &opts).unwrap();
+        let b = Backend::connect("s3://bucket/p", false, &opts).unwrap();
         let debug = format!("{:?}", b.store);
         assert!(debug.contains("http://127.0.0.1:9"), "{debug}");
     }

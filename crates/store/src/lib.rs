@@ -14,7 +14,9 @@ mod error;
 pub mod keys;
 mod keyslot;
 mod local;
+mod options;
 mod readbuf;
+pub mod remote;
 mod repo;
 mod writer;
 
@@ -25,6 +27,7 @@ pub use chunks::{ChunkRemoval, Listed};
 pub use crypto::{CHUNK_ID, CIPHER};
 pub use error::StoreError;
 pub use keyslot::{KdfCost, Secret, SlotInfo, MAX_PASSPHRASE_SLOTS};
+pub use options::{RepoOptions, UnlockCache, DEFAULT_JOBS};
 pub use repo::{
     ChunkRef, DocWrite, EncryptionConfig, InitOutcome, KnownChunk, PutSummary, Repo, RepoConfig,
     ENCRYPTED_FORMAT_VERSION, FORMAT_VERSION,

@@ -15,7 +15,7 @@ use crate::chunks::{ChunkBackend, ChunkRemoval, Codec, Listed, ObjectChunks, Out
 use crate::crypto::{Keys, MasterKey};
 use crate::keyslot::{KdfCost, KeySlot, Secret, SecretKind, SlotInfo, MAX_PASSPHRASE_SLOTS};
 use crate::local::LocalBackend;
-use crate::{crypto, keys, Backend, Chunker, Result, StoreError};
+use crate::{crypto, keys, Backend, Chunker, RepoOptions, Result, StoreError};
 
 /// The format of an unencrypted repository (unchanged since the first release).
 pub const FORMAT_VERSION: u32 = 1;
@@ -222,21 +222,12 @@ pub struct PutSummary {
 
 /// An unlocked encrypted repository's keys.
 #[derive(Debug)]
-struct Unlocked {
+pub(crate) struct Unlocked {
     keys: Arc<Keys>,
     master: MasterKey,
     /// The slot that opened it (`None`: an exported master key).
     slot: Option<String>,
 }
-
-/// The secret this process opens encrypted repositories with, set once by the binary (as the
-/// remote options are: every command opens its repository by URL alone).
-static SECRET: std::sync::RwLock<Option<Secret>> = std::sync::RwLock::new(None);
-
-/// Repositories this process has unlocked, by URL, configuration and a digest of the secret:
-/// keys are derived once per process however often a repository is opened.
-type UnlockCache = std::collections::HashMap<(String, Vec<u8>, [u8; 32]), Arc<Unlocked>>;
-static UNLOCKED: std::sync::Mutex<Option<UnlockCache>> = std::sync::Mutex::new(None);
 
 /// An opened repository.
 #[derive(Clone, Debug)]
@@ -252,16 +243,6 @@ pub struct Repo {
     limiter: Arc<Semaphore>,
     /// Where the chunks and documents live (see `chunks.rs`), shared by clones.
     chunks: Arc<dyn ChunkBackend>,
-}
-
-/// Chunks in flight by default: enough to overlap every fsync or network round trip of a
-/// 16 MiB WAL segment in 1 MiB chunks; `PITR_JOBS` overrides.
-fn default_concurrency() -> usize {
-    std::env::var("PITR_JOBS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n: &usize| n > 0)
-        .unwrap_or(16)
 }
 
 /// `config.json`'s bytes as a configuration this pitr can use.
@@ -284,7 +265,12 @@ fn validate(url: &str, config: &RepoConfig) -> Result<()> {
 }
 
 impl Repo {
-    fn new(backend: Backend, config: RepoConfig, unlocked: Option<Arc<Unlocked>>) -> Repo {
+    fn new(
+        backend: Backend,
+        config: RepoConfig,
+        unlocked: Option<Arc<Unlocked>>,
+        jobs: usize,
+    ) -> Repo {
         let codec = Codec {
             level: config.compression_level,
             keys: unlocked.as_ref().map(|u| Arc::clone(&u.keys)),
@@ -299,18 +285,24 @@ impl Repo {
             config,
             unlocked,
             codec,
-            concurrency: default_concurrency(),
-            limiter: Arc::new(Semaphore::new(default_concurrency())),
+            concurrency: jobs,
+            limiter: Arc::new(Semaphore::new(jobs)),
             chunks,
         }
     }
 
-    /// Create the repository at `url`. Running it again with the same settings is fine.
-    pub async fn init(url: &str, config: RepoConfig) -> Result<(Repo, InitOutcome)> {
+    /// Create the repository at `url` (reached with `options`; its secret is not used: an
+    /// encrypted repository is made by [`Repo::init_encrypted`]). Running it again with the
+    /// same settings is fine.
+    pub async fn init(
+        url: &str,
+        config: RepoConfig,
+        options: &RepoOptions,
+    ) -> Result<(Repo, InitOutcome)> {
         validate(url, &config)?;
-        let backend = Backend::connect(url, true)?;
+        let backend = Backend::connect(url, true, &options.remote)?;
         let body = serde_json::to_vec_pretty(&config).expect("config serializes");
-        let repo = Repo::new(backend, config.clone(), None);
+        let repo = Repo::new(backend, config.clone(), None, options.jobs());
         match repo.put_doc(keys::CONFIG, body.into()).await? {
             DocWrite::Created => Ok((repo, InitOutcome::Created)),
             DocWrite::Exists(existing) => {
@@ -352,6 +344,7 @@ impl Repo {
     pub async fn init_encrypted(
         url: &str,
         mut config: RepoConfig,
+        options: &RepoOptions,
         passphrase: &Secret,
         label: &str,
         cost: KdfCost,
@@ -368,8 +361,9 @@ impl Repo {
             )));
         }
         cost.validate().map_err(key_err)?;
-        let backend = Backend::connect(url, true)?;
-        let raw = Repo::new(backend.clone(), RepoConfig::default(), None);
+        let backend = Backend::connect(url, true, &options.remote)?;
+        let jobs = options.jobs();
+        let raw = Repo::new(backend.clone(), RepoConfig::default(), None, jobs);
         if let Some(existing) = raw.get_doc(keys::CONFIG).await? {
             let found = parse_config(url, &existing)?;
             let Some(enc) = &found.encryption else {
@@ -378,7 +372,7 @@ impl Repo {
                     detail: "it is not encrypted; asked for an encrypted one".into(),
                 });
             };
-            let unlocked = unlock(&raw, url, &existing, &found, enc, passphrase).await?;
+            let unlocked = unlock(&raw, url, &existing, &found, enc, passphrase, options).await?;
             if !found.same_settings(&config) {
                 return Err(StoreError::ConfigMismatch {
                     url: url.to_string(),
@@ -394,7 +388,7 @@ impl Repo {
                 });
             }
             return Ok((
-                Repo::new(backend, found, Some(unlocked)),
+                Repo::new(backend, found, Some(unlocked), jobs),
                 InitOutcome::AlreadyInitialized,
             ));
         }
@@ -442,28 +436,19 @@ impl Repo {
             slot: Some(slot.id.clone()),
         });
         Ok((
-            Repo::new(backend, config, Some(unlocked)),
+            Repo::new(backend, config, Some(unlocked), jobs),
             InitOutcome::Created,
         ))
     }
 
-    /// The secret every repository this process opens is unlocked with (`None`: repositories
-    /// must be unencrypted). Set by the binary from its key sources, before any open.
-    pub fn set_secret(secret: Option<Secret>) {
-        *SECRET.write().expect("secret lock") = secret;
-    }
-
-    /// Open an existing repository, reading its configuration; an encrypted one is unlocked
-    /// with the secret given to [`Repo::set_secret`] (keys derived once per process).
-    pub async fn open(url: &str) -> Result<Repo> {
-        let secret = SECRET.read().expect("secret lock").clone();
-        Repo::open_with(url, secret.as_ref()).await
-    }
-
-    /// [`Repo::open`] with this secret (`None`: the repository must be unencrypted).
-    pub async fn open_with(url: &str, secret: Option<&Secret>) -> Result<Repo> {
-        let backend = Backend::connect(url, false)?;
-        let reader = Repo::new(backend, RepoConfig::default(), None);
+    /// Open an existing repository, reading its configuration: reached with `options.remote`,
+    /// an encrypted one unlocked with `options.secret` (`None`: it must be unencrypted; keys
+    /// are derived once per `options` however often it is opened), `options.jobs` chunks in
+    /// flight.
+    pub async fn open(url: &str, options: &RepoOptions) -> Result<Repo> {
+        let backend = Backend::connect(url, false, &options.remote)?;
+        let jobs = options.jobs();
+        let reader = Repo::new(backend, RepoConfig::default(), None, jobs);
         let body = match reader.get_doc(keys::CONFIG).await? {
             Some(b) => b,
             None => {
@@ -473,7 +458,7 @@ impl Repo {
             }
         };
         let config = parse_config(url, &body)?;
-        let unlocked = match (&config.encryption, secret) {
+        let unlocked = match (&config.encryption, options.secret.as_ref()) {
             (None, None) => None,
             (None, Some(s)) => {
                 return Err(StoreError::NotEncrypted {
@@ -487,11 +472,11 @@ impl Repo {
                 })
             }
             (Some(enc), Some(secret)) => {
-                Some(unlock(&reader, url, &body, &config, enc, secret).await?)
+                Some(unlock(&reader, url, &body, &config, enc, secret, options).await?)
             }
         };
         // Chunks are written with the configuration's compression level.
-        Ok(Repo::new(reader.backend, config, unlocked))
+        Ok(Repo::new(reader.backend, config, unlocked, jobs))
     }
 
     pub fn config(&self) -> &RepoConfig {
@@ -956,7 +941,7 @@ impl Repo {
 }
 
 /// Find the master key `secret` opens and check it against the configuration's tag; the
-/// result is cached for the process.
+/// result is cached in `options` (and its clones).
 async fn unlock(
     raw: &Repo,
     url: &str,
@@ -964,19 +949,15 @@ async fn unlock(
     config: &RepoConfig,
     enc: &EncryptionConfig,
     secret: &Secret,
+    options: &RepoOptions,
 ) -> Result<Arc<Unlocked>> {
     let cache_key = (
         url.to_string(),
         config_body.to_vec(),
         *blake3::hash(secret.expose().as_bytes()).as_bytes(),
     );
-    if let Some(u) = UNLOCKED
-        .lock()
-        .expect("unlock cache lock")
-        .as_ref()
-        .and_then(|c| c.get(&cache_key))
-    {
-        return Ok(Arc::clone(u));
+    if let Some(u) = options.unlocked.get(&cache_key) {
+        return Ok(u);
     }
     let key_err = |detail: String| StoreError::Key {
         url: url.to_string(),
@@ -1083,11 +1064,7 @@ async fn unlock(
             })?
         }
     };
-    UNLOCKED
-        .lock()
-        .expect("unlock cache lock")
-        .get_or_insert_with(Default::default)
-        .insert(cache_key, Arc::clone(&unlocked));
+    options.unlocked.put(cache_key, Arc::clone(&unlocked));
     Ok(unlocked)
 }
 
@@ -1122,7 +1099,9 @@ mod tests {
     /// A new local repository at `dir`, with its chunk backend at hand to look into.
     async fn local_repo(dir: &std::path::Path) -> (Repo, Arc<LocalBackend>) {
         let url = dir.display().to_string();
-        let (repo, _) = Repo::init(&url, RepoConfig::default()).await.unwrap();
+        let (repo, _) = Repo::init(&url, RepoConfig::default(), &RepoOptions::default())
+            .await
+            .unwrap();
         let codec = Codec {
             level: repo.config.compression_level,
             keys: None,

@@ -13,7 +13,7 @@ mod common;
 use common::{encrypted_suite, shared_checks, suite};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
-use pitr_store::{Backend, Repo};
+use pitr_store::{Backend, Repo, RepoOptions};
 use pitr_testkit::s3::{aws_env, start_or_skip};
 
 const BUCKET: &str = "pitr-test";
@@ -44,11 +44,11 @@ async fn s3_backend() {
     let repo = suite(&url).await;
     shared_checks(&repo).await;
     // a fresh open sees the same configuration
-    let reopened = Repo::open(&url).await.unwrap();
+    let reopened = Repo::open(&url, &RepoOptions::default()).await.unwrap();
     assert_eq!(reopened.config(), repo.config());
 
     // Everything the repository wrote is below its prefix, config.json at its top.
-    let whole_bucket = Backend::connect(&format!("s3://{BUCKET}"), false).unwrap();
+    let whole_bucket = Backend::connect(&format!("s3://{BUCKET}"), false, &[]).unwrap();
     let keys: Vec<String> = whole_bucket
         .store
         .list(None)
@@ -71,12 +71,15 @@ async fn s3_backend() {
 
     // with the bucket's server-side encryption asked for on top: every object is stored
     // with it (the server says so on a plain GET), and reads back
-    Backend::set_remote_options(vec![(
-        "aws_server_side_encryption".to_string(),
-        "AES256".to_string(),
-    )]);
+    let sse = RepoOptions {
+        remote: vec![(
+            "aws_server_side_encryption".to_string(),
+            "AES256".to_string(),
+        )],
+        ..RepoOptions::default()
+    };
     let url = format!("s3://{BUCKET}/sse");
-    let (repo, _) = Repo::init(&url, pitr_store::RepoConfig::default())
+    let (repo, _) = Repo::init(&url, pitr_store::RepoConfig::default(), &sse)
         .await
         .unwrap();
     let (c, _) = repo
@@ -107,7 +110,6 @@ async fn s3_backend() {
             "{key}: {headers}"
         );
     }
-    Backend::set_remote_options(Vec::new());
     drop(server);
 }
 

@@ -5,7 +5,7 @@ mod common;
 
 use bytes::Bytes;
 use common::{encrypted_suite, shared_checks, suite, walk};
-use pitr_store::{Repo, RepoConfig, StoreError};
+use pitr_store::{Repo, RepoConfig, RepoOptions, StoreError};
 
 #[tokio::test]
 async fn memory_backend() {
@@ -20,7 +20,7 @@ async fn local_backend() {
     let repo = suite(&url).await;
     shared_checks(&repo).await;
     // a fresh open sees the same configuration
-    let reopened = Repo::open(&url).await.unwrap();
+    let reopened = Repo::open(&url, &RepoOptions::default()).await.unwrap();
     assert_eq!(reopened.config(), repo.config());
     // no staging files left behind
     let leftovers = walk(dir.path())
@@ -48,7 +48,9 @@ async fn local_backend_encrypted() {
 async fn local_corruption_is_reported_with_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("file://{}", dir.path().display());
-    let (repo, _) = Repo::init(&url, RepoConfig::default()).await.unwrap();
+    let (repo, _) = Repo::init(&url, RepoConfig::default(), &RepoOptions::default())
+        .await
+        .unwrap();
     let data = Bytes::from(b"precious WAL bytes ".repeat(2000));
     let (r, _) = repo.put_chunk(data).await.unwrap();
     let path = dir.path().join(r.id.key());
@@ -65,7 +67,9 @@ async fn local_corruption_is_reported_with_the_key() {
 #[tokio::test]
 async fn open_without_init_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let err = Repo::open(dir.path().to_str().unwrap()).await.unwrap_err();
+    let err = Repo::open(dir.path().to_str().unwrap(), &RepoOptions::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::NotInitialized { .. }), "{err}");
     assert!(err.to_string().contains("pitr init"));
 }
@@ -76,7 +80,9 @@ async fn open_without_init_says_so() {
 async fn local_staging_files_are_listed_and_cleared() {
     let dir = tempfile::tempdir().unwrap();
     let url = dir.path().display().to_string();
-    let (repo, _) = Repo::init(&url, RepoConfig::default()).await.unwrap();
+    let (repo, _) = Repo::init(&url, RepoConfig::default(), &RepoOptions::default())
+        .await
+        .unwrap();
     let (c, _) = repo
         .put_new_chunk(Bytes::from(vec![9u8; 10_000]))
         .await
@@ -127,9 +133,16 @@ async fn encrypted_tampering_is_detected_and_named() {
     let dir = tempfile::tempdir().unwrap();
     let url = dir.path().display().to_string();
     let pass = Secret::new("pw", "test");
-    let (repo, o) = Repo::init_encrypted(&url, RepoConfig::default(), &pass, "", common::CHEAP)
-        .await
-        .unwrap();
+    let (repo, o) = Repo::init_encrypted(
+        &url,
+        RepoConfig::default(),
+        &RepoOptions::default(),
+        &pass,
+        "",
+        common::CHEAP,
+    )
+    .await
+    .unwrap();
     assert_eq!(o, InitOutcome::Created);
     let (a, _) = repo
         .put_chunk(Bytes::from(vec![1u8; 10_000]))
@@ -181,6 +194,7 @@ async fn encrypted_tampering_is_detected_and_named() {
     Repo::init_encrypted(
         &other_dir.path().display().to_string(),
         RepoConfig::default(),
+        &RepoOptions::default(),
         &theirs,
         "",
         common::CHEAP,
@@ -191,7 +205,9 @@ async fn encrypted_tampering_is_detected_and_named() {
         let e = e.unwrap();
         std::fs::copy(e.path(), dir.path().join("keys").join(e.file_name())).unwrap();
     }
-    let e = Repo::open_with(&url, Some(&theirs)).await.unwrap_err();
+    let e = Repo::open(&url, &RepoOptions::with_secret(Some(theirs.clone())))
+        .await
+        .unwrap_err();
     assert!(
         matches!(e, StoreError::WrongKey { .. } | StoreError::Corrupt { .. }),
         "{e}"
@@ -203,15 +219,21 @@ async fn encrypted_tampering_is_detected_and_named() {
     let changed = text.replace("\"compression_level\": 1", "\"compression_level\": 2");
     assert_ne!(changed, text);
     std::fs::write(&config_path, changed).unwrap();
-    let e = Repo::open_with(&url, Some(&pass)).await.unwrap_err();
+    let e = Repo::open(&url, &RepoOptions::with_secret(Some(pass.clone())))
+        .await
+        .unwrap_err();
     assert!(
         e.to_string().contains("config.json") && e.to_string().contains("authentication"),
         "{e}"
     );
     // and replaced by an unencrypted one: refused while a passphrase is given
     std::fs::remove_file(&config_path).unwrap();
-    Repo::init(&url, RepoConfig::default()).await.unwrap();
-    let e = Repo::open_with(&url, Some(&pass)).await.unwrap_err();
+    Repo::init(&url, RepoConfig::default(), &RepoOptions::default())
+        .await
+        .unwrap();
+    let e = Repo::open(&url, &RepoOptions::with_secret(Some(pass.clone())))
+        .await
+        .unwrap_err();
     assert!(matches!(e, StoreError::NotEncrypted { .. }), "{e}");
 }
 

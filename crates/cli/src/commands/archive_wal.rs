@@ -4,11 +4,18 @@ use pitr_core::archive::ArchiveWalRequest;
 
 use crate::cli::ArchiveWalArgs;
 
-pub async fn run(url: &str, args: ArchiveWalArgs) -> anyhow::Result<()> {
+pub async fn run(
+    url: &str,
+    options: &pitr_store::RepoOptions,
+    args: ArchiveWalArgs,
+) -> anyhow::Result<()> {
     let req = ArchiveWalRequest {
         name: args.name.parse()?,
         path: args.path,
-        lookahead: args.lookahead.unwrap_or(crate::cli::DEFAULT_LOOKAHEAD),
+        lookahead: args
+            .options
+            .lookahead
+            .unwrap_or(crate::cli::DEFAULT_LOOKAHEAD),
     };
-    pitr_core::archive::archive_wal(url, req).await
+    pitr_core::archive::archive_wal(url, options, req).await
 }

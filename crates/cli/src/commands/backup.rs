@@ -1,22 +1,26 @@
 //! `pitr backup`: prints the backup ID once its manifest is committed.
 
 use pitr_core::backup::BackupRequest;
-use pitr_protocol::CheckpointMode;
 use pitr_store::Repo;
 
-use crate::cli::{BackupArgs, Checkpoint};
+use pitr_core::config::Checkpoint;
+
+use crate::cli::BackupArgs;
 use crate::progress::Shown;
 
-pub async fn run(url: &str, args: BackupArgs) -> anyhow::Result<()> {
-    let repo = Repo::open(url).await?;
+pub async fn run(
+    url: &str,
+    options: &pitr_store::RepoOptions,
+    args: BackupArgs,
+    password: Option<String>,
+) -> anyhow::Result<()> {
+    let repo = Repo::open(url, options).await?;
     let req = BackupRequest {
-        dbname: args.dbname,
-        checkpoint: match args.checkpoint.unwrap_or(Checkpoint::Spread) {
-            Checkpoint::Fast => CheckpointMode::Fast,
-            Checkpoint::Spread => CheckpointMode::Spread,
-        },
+        dbname: args.options.dbname,
+        password,
+        checkpoint: args.options.checkpoint.unwrap_or(Checkpoint::Spread).into(),
         label: args.label,
-        max_rate: args.max_rate,
+        max_rate: args.options.max_rate,
     };
     let manifest = pitr_core::backup::backup(&repo, req, &Shown).await?;
     outln!("{}", manifest.id);

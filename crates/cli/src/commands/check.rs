@@ -7,10 +7,16 @@ use pitr_store::Repo;
 
 use crate::cli::CheckArgs;
 
-pub async fn run(url: &str, args: CheckArgs) -> anyhow::Result<()> {
-    let repo = Repo::open(url).await?;
+pub async fn run(
+    url: &str,
+    options: &pitr_store::RepoOptions,
+    args: CheckArgs,
+    password: Option<String>,
+) -> anyhow::Result<()> {
+    let repo = Repo::open(url, options).await?;
     let req = CheckRequest {
         dbname: args.dbname,
+        password,
         archive_timeout: args.archive_timeout,
         max_archive_age: args.max_archive_age,
         max_backup_age: args.max_backup_age,

@@ -5,8 +5,12 @@ use pitr_store::Repo;
 
 use crate::cli::ExpireArgs;
 
-pub async fn run(url: &str, args: ExpireArgs) -> anyhow::Result<()> {
-    let repo = Repo::open(url).await?;
+pub async fn run(
+    url: &str,
+    options: &pitr_store::RepoOptions,
+    args: ExpireArgs,
+) -> anyhow::Result<()> {
+    let repo = Repo::open(url, options).await?;
     if !args.dry_run && args.gc_grace < std::time::Duration::from_secs(600) {
         tracing::warn!(
             "--gc-grace {} s is shorter than archive-wal may take between storing a chunk and \
@@ -17,9 +21,9 @@ pub async fn run(url: &str, args: ExpireArgs) -> anyhow::Result<()> {
     let days = |d: u32| chrono::Duration::days(i64::from(d));
     let req = ExpireRequest {
         retention: Retention {
-            full: args.retain_full,
-            days: args.retain_days.map(days),
-            wal_days: args.retain_wal_days.map(days),
+            full: args.options.retain_full,
+            days: args.options.retain_days.map(days),
+            wal_days: args.options.retain_wal_days.map(days),
         },
         dry_run: args.dry_run,
         gc_grace: args.gc_grace,

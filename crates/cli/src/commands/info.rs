@@ -6,8 +6,12 @@ use pitr_store::Repo;
 
 use crate::cli::InfoArgs;
 
-pub async fn run(url: &str, args: InfoArgs) -> anyhow::Result<()> {
-    let repo = Repo::open(url).await?;
+pub async fn run(
+    url: &str,
+    options: &pitr_store::RepoOptions,
+    args: InfoArgs,
+) -> anyhow::Result<()> {
+    let repo = Repo::open(url, options).await?;
     let info = pitr_core::info::info(&repo).await?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&info)?);

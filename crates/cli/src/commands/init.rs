@@ -5,12 +5,23 @@ use pitr_store::{RepoConfig, Secret, FORMAT_VERSION};
 
 use crate::cli::{InitArgs, DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL, DEFAULT_WAL_CHUNK_SIZE};
 
-pub async fn run(url: &str, args: InitArgs, secret: Option<Secret>) -> anyhow::Result<()> {
+pub async fn run(
+    url: &str,
+    options: &pitr_store::RepoOptions,
+    args: InitArgs,
+    secret: Option<Secret>,
+) -> anyhow::Result<()> {
     let config = RepoConfig {
         format_version: FORMAT_VERSION,
-        chunk_size: args.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE),
-        wal_chunk_size: args.wal_chunk_size.unwrap_or(DEFAULT_WAL_CHUNK_SIZE),
-        compression_level: args.compression_level.unwrap_or(DEFAULT_COMPRESSION_LEVEL),
+        chunk_size: args.options.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE),
+        wal_chunk_size: args
+            .options
+            .wal_chunk_size
+            .unwrap_or(DEFAULT_WAL_CHUNK_SIZE),
+        compression_level: args
+            .options
+            .compression_level
+            .unwrap_or(DEFAULT_COMPRESSION_LEVEL),
         encryption: None,
     };
     let secret = match (args.encryption, secret) {
@@ -31,5 +42,5 @@ pub async fn run(url: &str, args: InitArgs, secret: Option<Secret>) -> anyhow::R
         ),
         (false, None) => None,
     };
-    pitr_core::archive::init(url, config, encryption, args.allow_root).await
+    pitr_core::archive::init(url, options, config, encryption, args.allow_root).await
 }

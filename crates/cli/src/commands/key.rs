@@ -4,14 +4,19 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use crate::config::{read_secret_file, Env};
 use anyhow::{bail, Context};
-use pitr_core::config::{read_secret_file, Env};
 use pitr_store::{Repo, Secret};
 
 use crate::cli::{KeyAddArgs, KeyCommand};
 
-pub async fn run(url: &str, command: KeyCommand, env: &Env) -> anyhow::Result<()> {
-    let repo = Repo::open(url).await?;
+pub async fn run(
+    url: &str,
+    options: &pitr_store::RepoOptions,
+    command: KeyCommand,
+    env: &Env,
+) -> anyhow::Result<()> {
+    let repo = Repo::open(url, options).await?;
     if repo.cipher().is_none() {
         bail!("repository {url} is not encrypted: it has no key slots (pitr init --encryption makes an encrypted one)");
     }

@@ -8,8 +8,12 @@ use pitr_store::Repo;
 
 use crate::cli::ListArgs;
 
-pub async fn run(url: &str, args: ListArgs) -> anyhow::Result<()> {
-    let repo = Repo::open(url).await?;
+pub async fn run(
+    url: &str,
+    options: &pitr_store::RepoOptions,
+    args: ListArgs,
+) -> anyhow::Result<()> {
+    let repo = Repo::open(url, options).await?;
     // A damaged manifest is named on stderr; the others are listed.
     let backups = BackupManifest::list(&repo).await?.warn_damaged();
     let pinned: BTreeSet<String> = load_pins(&repo)

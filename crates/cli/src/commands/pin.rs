@@ -5,8 +5,12 @@ use pitr_store::Repo;
 
 use crate::cli::PinArgs;
 
-pub async fn pin(url: &str, args: PinArgs) -> anyhow::Result<()> {
-    let repo = Repo::open(url).await?;
+pub async fn pin(
+    url: &str,
+    options: &pitr_store::RepoOptions,
+    args: PinArgs,
+) -> anyhow::Result<()> {
+    let repo = Repo::open(url, options).await?;
     if pin::pin(&repo, &args.id).await? {
         outln!("pinned {}", args.id);
     } else {
@@ -15,8 +19,12 @@ pub async fn pin(url: &str, args: PinArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn unpin(url: &str, args: PinArgs) -> anyhow::Result<()> {
-    let repo = Repo::open(url).await?;
+pub async fn unpin(
+    url: &str,
+    options: &pitr_store::RepoOptions,
+    args: PinArgs,
+) -> anyhow::Result<()> {
+    let repo = Repo::open(url, options).await?;
     if pin::unpin(&repo, &args.id).await? {
         outln!("unpinned {}", args.id);
     } else {

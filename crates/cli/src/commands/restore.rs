@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use pitr_core::restore::{RestoreReport, RestoreRequest, StartOptions, Target, TargetAction};
+use pitr_core::restore::{RestoreReport, RestoreRequest, StartOptions, Target};
 use pitr_core::time::{format_pg_time, parse_time};
 use pitr_store::Repo;
 
@@ -22,11 +22,17 @@ pub struct SecretReach<'a> {
     pub in_environment: bool,
 }
 
-pub async fn run(url: &str, args: RestoreArgs, reach: SecretReach<'_>) -> anyhow::Result<()> {
+pub async fn run(
+    url: &str,
+    options: &pitr_store::RepoOptions,
+    args: RestoreArgs,
+    reach: SecretReach<'_>,
+    handed_on: pitr_core::restore::HandedOn,
+) -> anyhow::Result<()> {
     let json = args.json;
     let start = args.start;
-    let req = request(args)?;
-    let repo = Repo::open(url).await?;
+    let req = request(args, handed_on)?;
+    let repo = Repo::open(url, options).await?;
     let reaches = reach.written || (start && reach.in_environment);
     if let (Some(_), Some(secret), false) = (repo.cipher(), reach.secret, reaches) {
         tracing::warn!(
@@ -41,7 +47,10 @@ pub async fn run(url: &str, args: RestoreArgs, reach: SecretReach<'_>) -> anyhow
     print(&report, json)
 }
 
-fn request(args: RestoreArgs) -> anyhow::Result<RestoreRequest> {
+fn request(
+    args: RestoreArgs,
+    handed_on: pitr_core::restore::HandedOn,
+) -> anyhow::Result<RestoreRequest> {
     let target = target_of(&args)?;
     let timeline = args
         .target_timeline
@@ -53,11 +62,7 @@ fn request(args: RestoreArgs) -> anyhow::Result<RestoreRequest> {
         target,
         exclusive: args.target_exclusive,
         timeline,
-        action: match args.target_action {
-            cli::TargetAction::Promote => TargetAction::Promote,
-            cli::TargetAction::Pause => TargetAction::Pause,
-            cli::TargetAction::Shutdown => TargetAction::Shutdown,
-        },
+        action: args.target_action,
         backup: args.backup,
         delta: args.delta,
         remap,
@@ -69,6 +74,7 @@ fn request(args: RestoreArgs) -> anyhow::Result<RestoreRequest> {
             stop_after: args.stop_after,
             pg_options: args.pg_option,
         }),
+        handed_on,
     })
 }
 

@@ -4,12 +4,21 @@ use pitr_core::restore_wal::RestoreWalRequest;
 
 use crate::cli::RestoreWalArgs;
 
-pub async fn run(url: &str, args: RestoreWalArgs) -> anyhow::Result<()> {
+pub async fn run(
+    url: &str,
+    options: &pitr_store::RepoOptions,
+    args: RestoreWalArgs,
+    handed_on: pitr_core::restore::HandedOn,
+) -> anyhow::Result<()> {
     let req = RestoreWalRequest {
         name: args.name.parse()?,
         dest: args.dest,
-        prefetch: args.prefetch.unwrap_or(crate::cli::DEFAULT_PREFETCH),
+        prefetch: args
+            .options
+            .prefetch
+            .unwrap_or(crate::cli::DEFAULT_PREFETCH),
         prefetch_worker: args.prefetch_worker,
+        handed_on,
     };
-    pitr_core::restore_wal::restore_wal(url, req).await
+    pitr_core::restore_wal::restore_wal(url, options, req).await
 }

@@ -8,18 +8,24 @@ use pitr_store::Repo;
 use crate::cli::VerifyArgs;
 use crate::progress::Shown;
 
-pub async fn run(url: &str, args: VerifyArgs) -> anyhow::Result<()> {
-    let repo = Repo::open(url).await?;
+pub async fn run(
+    url: &str,
+    options: &pitr_store::RepoOptions,
+    args: VerifyArgs,
+    handed_on: pitr_core::restore::HandedOn,
+) -> anyhow::Result<()> {
+    let repo = Repo::open(url, options).await?;
     let report = pitr_core::verify::verify(
         &repo,
         VerifyRequest {
             backup: args.backup,
             max_age: args.max_age,
             restore_test: args.restore_test.then_some(RestoreTest {
-                scratch: args.scratch,
+                scratch: args.options.scratch,
                 port: args.port,
-                check_sql: args.check_sql,
+                check_sql: args.options.check_sql,
                 immediate: args.target_immediate,
+                handed_on,
             }),
         },
         &Shown,

@@ -34,6 +34,9 @@ type KnownFiles = HashMap<FileKey, Arc<[KnownChunk]>>;
 pub struct BackupRequest {
     /// libpq connection string or URL; the PG* environment fills in the rest.
     pub dbname: Option<String>,
+    /// The password when neither `dbname` nor `PGPASSWORD` gives one (the configuration
+    /// file's `[backup] password_file`/`password_credential`).
+    pub password: Option<String>,
     pub checkpoint: CheckpointMode,
     /// Backup label (default "pitr <id>").
     pub label: Option<String>,
@@ -71,7 +74,8 @@ async fn take_backup(
 ) -> anyhow::Result<BackupManifest> {
     let started = Instant::now();
     let repo = repo.clone();
-    let conn = ConnConfig::parse(args.dbname.as_deref().unwrap_or(""))?;
+    let mut conn = ConnConfig::parse(args.dbname.as_deref().unwrap_or(""))?;
+    conn.password = conn.password.or(args.password.clone());
     let mut main = ReplicationClient::connect(&conn)
         .await
         .with_context(|| format!("connect to {}", conn.target()))?;
@@ -384,9 +388,13 @@ mod tests {
     /// manifest without them (written before pitr kept them) are simply not known.
     #[tokio::test]
     async fn known_files_come_from_the_newest_manifest_with_fingerprints() {
-        let (repo, _) = Repo::init("memory://", RepoConfig::default())
-            .await
-            .unwrap();
+        let (repo, _) = Repo::init(
+            "memory://",
+            RepoConfig::default(),
+            &pitr_store::RepoOptions::default(),
+        )
+        .await
+        .unwrap();
         assert!(
             known_files(&repo).await.is_empty(),
             "no backups, nothing known"

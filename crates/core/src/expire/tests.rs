@@ -192,7 +192,14 @@ fn wal_before_the_oldest_kept_backup_goes_along_its_timelines() {
 /// A fresh repository of its own in memory.
 async fn memory_repo(name: &str) -> Repo {
     let url = format!("memory://expire-{name}");
-    Repo::init(&url, RepoConfig::default()).await.unwrap().0
+    Repo::init(
+        &url,
+        RepoConfig::default(),
+        &pitr_store::RepoOptions::default(),
+    )
+    .await
+    .unwrap()
+    .0
 }
 
 async fn chunk(repo: &Repo, what: &str) -> ChunkRef {
@@ -463,7 +470,14 @@ async fn a_stale_marker_is_reported_and_ignored() {
 async fn archive_wal_reusing_an_old_unreferenced_chunk_keeps_it() {
     let dir = tempfile::tempdir().unwrap();
     let url = dir.path().display().to_string();
-    let repo = Repo::init(&url, RepoConfig::default()).await.unwrap().0;
+    let repo = Repo::init(
+        &url,
+        RepoConfig::default(),
+        &pitr_store::RepoOptions::default(),
+    )
+    .await
+    .unwrap()
+    .0;
     let zeros = Bytes::from(vec![0u8; 1 << 20]);
     let (old, _) = repo.put_new_chunk(zeros.clone()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -503,7 +517,14 @@ async fn archive_wal_reusing_an_old_unreferenced_chunk_keeps_it() {
 async fn local_repository_expire_and_staging_files() {
     let dir = tempfile::tempdir().unwrap();
     let url = dir.path().display().to_string();
-    let repo = Repo::init(&url, RepoConfig::default()).await.unwrap().0;
+    let repo = Repo::init(
+        &url,
+        RepoConfig::default(),
+        &pitr_store::RepoOptions::default(),
+    )
+    .await
+    .unwrap()
+    .0;
     let f = fixture_in(repo).await;
     let staging = dir.path().join(format!("{}#7", f.own[2].id.key()));
     std::fs::write(&staging, b"killed writer").unwrap();

@@ -20,8 +20,9 @@ pub use laydown::LayDownStats;
 pub use plan::{Plan, PlannedTablespace, Target, TimelineChoice};
 pub use start::{pg_bindir, start_and_wait, RecoveryOutcome};
 
-/// What the server does once recovery reached the target.
+/// What the server does once recovery reached the target (`--target-action`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum TargetAction {
     Promote,
     Pause,
@@ -52,6 +53,8 @@ pub struct RestoreRequest {
     pub archive_off: bool,
     /// Start PostgreSQL and wait until recovery reached the target.
     pub start: Option<StartOptions>,
+    /// What the restore_command written passes on of this run's settings.
+    pub handed_on: HandedOn,
 }
 
 /// `restore --start`.
@@ -103,13 +106,11 @@ fn escape_percent(s: &str) -> String {
 /// shell-quoted, then `%`-escaped, with only pitr's own `%f %p` left for PostgreSQL to
 /// substitute.
 fn recovery_commands(exe: &str, handed_on: &HandedOn, repo_url: &str) -> (String, String) {
-    let option = |name: &str, value: &Option<String>| {
-        value.as_ref().map_or(String::new(), |v| {
-            format!(" --{name} {}", escape_percent(&shell_word(v)))
-        })
-    };
-    let config = option("config", &handed_on.config)
-        + &option("passphrase-file", &handed_on.passphrase_file);
+    let config: String = handed_on
+        .args()
+        .iter()
+        .map(|a| format!(" {}", escape_percent(&shell_word(a))))
+        .collect();
     let prefix = format!(
         "{}{config} --repo {}",
         escape_percent(&shell_word(exe)),
@@ -121,24 +122,33 @@ fn recovery_commands(exe: &str, handed_on: &HandedOn, repo_url: &str) -> (String
     )
 }
 
-/// What restore_command passes on of this run's own settings: the files the binary exported,
-/// absolute.
-#[derive(Default)]
-struct HandedOn {
+/// What a pitr process this run writes or starts (restore_command, restore-wal's prefetch
+/// worker) is given of this run's own settings, on its command line: files, absolute. The
+/// rest it reads from the same configuration file, or inherits with the environment
+/// (`PITR_JOBS`, `PITR_PASSPHRASE`, `AWS_*`, …), which pitr never changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HandedOn {
     /// The configuration file read (it may hold the repository's endpoint, credentials and
-    /// passphrase file), so that restore_command reads the same one.
-    config: Option<String>,
+    /// passphrase file), so that the child reads the same one (`--config`).
+    pub config: Option<String>,
     /// The file `--passphrase-file` named: restore-wal needs the same secret.
-    passphrase_file: Option<String>,
+    pub passphrase_file: Option<String>,
 }
 
 impl HandedOn {
-    fn from_env() -> HandedOn {
-        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
-        HandedOn {
-            config: var("PITR_CONFIG"),
-            passphrase_file: var("PITR_PASSPHRASE_FILE"),
+    /// The options giving these settings to a pitr command line, before the subcommand.
+    pub fn args(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (flag, value) in [
+            ("--config", &self.config),
+            ("--passphrase-file", &self.passphrase_file),
+        ] {
+            if let Some(v) = value {
+                out.push(flag.to_string());
+                out.push(v.clone());
+            }
         }
+        out
     }
 }
 
@@ -151,7 +161,7 @@ fn recovery_settings(
     let exe = exe.canonicalize().unwrap_or(exe);
     Ok(recovery_settings_for(
         &exe.display().to_string(),
-        &HandedOn::from_env(),
+        &args.handed_on,
         repo_url,
         args,
     ))
@@ -490,9 +500,13 @@ mod tests {
         // One store per memory:// URL in the process: one per test repository.
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (repo, _) = Repo::init(&format!("memory://restore-test-{n}"), RepoConfig::default())
-            .await
-            .unwrap();
+        let (repo, _) = Repo::init(
+            &format!("memory://restore-test-{n}"),
+            RepoConfig::default(),
+            &pitr_store::RepoOptions::default(),
+        )
+        .await
+        .unwrap();
         let files = files(&repo).await;
         let server = file(&repo, "backup_manifest", b"{}", 0o600).await;
         let tablespaces: Vec<Value> = tablespaces
@@ -531,6 +545,7 @@ mod tests {
             dry_run: false,
             archive_off: false,
             start: None,
+            handed_on: HandedOn::default(),
         }
     }
 

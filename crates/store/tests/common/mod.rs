@@ -11,7 +11,7 @@ use bytes::Bytes;
 use object_store::ObjectStoreExt;
 use pitr_store::{
     ChunkId, ChunkRef, Chunker, DocWrite, Fingerprint, InitOutcome, KdfCost, KnownChunk, Repo,
-    RepoConfig, Secret, StoreError, Uploader,
+    RepoConfig, RepoOptions, Secret, StoreError, Uploader,
 };
 
 /// Argon2id at its cheapest allowed cost: the tests open repositories many times.
@@ -25,9 +25,16 @@ pub const CHEAP: KdfCost = KdfCost {
 /// its slots takes, and runs the shared checks with keyed chunk IDs.
 pub async fn encrypted_suite(url: &str) -> Repo {
     let pass = Secret::new("correct horse battery staple\n", "test passphrase");
-    let (repo, outcome) = Repo::init_encrypted(url, RepoConfig::default(), &pass, "dba", CHEAP)
-        .await
-        .unwrap();
+    let (repo, outcome) = Repo::init_encrypted(
+        url,
+        RepoConfig::default(),
+        &RepoOptions::default(),
+        &pass,
+        "dba",
+        CHEAP,
+    )
+    .await
+    .unwrap();
     assert_eq!(outcome, InitOutcome::Created);
     assert_eq!(repo.cipher(), Some(pitr_store::CIPHER));
     assert_eq!(
@@ -56,7 +63,9 @@ pub async fn encrypted_suite(url: &str) -> Repo {
         DocWrite::Exists(Bytes::from_static(b"{\"PITR-SECRET-DOC\":1}"))
     );
     // no object holds the plaintext
-    let raw = Repo::open_with(url, Some(&pass)).await.unwrap();
+    let raw = Repo::open(url, &RepoOptions::with_secret(Some(pass.clone())))
+        .await
+        .unwrap();
     let everything = raw.list_objects("").await.unwrap();
     assert!(everything.len() >= 4, "{everything:?}");
     {
@@ -82,23 +91,34 @@ pub async fn encrypted_suite(url: &str) -> Repo {
 
     // the same passphrase reopens it; a wrong one, none, or init again with other settings
     // do not
-    let again = Repo::open_with(url, Some(&pass)).await.unwrap();
+    let again = Repo::open(url, &RepoOptions::with_secret(Some(pass.clone())))
+        .await
+        .unwrap();
     assert_eq!(
         again.get_doc("wal/s.json").await.unwrap().unwrap().len(),
         21
     );
     let wrong = Secret::new("wrong", "PITR_PASSPHRASE");
-    let e = Repo::open_with(url, Some(&wrong)).await.unwrap_err();
+    let e = Repo::open(url, &RepoOptions::with_secret(Some(wrong.clone())))
+        .await
+        .unwrap_err();
     assert!(matches!(e, StoreError::WrongKey { .. }), "{e}");
     assert!(e.to_string().contains("PITR_PASSPHRASE"), "{e}");
-    let e = Repo::open_with(url, None).await.unwrap_err();
+    let e = Repo::open(url, &RepoOptions::default()).await.unwrap_err();
     assert!(matches!(e, StoreError::KeyRequired { .. }), "{e}");
-    let (_, o) = Repo::init_encrypted(url, RepoConfig::default(), &pass, "x", CHEAP)
-        .await
-        .unwrap();
+    let (_, o) = Repo::init_encrypted(
+        url,
+        RepoConfig::default(),
+        &RepoOptions::default(),
+        &pass,
+        "x",
+        CHEAP,
+    )
+    .await
+    .unwrap();
     assert_eq!(o, InitOutcome::AlreadyInitialized);
     assert!(matches!(
-        Repo::init(url, RepoConfig::default()).await,
+        Repo::init(url, RepoConfig::default(), &RepoOptions::default()).await,
         Err(StoreError::ConfigMismatch { .. })
     ));
 
@@ -112,25 +132,35 @@ pub async fn encrypted_suite(url: &str) -> Repo {
     assert_eq!(slots.len(), 2);
     let old = slots.iter().find(|s| s.in_use).unwrap().id.clone();
     repo.key_remove(&old).await.unwrap();
-    let by_new = Repo::open_with(url, Some(&new)).await.unwrap();
+    let by_new = Repo::open(url, &RepoOptions::with_secret(Some(new.clone())))
+        .await
+        .unwrap();
     assert_eq!(by_new.get_chunk(&c).await.unwrap(), data);
     let e = by_new.key_remove(&added.id).await.unwrap_err();
     assert!(e.to_string().contains("last key slot"), "{e}");
     let (_, key_file) = by_new.key_add_key_file("archiver").await.unwrap();
-    let kf = Repo::open_with(url, Some(&Secret::new(key_file.as_str(), "key file")))
-        .await
-        .unwrap();
+    let kf = Repo::open(
+        url,
+        &RepoOptions::with_secret(Some(Secret::new(key_file.as_str(), "key file"))),
+    )
+    .await
+    .unwrap();
     assert_eq!(kf.get_chunk(&c).await.unwrap(), data);
     let exported = kf.key_export().unwrap();
-    let ex = Repo::open_with(url, Some(&Secret::new(exported.as_str(), "export")))
-        .await
-        .unwrap();
+    let ex = Repo::open(
+        url,
+        &RepoOptions::with_secret(Some(Secret::new(exported.as_str(), "export"))),
+    )
+    .await
+    .unwrap();
     assert_eq!(ex.get_chunk(&c).await.unwrap(), data);
     repo
 }
 
 pub async fn suite(url: &str) -> Repo {
-    let (repo, outcome) = Repo::init(url, RepoConfig::default()).await.unwrap();
+    let (repo, outcome) = Repo::init(url, RepoConfig::default(), &RepoOptions::default())
+        .await
+        .unwrap();
     assert_eq!(outcome, InitOutcome::Created);
 
     // chunks: write, dedupe, read back
@@ -179,14 +209,16 @@ pub async fn suite(url: &str) -> Repo {
     assert_eq!(listed, vec![("wal/x.json".to_string(), 7)]);
 
     // init again: same settings fine, other settings refused
-    let (_, again) = Repo::init(url, RepoConfig::default()).await.unwrap();
+    let (_, again) = Repo::init(url, RepoConfig::default(), &RepoOptions::default())
+        .await
+        .unwrap();
     assert_eq!(again, InitOutcome::AlreadyInitialized);
     let other = RepoConfig {
         compression_level: 9,
         ..RepoConfig::default()
     };
     assert!(matches!(
-        Repo::init(url, other).await,
+        Repo::init(url, other, &RepoOptions::default()).await,
         Err(StoreError::ConfigMismatch { .. })
     ));
     repo

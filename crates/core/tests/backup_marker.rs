@@ -22,14 +22,19 @@ async fn a_backup_whose_marker_went_away_does_not_commit() {
         backup: Some(script),
         notice_flood: None,
     });
-    let (repo, _) = Repo::init("memory://backup-marker-gone", RepoConfig::default())
-        .await
-        .unwrap();
+    let (repo, _) = Repo::init(
+        "memory://backup-marker-gone",
+        RepoConfig::default(),
+        &pitr_store::RepoOptions::default(),
+    )
+    .await
+    .unwrap();
     let req = BackupRequest {
         dbname: Some(pg.conn("sslmode=disable")),
         checkpoint: CheckpointMode::Fast,
         label: None,
         max_rate: None,
+        password: None,
     };
     let running = {
         let repo = repo.clone();

@@ -247,9 +247,16 @@ async fn hostile_key_slots_cost_bounded_work() {
     let dir = tempfile::tempdir().unwrap();
     let url = dir.path().display().to_string();
     let pass = Secret::new("pw", "test");
-    let (repo, _) = Repo::init_encrypted(&url, RepoConfig::default(), &pass, "", common::CHEAP)
-        .await
-        .unwrap();
+    let (repo, _) = Repo::init_encrypted(
+        &url,
+        RepoConfig::default(),
+        &RepoOptions::default(),
+        &pass,
+        "",
+        common::CHEAP,
+    )
+    .await
+    .unwrap();
     let keys = dir.path().join("keys");
     let own = std::fs::read_dir(&keys).unwrap().next().unwrap().unwrap();
     let own: serde_json::Value =
@@ -268,19 +275,25 @@ async fn hostile_key_slots_cost_bounded_work() {
 
     // 64 passes of 8 MiB: within the old bound, refused now, before any work, by name
     write_slot("0000000000000001", 64);
-    let e = Repo::open_with(&url, Some(&wrong)).await.unwrap_err();
+    let e = Repo::open(&url, &RepoOptions::with_secret(Some(wrong.clone())))
+        .await
+        .unwrap_err();
     let text = e.to_string();
     assert!(
         text.contains("refused keys/0000000000000001.json") && text.contains("iterations 64"),
         "{text}"
     );
-    Repo::open_with(&url, Some(&pass)).await.unwrap();
+    Repo::open(&url, &RepoOptions::with_secret(Some(pass.clone())))
+        .await
+        .unwrap();
 
     // more passphrase slots than an unlock tries: the rest are named as not tried
     for n in 0..MAX_PASSPHRASE_SLOTS + 1 {
         write_slot(&format!("00000000000001{n:02x}"), 1);
     }
-    let e = Repo::open_with(&url, Some(&wrong)).await.unwrap_err();
+    let e = Repo::open(&url, &RepoOptions::with_secret(Some(wrong.clone())))
+        .await
+        .unwrap_err();
     let text = e.to_string();
     assert!(text.contains("2 more passphrase slots not tried"), "{text}");
     assert_eq!(
@@ -304,7 +317,9 @@ async fn local_fifo_in_a_documents_place_is_refused_promptly() {
     use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();
     let url = dir.path().display().to_string();
-    let (repo, _) = Repo::init(&url, RepoConfig::default()).await.unwrap();
+    let (repo, _) = Repo::init(&url, RepoConfig::default(), &RepoOptions::default())
+        .await
+        .unwrap();
 
     // a FIFO as a WAL ref (and as a manifest)
     for key in [
@@ -341,7 +356,9 @@ async fn local_fifo_in_a_documents_place_is_refused_promptly() {
 async fn local_chunk_linked_to_dev_zero_or_oversized_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let url = dir.path().display().to_string();
-    let (repo, _) = Repo::init(&url, RepoConfig::default()).await.unwrap();
+    let (repo, _) = Repo::init(&url, RepoConfig::default(), &RepoOptions::default())
+        .await
+        .unwrap();
     let (r, _) = repo
         .put_chunk(Bytes::from(b"chunk bytes ".repeat(1000)))
         .await

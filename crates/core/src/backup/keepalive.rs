@@ -184,9 +184,13 @@ mod tests {
     /// passes while it is fresh and present, and `finish` removes it.
     #[tokio::test]
     async fn the_marker_is_renewed_while_the_backup_runs() {
-        let (repo, _) = Repo::init("memory://keepalive-renew", RepoConfig::default())
-            .await
-            .unwrap();
+        let (repo, _) = Repo::init(
+            "memory://keepalive-renew",
+            RepoConfig::default(),
+            &pitr_store::RepoOptions::default(),
+        )
+        .await
+        .unwrap();
         let keeper = MarkerKeeper::start(&repo, Duration::from_millis(5), STALE)
             .await
             .unwrap();
@@ -208,9 +212,13 @@ mod tests {
     /// A marker that went `stale` without renewal, or was removed, stops the commit.
     #[tokio::test]
     async fn a_stale_or_removed_marker_stops_the_commit() {
-        let (repo, _) = Repo::init("memory://keepalive-stale", RepoConfig::default())
-            .await
-            .unwrap();
+        let (repo, _) = Repo::init(
+            "memory://keepalive-stale",
+            RepoConfig::default(),
+            &pitr_store::RepoOptions::default(),
+        )
+        .await
+        .unwrap();
         let keeper = MarkerKeeper::start(&repo, RENEW_EVERY, Duration::ZERO)
             .await
             .unwrap();

@@ -133,9 +133,6 @@ settings! {
     #[derive(Args)]
     #[serde(deny_unknown_fields)]
     pub struct InitOptions {
-        /// zstd compression level for new chunks [default: 1]
-        #[arg(long, allow_negative_numbers = true)]
-        pub compression_level: Option<i32>,
         /// Bytes per chunk (a multiple of 8 KiB; suffixes K, M accepted) [default: 1M]
         #[arg(long, value_parser = parse_size)]
         #[serde(default, deserialize_with = "size")]
@@ -144,6 +141,9 @@ settings! {
         #[arg(long, value_parser = parse_size)]
         #[serde(default, deserialize_with = "size")]
         pub wal_chunk_size: Option<u32>,
+        /// zstd compression level for new chunks [default: 1]
+        #[arg(long, allow_negative_numbers = true)]
+        pub compression_level: Option<i32>,
     }
 }
 

@@ -3,21 +3,16 @@
 //! settings, start), verify, check, info. Requests come in as plain types; nothing here knows clap or
 //! prints to stdout: the binary formats what these functions return.
 
-pub mod archive;
-pub mod backup;
-pub mod check;
+pub mod commands;
 pub mod config;
 pub mod error;
-pub mod expire;
 pub mod index;
-pub mod info;
 pub mod progress;
 pub mod repofile;
-pub mod restore;
-pub mod restore_wal;
 pub mod time;
-pub mod verify;
-pub mod window;
+
+// The commands by their old paths (`pitr_core::restore`, …), which the binary uses.
+pub use commands::{archive, backup, check, expire, info, restore, restore_wal, verify};
 
 #[cfg(test)]
 mod testutil;

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::index::{ArchiveIndex, TimelineSummary};
 use crate::repofile::{load_wal_refs, repo_system_identifier, BackupManifest, Damaged};
 use crate::restore::plan::RepoArchive;
-use crate::window::{window, Recoverable};
+use crate::restore::window::{window, Recoverable};
 
 #[derive(Serialize)]
 pub struct Info {

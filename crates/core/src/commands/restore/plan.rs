@@ -113,7 +113,7 @@ pub struct Plan {
     /// With `--dry-run`: every interval of target times a restore reaches (`crate::window`,
     /// the same computation `info` shows).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub recoverable: Vec<crate::window::Recoverable>,
+    pub recoverable: Vec<super::window::Recoverable>,
     /// Where each tablespace goes (filled in by the restore, which knows the remapping).
     pub tablespaces: Vec<PlannedTablespace>,
     #[serde(skip)]

@@ -4,6 +4,7 @@
 mod laydown;
 pub mod plan;
 mod start;
+pub mod window;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -304,8 +305,7 @@ pub async fn restore(
     .await?;
     if args.dry_run {
         // The window as info shows it, from the same computation.
-        plan.recoverable =
-            crate::window::window(&backups, &index, &plan::RepoArchive(repo)).await?;
+        plan.recoverable = window::window(&backups, &index, &plan::RepoArchive(repo)).await?;
     }
     let pgdata = std::path::absolute(&args.pgdata)
         .with_context(|| format!("resolve {}", args.pgdata.display()))?;

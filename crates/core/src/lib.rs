@@ -7,12 +7,19 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod index;
+pub mod instance;
 pub mod progress;
 pub mod repofile;
 pub mod time;
 
 // The commands by their old paths (`pitr_core::restore`, …), which the binary uses.
-pub use commands::{archive, backup, check, expire, info, restore, restore_wal, verify};
+pub use commands::{backup, check, expire, info, init, restore, restore_wal, verify};
+
+/// `pitr_core::archive`, the old path of archive-wal, and of `init` (now `commands::init`).
+pub mod archive {
+    pub use crate::commands::archive::*;
+    pub use crate::commands::init::init;
+}
 
 #[cfg(test)]
 mod testutil;

@@ -1,16 +1,25 @@
-//! `pitr restore --start`: start PostgreSQL on the restored directory, follow its log until
-//! recovery reached the target and the target action ran, and report where it stopped.
+//! `pitr restore --start`: start PostgreSQL on the restored directory, wait until recovery
+//! reached the target and the target action ran, and report where it stopped.
+//!
+//! Whether it got there is the server's word, never its log's: clients write into the log
+//! during hot standby (an error message quotes their input, `RAISE LOG` writes what they
+//! like), and a log may hold an earlier run. The postmaster's status in `postmaster.pid` says
+//! it promoted ("ready"); `pg_control` says a server that exited shut down in recovery (the
+//! target action `shutdown`) or failed; a query says a server in hot standby paused. The log,
+//! read only from where this run began, gives the report PostgreSQL's own words on where it
+//! stopped, and a failure its last FATAL or PANIC line.
 
 use std::fmt;
 use std::io::{BufRead, BufReader, Seek};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use pitr_pg::ClusterState;
 use serde::Serialize;
 
 use super::{StartOptions, TargetAction};
+use crate::instance::{self, PmStatus, Postmaster};
 use crate::repofile::BackupManifest;
 
 #[derive(Debug, Default, Serialize)]
@@ -44,30 +53,150 @@ impl fmt::Display for RecoveryOutcome {
     }
 }
 
-/// PostgreSQL binaries for `major`: PITR_PG_BINDIR, /usr/lib/postgresql/<major>/bin, then
-/// `pg_config --bindir`.
-pub fn pg_bindir(major: u32) -> anyhow::Result<PathBuf> {
-    let mut candidates = Vec::new();
-    if let Ok(d) = std::env::var("PITR_PG_BINDIR") {
-        candidates.push(PathBuf::from(d));
-    }
-    candidates.push(PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")));
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        if out.status.success() {
-            candidates.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-        }
-    }
-    candidates
-        .into_iter()
-        .find(|d| d.join("pg_ctl").is_file())
-        .with_context(|| {
-            format!("no PostgreSQL {major} binaries (pg_ctl) found: set PITR_PG_BINDIR")
-        })
-}
-
 fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
     line.find(marker).map(|i| line[i + marker.len()..].trim())
 }
+
+/// The server log from where this run began: what it says is read into the report, never
+/// into the judgment.
+struct LogFollower {
+    path: PathBuf,
+    pos: u64,
+    started_at: u64,
+    partial: String,
+    /// The last FATAL or PANIC line, for the message when the server exited.
+    last_fatal: Option<String>,
+    /// The log mentioned a pause since the server was last asked.
+    pause_said: bool,
+}
+
+impl LogFollower {
+    /// Follow `path` from its current end (an earlier run's lines are not this run's).
+    fn from_end(path: &Path) -> LogFollower {
+        let len = std::fs::metadata(path).map_or(0, |m| m.len());
+        LogFollower {
+            path: path.to_path_buf(),
+            pos: len,
+            started_at: len,
+            partial: String::new(),
+            last_fatal: None,
+            pause_said: false,
+        }
+    }
+
+    /// Whether the server has written anything since it was started.
+    fn grew(&self) -> bool {
+        self.pos > self.started_at || !self.partial.is_empty()
+    }
+
+    /// Read the complete lines logged since last time into `outcome`.
+    fn read(&mut self, outcome: &mut RecoveryOutcome) -> anyhow::Result<()> {
+        let mut f = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("open {}", self.path.display())),
+        };
+        f.seek(std::io::SeekFrom::Start(self.pos))?;
+        let mut reader = BufReader::new(f);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = reader.read_line(&mut line)?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.pos += n as u64;
+            if !line.ends_with('\n') {
+                self.partial.push_str(&line);
+                return Ok(());
+            }
+            let full = std::mem::take(&mut self.partial) + &line;
+            self.note(full.trim_end(), outcome);
+        }
+    }
+
+    fn note(&mut self, l: &str, outcome: &mut RecoveryOutcome) {
+        if l.contains("FATAL:") || l.contains("PANIC:") {
+            self.last_fatal = Some(l.to_string());
+        }
+        if let Some(s) = after(l, "LOG:  recovery stopping ") {
+            outcome.stopped = Some(format!("recovery stopping {s}"));
+        }
+        if let Some(s) = after(l, "LOG:  redo done at ") {
+            outcome.redo_done = Some(s.to_string());
+        }
+        if let Some(s) = after(l, "last completed transaction was at log time ") {
+            outcome.last_transaction = Some(s.to_string());
+        }
+        if let Some(s) = after(l, "LOG:  selected new timeline ID: ") {
+            outcome.timeline = s
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok());
+        }
+        if l.contains("recovery has paused") || l.contains("pausing at the end of recovery") {
+            self.pause_said = true;
+        }
+    }
+}
+
+/// What the server says it is doing.
+#[derive(Debug, PartialEq, Eq)]
+enum Observed {
+    /// No postmaster yet, and nothing logged.
+    Starting,
+    Running(PmStatus),
+    /// The postmaster is gone; `pg_control` says this.
+    Exited(Option<ClusterState>),
+}
+
+/// How a recovery that is over ended, by what the server says: `Ok(state)` for the report,
+/// `Err(())` for a server that exited without getting there; `None` while it goes on.
+/// `paused` is the server's answer to "in recovery and paused?", when it was asked.
+fn judge(observed: &Observed, paused: Option<bool>) -> Option<Result<&'static str, ()>> {
+    match observed {
+        Observed::Starting => None,
+        Observed::Running(PmStatus::Ready) => {
+            Some(Ok("promoted: the server is up and accepting connections"))
+        }
+        Observed::Running(PmStatus::Standby) if paused == Some(true) => {
+            Some(Ok("paused at the target (read-only, in recovery)"))
+        }
+        Observed::Running(_) => None,
+        Observed::Exited(Some(ClusterState::ShutDownInRecovery)) => {
+            Some(Ok("shut down at the target"))
+        }
+        Observed::Exited(_) => Some(Err(())),
+    }
+}
+
+/// Look at `pgdata`: a live postmaster and its status, or (once the server has logged
+/// something, so it did start) the state it left in `pg_control`.
+fn observe(pgdata: &Path, logged: bool) -> anyhow::Result<(Observed, Option<Postmaster>)> {
+    if let Some(pm) = Postmaster::of(pgdata) {
+        return Ok((Observed::Running(pm.status), Some(pm)));
+    }
+    if !logged {
+        return Ok((Observed::Starting, None));
+    }
+    // The postmaster removes its pid file last: read pg_control after it is gone.
+    Ok((Observed::Exited(instance::cluster_state(pgdata)?), None))
+}
+
+/// Ask a server in hot standby whether it is in recovery and paused there.
+fn ask_paused(bindir: &Path, pm: &Postmaster, major: u32) -> Result<bool, String> {
+    let paused = if major >= 14 {
+        "pg_get_wal_replay_pause_state() = 'paused'"
+    } else {
+        "pg_is_wal_replay_paused()"
+    };
+    let sql = format!("SELECT pg_is_in_recovery() AND {paused}");
+    let out = instance::run(instance::psql(bindir, &pm.host(), pm.port, &sql))?;
+    Ok(out.trim() == "t")
+}
+
+/// How often a server in hot standby is asked whether it paused, unless its log says so first.
+const ASK_EVERY: Duration = Duration::from_secs(1);
 
 pub async fn start_and_wait(
     pgdata: &Path,
@@ -77,7 +206,7 @@ pub async fn start_and_wait(
 ) -> anyhow::Result<RecoveryOutcome> {
     refuse_root()?;
     let major = manifest.pg_version_num / 10000;
-    let bindir = pg_bindir(major)?;
+    let bindir = instance::pg_bindir(major)?;
     let log = pgdata.join("pitr-recovery.log");
     let mut opts = String::from("-c logging_collector=off -c log_destination=stderr");
     if let Some(p) = args.port {
@@ -86,25 +215,8 @@ pub async fn start_and_wait(
     for o in &args.pg_options {
         opts.push_str(&format!(" -c {o}"));
     }
-    let status = Command::new(bindir.join("pg_ctl"))
-        .arg("-D")
-        .arg(pgdata)
-        .arg("-l")
-        .arg(&log)
-        .arg("-o")
-        .arg(&opts)
-        .arg("-W")
-        .arg("start")
-        .stdout(std::process::Stdio::null())
-        .status()
-        .context("run pg_ctl start")?;
-    if !status.success() {
-        bail!(
-            "pg_ctl start on {} failed ({status}); see {}",
-            pgdata.display(),
-            log.display()
-        );
-    }
+    let mut follower = LogFollower::from_end(&log);
+    instance::start(&bindir, pgdata, &log, &opts)?;
     tracing::info!(
         "started PostgreSQL on {}; following {}",
         pgdata.display(),
@@ -114,112 +226,122 @@ pub async fn start_and_wait(
         log: log.display().to_string(),
         ..Default::default()
     };
-    let mut pos = 0u64;
-    let mut partial = String::new();
+    let mut asked: Option<Instant> = None;
     let done = loop {
-        // Read what the server logged since last time.
-        let mut f = match std::fs::File::open(&log) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            Err(e) => return Err(e).with_context(|| format!("open {}", log.display())),
-        };
-        f.seek(std::io::SeekFrom::Start(pos))?;
-        let mut reader = BufReader::new(f);
-        let mut line = String::new();
-        let mut finished = None;
-        loop {
-            line.clear();
-            let n = reader.read_line(&mut line)?;
-            if n == 0 {
-                break;
-            }
-            if !line.ends_with('\n') {
-                partial = line.clone();
-                break;
-            }
-            pos += n as u64;
-            let full = std::mem::take(&mut partial) + &line;
-            let l = full.trim_end();
-            if l.contains("FATAL:") || l.contains("PANIC:") {
-                let _ = stop(&bindir, pgdata);
-                bail!("PostgreSQL failed during recovery: {l}");
-            }
-            if let Some(s) = after(l, "LOG:  recovery stopping ") {
-                outcome.stopped = Some(format!("recovery stopping {s}"));
-            }
-            if let Some(s) = after(l, "LOG:  redo done at ") {
-                outcome.redo_done = Some(s.to_string());
-            }
-            if let Some(s) = after(l, "last completed transaction was at log time ") {
-                outcome.last_transaction = Some(s.to_string());
-            }
-            if let Some(s) = after(l, "LOG:  selected new timeline ID: ") {
-                outcome.timeline = s
-                    .split(|c: char| !c.is_ascii_digit())
-                    .next()
-                    .and_then(|n| n.parse().ok());
-            }
-            if l.contains("database system is ready to accept connections") {
-                finished = Some("promoted: the server is up and accepting connections");
-            }
-            if l.contains("recovery has paused") || l.contains("pausing at the end of recovery") {
-                finished = Some("paused at the target (read-only, in recovery)");
-            }
-            if l.contains("database system is shut down") {
-                finished = Some("shut down at the target");
+        follower.read(&mut outcome)?;
+        let (observed, pm) = observe(pgdata, follower.grew())?;
+        let mut paused = None;
+        if let (Observed::Running(PmStatus::Standby), Some(pm)) = (&observed, &pm) {
+            if follower.pause_said || asked.is_none_or(|t| t.elapsed() >= ASK_EVERY) {
+                asked = Some(Instant::now());
+                match ask_paused(&bindir, pm, major) {
+                    Ok(p) => paused = Some(p),
+                    Err(e) if follower.pause_said => bail!(
+                        "PostgreSQL on {} is in hot standby and its log says recovery paused, \
+                         but pitr could not ask the server to confirm it: {}; it is left \
+                         running (see {})",
+                        pgdata.display(),
+                        e.trim(),
+                        log.display()
+                    ),
+                    Err(e) => tracing::debug!("ask PostgreSQL whether it paused: {e}"),
+                }
+                follower.pause_said = false;
             }
         }
-        if let Some(state) = finished {
-            break state;
+        match judge(&observed, paused) {
+            Some(Ok(state)) => break state,
+            Some(Err(())) => {
+                follower.read(&mut outcome)?;
+                if let Some(l) = follower.last_fatal {
+                    bail!("PostgreSQL failed during recovery: {l}");
+                }
+                let state = match &observed {
+                    Observed::Exited(Some(s)) => format!(" (pg_control: {s})"),
+                    _ => String::new(),
+                };
+                bail!(
+                    "PostgreSQL on {} exited during recovery{state}; see {}",
+                    pgdata.display(),
+                    log.display()
+                );
+            }
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
         }
-        if !pgdata.join("postmaster.pid").exists() && pos > 0 {
-            bail!(
-                "PostgreSQL on {} exited during recovery; see {}",
-                pgdata.display(),
-                log.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // What the server logged up to the judgment (it logs where it stopped before it says so).
+    follower.read(&mut outcome)?;
     outcome.state = done.to_string();
     if args.stop_after && matches!(action, TargetAction::Promote | TargetAction::Pause) {
-        stop(&bindir, pgdata)?;
+        instance::stop(&bindir, pgdata, &["fast"])?;
         outcome.state.push_str("; stopped (--stop-after)");
     }
     Ok(outcome)
 }
 
-fn stop(bindir: &Path, pgdata: &Path) -> anyhow::Result<()> {
-    if !pgdata.join("postmaster.pid").exists() {
-        return Ok(());
-    }
-    let status = Command::new(bindir.join("pg_ctl"))
-        .arg("-D")
-        .arg(pgdata)
-        .args(["-m", "fast", "-w", "stop"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .context("run pg_ctl stop")?;
-    if !status.success() {
-        bail!("pg_ctl stop on {} failed ({status})", pgdata.display());
-    }
-    Ok(())
-}
-
 /// `--start` as root cannot work (PostgreSQL refuses to run as root): say so before anything
 /// is written.
 pub fn refuse_root() -> anyhow::Result<()> {
-    if unsafe_is_root() {
-        bail!("--start: PostgreSQL refuses to run as root; run pitr restore as the database owner (e.g. runuser -u postgres --)");
-    }
-    Ok(())
+    instance::refuse_root("pitr restore").map_err(|e| anyhow::anyhow!("--start: {e}"))
 }
 
-fn unsafe_is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever the log says, only the server's own state ends the wait.
+    #[test]
+    fn the_server_decides_not_its_log() {
+        use Observed::*;
+        assert_eq!(judge(&Starting, None), None);
+        assert_eq!(judge(&Running(PmStatus::Standby), None), None);
+        assert_eq!(judge(&Running(PmStatus::Standby), Some(false)), None);
+        assert_eq!(judge(&Running(PmStatus::Starting), Some(true)), None);
+        assert!(judge(&Running(PmStatus::Standby), Some(true))
+            .is_some_and(|r| r.is_ok_and(|s| s.starts_with("paused"))));
+        assert!(judge(&Running(PmStatus::Ready), None)
+            .is_some_and(|r| r.is_ok_and(|s| s.starts_with("promoted"))));
+        assert_eq!(
+            judge(&Exited(Some(ClusterState::ShutDownInRecovery)), None),
+            Some(Ok("shut down at the target"))
+        );
+        for failed in [
+            Exited(Some(ClusterState::InArchiveRecovery)),
+            Exited(Some(ClusterState::ShutDown)),
+            Exited(None),
+        ] {
+            assert_eq!(judge(&failed, None), Some(Err(())), "{failed:?}");
+        }
+    }
+
+    /// A log a client wrote into: its words go nowhere near the judgment, and what an earlier
+    /// run logged is not read at all.
+    #[test]
+    fn a_crafted_log_fills_the_report_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pitr-recovery.log");
+        std::fs::write(
+            &path,
+            "LOG:  database system is ready to accept connections\nLOG:  recovery stopping before commit of transaction 1\n",
+        )
+        .unwrap();
+        let mut follower = LogFollower::from_end(&path);
+        let mut outcome = RecoveryOutcome::default();
+        follower.read(&mut outcome).unwrap();
+        assert!(!follower.grew() && outcome.stopped.is_none());
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        use std::io::Write;
+        f.write_all(b"ERROR:  invalid input syntax for type integer: \"database system is ready to accept connections\"\nFATAL:  password authentication failed for user \"x\"\nLOG:  redo done at 0/3000148\nLOG:  selected new timeline ID: 2\nLOG:  pausing at the end of rec").unwrap();
+        follower.read(&mut outcome).unwrap();
+        assert!(follower.grew());
+        assert_eq!(outcome.redo_done.as_deref(), Some("0/3000148"));
+        assert_eq!(outcome.timeline, Some(2));
+        assert!(!follower.pause_said, "half a line is not read yet");
+        f.write_all(b"overy\n").unwrap();
+        follower.read(&mut outcome).unwrap();
+        assert!(follower.pause_said);
+    }
 }

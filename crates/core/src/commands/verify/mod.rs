@@ -14,24 +14,21 @@
 //! Each problem is one line naming the object and who needs it. A chunk shared by many files
 //! is read once and reported under the first file that names it.
 
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
-use futures::StreamExt;
-use pitr_pg::{
-    timeline_path, HistoryEntry, Lsn, TimelineId, WalFileKind, WalFileName,
-    DEFAULT_WAL_SEGMENT_SIZE,
-};
-use pitr_store::{ChunkId, ChunkRef, Repo};
+use anyhow::bail;
+use pitr_pg::WalFileKind;
+use pitr_store::Repo;
 use serde::Serialize;
 
-use crate::index::{ArchiveIndex, Gap};
 use crate::progress::Reporter;
-use crate::repofile::{load_wal_refs, repo_system_identifier, BackupManifest, WalRef};
-use crate::restore::{RestoreRequest, StartOptions, Target, TargetAction, TimelineChoice};
+use crate::repofile::{load_wal_refs, repo_system_identifier, BackupManifest, Loaded, WalRef};
 use crate::time::format_pg_time;
+use integrity::{check_ref, chunks_to_read, continuity_problems, read_chunks, read_histories};
+pub use restore_test::{restore_test, CheckRun, RestoreTest, RestoreTestReport};
+
+mod integrity;
+mod restore_test;
 
 /// `pitr verify`: everything, or one backup and the archived WAL that carries it forward.
 #[derive(Default)]
@@ -41,22 +38,6 @@ pub struct VerifyRequest {
     pub max_age: Option<Duration>,
     /// Also restore a backup and start it (`--restore-test`).
     pub restore_test: Option<RestoreTest>,
-}
-
-/// `--restore-test`: where and how to run the scratch instance.
-#[derive(Clone, Debug, Default)]
-pub struct RestoreTest {
-    /// Directory to restore into (absent or empty; removed afterwards). Default: a new
-    /// directory under the system's temp dir.
-    pub scratch: Option<PathBuf>,
-    /// Port of the scratch instance (default: a free one). It listens only on a socket in
-    /// the scratch directory.
-    pub port: Option<u16>,
-    /// SQL run with psql once the instance is up; each must succeed. Empty: the defaults
-    /// (`SELECT count(*) FROM pg_class`, and pg_amcheck when it and amcheck are installed).
-    pub check_sql: Vec<String>,
-    /// Stop as soon as the backup is consistent instead of at the end of the archived WAL.
-    pub immediate: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -77,38 +58,6 @@ impl VerifyReport {
     }
 }
 
-/// What `--restore-test` did.
-#[derive(Debug, Default, Serialize)]
-pub struct RestoreTestReport {
-    pub backup: String,
-    pub scratch: PathBuf,
-    pub target: String,
-    /// Laying the backup down.
-    pub restore_seconds: f64,
-    /// Starting PostgreSQL until recovery was done and it accepted connections.
-    pub recovery_seconds: f64,
-    /// Where recovery stopped, in PostgreSQL's words.
-    pub recovery: Option<String>,
-    pub checks: Vec<CheckRun>,
-}
-
-/// One check run on the scratch instance.
-#[derive(Debug, Serialize)]
-pub struct CheckRun {
-    pub check: String,
-    pub ok: bool,
-    /// Its output (the last lines when it failed).
-    pub output: String,
-}
-
-/// A chunk to read, who needs it (for the message), and the WAL segments whose first page it
-/// holds (checked on the bytes read).
-struct ToRead {
-    chunk: ChunkRef,
-    owner: String,
-    first_page_of: Vec<(WalFileName, u64)>,
-}
-
 pub async fn verify(
     repo: &Repo,
     req: VerifyRequest,
@@ -118,77 +67,14 @@ pub async fn verify(
     let refs = load_wal_refs(repo).await?;
     let sysid = repo_system_identifier(repo).await?;
     let mut problems: Vec<String> = Vec::new();
-    let mut age_problems: Vec<String> = Vec::new();
     for (key, detail) in repo.damaged_key_slots().await? {
         problems.push(format!(
             "{key} is damaged: {detail} (this key slot opens nothing)"
         ));
     }
     // The repository's newest backup, whichever one is verified.
-    match backups.docs.iter().max_by_key(|b| b.stop_time) {
-        None if req.backup.is_none() => age_problems.push(format!(
-            "no backup in {}: there is nothing to restore from",
-            repo.url()
-        )),
-        None => {}
-        Some(b) => {
-            let age = (chrono::Utc::now() - b.stop_time)
-                .to_std()
-                .unwrap_or_default();
-            if let Some(max) = req.max_age.filter(|max| age > *max) {
-                age_problems.push(format!(
-                    "newest backup {} finished at {} ({} ago), longer ago than --max-age {}",
-                    b.id,
-                    format_pg_time(&b.stop_time),
-                    format_duration(age),
-                    format_duration(max)
-                ));
-            }
-        }
-    }
-    let (mut backups, mut refs) = match &req.backup {
-        None => {
-            let damaged = backups.damaged.iter().chain(&refs.damaged);
-            problems.extend(damaged.map(|d| d.to_string()));
-            (backups.docs, refs.docs)
-        }
-        Some(id) => {
-            let key = BackupManifest::key(id);
-            if let Some(d) = backups.damaged.iter().find(|d| d.key == key) {
-                problems.push(d.to_string());
-            }
-            (backups.docs, refs.docs)
-        }
-    };
-    if let Some(id) = &req.backup {
-        backups.retain(|b| &b.id == id);
-        match backups.first() {
-            Some(b) => {
-                // The archived WAL that can carry this backup forward: its timeline from its
-                // start, the later timelines, and the history files that link them.
-                let (tli, start) = (b.timeline, b.wal_start.clone());
-                refs.retain(|r| {
-                    let t = r.name.timeline();
-                    r.name.kind() == WalFileKind::History
-                        || t > tli
-                        || (t == tli && r.name >= start)
-                });
-            }
-            None if problems.is_empty() => bail!("no backup {id} in {}", repo.url()),
-            None => refs.clear(),
-        }
-    }
-
-    let mut chunks: HashMap<ChunkId, ToRead> = HashMap::new();
-    let mut name = |list: &[ChunkRef], owner: &dyn Fn() -> String| {
-        for c in list {
-            chunks.entry(c.id).or_insert_with(|| ToRead {
-                chunk: *c,
-                owner: owner(),
-                first_page_of: Vec::new(),
-            });
-        }
-    };
+    let age_problems = age_problem(repo, &backups.docs, &req);
+    let (backups, refs) = select(repo, backups, refs, req.backup.as_deref(), &mut problems)?;
     for b in &backups {
         // What a restore would refuse (an entry below a link, a foreign tablespace, …).
         if let Err(e) = b.check_restorable() {
@@ -197,21 +83,11 @@ pub async fn verify(
                 BackupManifest::key(&b.id)
             ));
         }
-        for f in b.all_files() {
-            name(&f.chunks, &|| format!("backup {} file {}", b.id, f.path));
-        }
-    }
-    for r in &refs {
-        name(&r.chunks, &|| format!("archived WAL {}", r.name));
     }
     for r in &refs {
         problems.extend(check_ref(r, sysid));
-        if matches!(r.name.kind(), WalFileKind::Segment | WalFileKind::Partial) {
-            if let Some(first) = r.chunks.first().and_then(|c| chunks.get_mut(&c.id)) {
-                first.first_page_of.push((r.name.clone(), r.size));
-            }
-        }
     }
+    let chunks = chunks_to_read(&backups, &refs);
     let bytes: u64 = chunks.values().map(|c| u64::from(c.chunk.len)).sum();
     tracing::info!(
         "verifying {} backups, {} archived WAL files: {} chunks, {} MiB",
@@ -220,27 +96,7 @@ pub async fn verify(
         chunks.len(),
         bytes >> 20
     );
-
-    let mut chunk_problems: Vec<String> = futures::stream::iter(chunks.into_values())
-        .map(|c| {
-            let repo = repo.clone();
-            async move {
-                let data = match repo.get_chunk(&c.chunk).await {
-                    Ok(data) => data,
-                    Err(err) => return vec![format!("{}: {err}", c.owner)],
-                };
-                c.first_page_of
-                    .iter()
-                    .filter_map(|(name, size)| check_first_page(&data, name, *size, sysid))
-                    .collect()
-            }
-        })
-        .buffer_unordered(repo.concurrency())
-        .flat_map(futures::stream::iter)
-        .collect()
-        .await;
-    chunk_problems.sort();
-    problems.extend(chunk_problems);
+    problems.extend(read_chunks(repo, chunks, sysid).await);
     let (history_problems, histories) = read_histories(repo, &refs).await;
     problems.extend(history_problems);
     problems.extend(continuity_problems(&backups, &refs, &histories));
@@ -255,27 +111,7 @@ pub async fn verify(
                     .max_by_key(|b| (b.stop_time, b.id.clone()))
                     .map(|b| b.id.clone())
             });
-            match wanted {
-                None => {
-                    problems.push("restore test: no backup to restore".to_string());
-                    None
-                }
-                Some(id) => match restore_test(repo, &id, test, reporter).await {
-                    Ok(report) => {
-                        for c in report.checks.iter().filter(|c| !c.ok) {
-                            problems.push(format!(
-                                "restore test of backup {id}: check {:?} failed: {}",
-                                c.check, c.output
-                            ));
-                        }
-                        Some(report)
-                    }
-                    Err(e) => {
-                        problems.push(format!("restore test of backup {id}: {e:#}"));
-                        None
-                    }
-                },
-            }
+            restore_test::run(repo, wanted, test, reporter, &mut problems).await
         }
     };
     Ok(VerifyReport {
@@ -285,6 +121,66 @@ pub async fn verify(
         problems,
         restore_test,
     })
+}
+
+/// No backup at all (when verifying everything), or a newest backup older than `--max-age`.
+fn age_problem(repo: &Repo, backups: &[BackupManifest], req: &VerifyRequest) -> Option<String> {
+    match backups.iter().max_by_key(|b| b.stop_time) {
+        None if req.backup.is_none() => Some(format!(
+            "no backup in {}: there is nothing to restore from",
+            repo.url()
+        )),
+        None => None,
+        Some(b) => {
+            let age = (chrono::Utc::now() - b.stop_time)
+                .to_std()
+                .unwrap_or_default();
+            let max = req.max_age.filter(|max| age > *max)?;
+            Some(format!(
+                "newest backup {} finished at {} ({} ago), longer ago than --max-age {}",
+                b.id,
+                format_pg_time(&b.stop_time),
+                format_duration(age),
+                format_duration(max)
+            ))
+        }
+    }
+}
+
+/// The documents to verify: everything (the damaged ones each a problem), or backup `id`
+/// and the archived WAL that can carry it forward.
+fn select(
+    repo: &Repo,
+    backups: Loaded<BackupManifest>,
+    refs: Loaded<WalRef>,
+    id: Option<&str>,
+    problems: &mut Vec<String>,
+) -> anyhow::Result<(Vec<BackupManifest>, Vec<WalRef>)> {
+    let Some(id) = id else {
+        let damaged = backups.damaged.iter().chain(&refs.damaged);
+        problems.extend(damaged.map(|d| d.to_string()));
+        return Ok((backups.docs, refs.docs));
+    };
+    let key = BackupManifest::key(id);
+    if let Some(d) = backups.damaged.iter().find(|d| d.key == key) {
+        problems.push(d.to_string());
+    }
+    let (mut backups, mut refs) = (backups.docs, refs.docs);
+    backups.retain(|b| b.id == id);
+    match backups.first() {
+        Some(b) => {
+            // The archived WAL that can carry this backup forward: its timeline from its
+            // start, the later timelines, and the history files that link them.
+            let (tli, start) = (b.timeline, b.wal_start.clone());
+            refs.retain(|r| {
+                let t = r.name.timeline();
+                r.name.kind() == WalFileKind::History || t > tli || (t == tli && r.name >= start)
+            });
+        }
+        None if problems.is_empty() => bail!("no backup {id} in {}", repo.url()),
+        None => refs.clear(),
+    }
+    Ok((backups, refs))
 }
 
 /// `12h`, `90m`, `2d3h`, `45s` as [`parse_duration`] reads them.
@@ -342,527 +238,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(total))
 }
 
-/// Missing archived segments: between archived ones of a timeline (whoever needs them), and
-/// on each backup's way forward. One line per missing range, naming the oldest backup whose
-/// recovery cannot get past it.
-fn continuity_problems(
-    backups: &[BackupManifest],
-    refs: &[WalRef],
-    histories: &HashMap<TimelineId, Vec<HistoryEntry>>,
-) -> Vec<String> {
-    let seg_size = refs
-        .iter()
-        .find_map(|r| r.segment_size)
-        .or(backups.first().map(BackupManifest::segment_size))
-        .unwrap_or(DEFAULT_WAL_SEGMENT_SIZE);
-    let mut index = ArchiveIndex::new(seg_size);
-    for r in refs {
-        index.insert(&r.name);
-    }
-    let segno = |n: &WalFileName| n.segment_number(seg_size).unwrap_or(0);
-    let mut spans: Vec<(TimelineId, u64, u64, Option<&str>)> = index
-        .gaps()
-        .iter()
-        .map(|g| (g.timeline, segno(&g.first), segno(&g.last), None))
-        .collect();
-    let mut by_start: Vec<&BackupManifest> = backups.iter().collect();
-    by_start.sort_by_key(|b| b.start_time);
-    for b in by_start {
-        for g in backup_gaps(b, &index, histories) {
-            spans.push((
-                g.timeline,
-                segno(&g.first),
-                segno(&g.last),
-                Some(b.id.as_str()),
-            ));
-        }
-    }
-    spans.sort_by_key(|s| (s.0, s.1));
-    let mut merged: Vec<(TimelineId, u64, u64, Option<&str>)> = Vec::new();
-    for s in spans {
-        match merged.last_mut() {
-            Some(m) if m.0 == s.0 && s.1 <= m.2.saturating_add(1) => {
-                m.2 = m.2.max(s.2);
-                m.3 = m.3.or(s.3);
-            }
-            _ => merged.push(s),
-        }
-    }
-    merged
-        .into_iter()
-        .map(|(tli, a, b, who)| {
-            let (first, last) = (index.segment_name(tli, a), index.segment_name(tli, b));
-            let what = if a == b {
-                format!("archived WAL on timeline {tli}: segment {first} is missing")
-            } else {
-                format!("archived WAL on timeline {tli}: segments {first} to {last} are missing")
-            };
-            match who {
-                Some(id) => format!("{what} (recovery from backup {id} cannot get past it)"),
-                None => what,
-            }
-        })
-        .collect()
-}
-
-/// The segments recovery from backup `b` would ask the archive for and not find: from its
-/// start (less the segments it carries itself) to the newest archived on its timeline path,
-/// and at least to its stop segment when it does not carry that.
-fn backup_gaps(
-    b: &BackupManifest,
-    index: &ArchiveIndex,
-    histories: &HashMap<TimelineId, Vec<HistoryEntry>>,
-) -> Vec<Gap> {
-    let seg_size = index.segment_size();
-    let Some(start) = b.wal_start.segment_number(seg_size) else {
-        return Vec::new();
-    };
-    let stop = b.stop_lsn.0.saturating_sub(1).max(b.start_lsn.0) / u64::from(seg_size);
-    let carried: HashSet<&str> = b
-        .wal
-        .iter()
-        .filter_map(|f| f.path.as_str().strip_prefix("pg_wal/"))
-        .collect();
-    let carries =
-        |segno: u64| carried.contains(WalFileName::segment(b.timeline, segno, seg_size).as_str());
-    let mut from = start;
-    while from < stop && carries(from) {
-        from += 1;
-    }
-    let through = (!carries(stop)).then_some(stop);
-    index.missing_along(&backup_path(b, index, histories), from, through)
-}
-
-/// The timelines recovery from `b` follows to the newest archived one (`latest`, as restore
-/// plans it); just its own when the newest did not branch off it after it was consistent, or
-/// its history is not in the archive (reported elsewhere).
-fn backup_path(
-    b: &BackupManifest,
-    index: &ArchiveIndex,
-    histories: &HashMap<TimelineId, Vec<HistoryEntry>>,
-) -> Vec<(TimelineId, Lsn, Option<Lsn>)> {
-    let own = vec![(b.timeline, Lsn(0), None)];
-    let newest = index
-        .newest_timeline()
-        .map_or(b.timeline, |t| t.max(b.timeline));
-    if newest == b.timeline {
-        return own;
-    }
-    let Some(history) = histories.get(&newest) else {
-        return own;
-    };
-    let path = timeline_path(newest, history);
-    let follows = path
-        .iter()
-        .any(|(t, _, end)| *t == b.timeline && end.is_none_or(|e| e >= b.stop_lsn));
-    if follows {
-        path
-    } else {
-        own
-    }
-}
-
-/// What a WAL ref says about itself that cannot be true (the checks restore-wal makes before
-/// it fetches), and a cluster other than the repository's.
-fn check_ref(r: &WalRef, sysid: Option<u64>) -> Vec<String> {
-    let key = WalRef::key(&r.name);
-    let mut out = Vec::new();
-    if let Err(e) = r.check(&r.name) {
-        out.push(format!("archived WAL {} ({key}): {e:#}", r.name));
-    }
-    if let (Some(ours), Some(theirs)) = (sysid, r.system_identifier) {
-        if ours != theirs {
-            out.push(format!(
-                "archived WAL {} ({key}): from database system {theirs}, the repository's is {ours}",
-                r.name
-            ));
-        }
-    }
-    out
-}
-
-/// Whether `data`, the first chunk of archived segment `name` of `size` bytes, starts with
-/// that segment's long page header (an older timeline is the copy a timeline's first segment
-/// starts with).
-fn check_first_page(
-    data: &[u8],
-    name: &WalFileName,
-    size: u64,
-    sysid: Option<u64>,
-) -> Option<String> {
-    let e = crate::repofile::check_first_page(data, name, size, sysid).err()?;
-    Some(format!(
-        "archived WAL {name} ({}): {e:#}",
-        WalRef::key(name)
-    ))
-}
-
-/// The archived history files by timeline, and those that do not parse (recovery would stop
-/// on them).
-async fn read_histories(
-    repo: &Repo,
-    refs: &[WalRef],
-) -> (Vec<String>, HashMap<TimelineId, Vec<HistoryEntry>>) {
-    let mut out = Vec::new();
-    let mut parsed_all = HashMap::new();
-    for r in refs
-        .iter()
-        .filter(|r| r.name.kind() == WalFileKind::History)
-    {
-        // An unreadable chunk is reported by the chunk pass already.
-        let Ok(bytes) = repo.get_bytes(&r.chunks).await else {
-            continue;
-        };
-        let parsed = String::from_utf8(bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|t| pitr_pg::parse_history(&t).map_err(|e| e.to_string()));
-        match parsed {
-            Ok(entries) => {
-                parsed_all.insert(r.name.timeline(), entries);
-            }
-            Err(e) => out.push(format!(
-                "archived WAL {} ({}): not a history file: {e}",
-                r.name,
-                WalRef::key(&r.name)
-            )),
-        }
-    }
-    (out, parsed_all)
-}
-
-/// `--restore-test`: restore backup `id` into a scratch directory, start it with archiving
-/// off (a test restore must never push a new timeline into the production archive), on a
-/// socket in the scratch directory only, with a pg_hba.conf of its own (trust on that private
-/// socket), run the checks, stop it and remove the directory.
-pub async fn restore_test(
-    repo: &Repo,
-    id: &str,
-    test: &RestoreTest,
-    reporter: &dyn Reporter,
-) -> anyhow::Result<RestoreTestReport> {
-    if rustix::process::geteuid().is_root() {
-        bail!("PostgreSQL refuses to run as root; run pitr verify --restore-test as the database owner (e.g. runuser -u postgres --)");
-    }
-    let (scratch, made) = scratch_dir(test.scratch.as_deref())?;
-    let pgdata = scratch.join("data");
-    let result = restore_and_check(repo, id, test, &scratch, &pgdata, reporter).await;
-    let bindir = result.as_ref().ok().map(|(_, b)| b.clone());
-    // Whatever happened: the server down, the directory gone.
-    if pgdata.join("postmaster.pid").exists() {
-        if let Some(bindir) = bindir.or_else(|| pg_ctl_dir(&pgdata)) {
-            stop_scratch(&bindir, &pgdata);
-        }
-    }
-    let removed = if made {
-        std::fs::remove_dir_all(&scratch)
-    } else {
-        clear_dir(&scratch)
-    };
-    if let Err(e) = removed {
-        tracing::warn!("remove scratch directory {}: {e}", scratch.display());
-    }
-    result.map(|(report, _)| report)
-}
-
-async fn restore_and_check(
-    repo: &Repo,
-    id: &str,
-    test: &RestoreTest,
-    scratch: &Path,
-    pgdata: &Path,
-    reporter: &dyn Reporter,
-) -> anyhow::Result<(RestoreTestReport, PathBuf)> {
-    let manifest = BackupManifest::list(repo)
-        .await?
-        .for_restore(Some(id))?
-        .into_iter()
-        .find(|b| b.id == id)
-        .with_context(|| format!("no backup {id} in {}", repo.url()))?;
-    let bindir = crate::restore::pg_bindir(manifest.pg_version_num / 10000)?;
-    let hba = scratch.join("pg_hba.conf");
-    std::fs::write(&hba, "local all all trust\nlocal replication all trust\n")
-        .with_context(|| format!("write {}", hba.display()))?;
-    let remap = manifest
-        .tablespaces
-        .iter()
-        .map(|t| (t.oid, scratch.join("tablespaces").join(t.oid.to_string())))
-        .collect();
-    let port = match test.port {
-        Some(p) => p,
-        None => free_port()?,
-    };
-    let target = if test.immediate {
-        Target::Immediate
-    } else {
-        Target::End
-    };
-    let start = StartOptions {
-        port: Some(port),
-        stop_after: false,
-        pg_options: vec![
-            // Never archive: the promoted test instance's new timeline must not reach the
-            // production archive. The command line beats postgresql(.auto).conf.
-            "archive_mode=off".into(),
-            "listen_addresses=''".into(),
-            format!(
-                "unix_socket_directories={}",
-                sh_quote(&scratch.display().to_string())
-            ),
-            format!("hba_file={}", sh_quote(&hba.display().to_string())),
-            // The production value may not fit next to the production server.
-            "shared_buffers=128MB".into(),
-            // No read-only phase: so recovery does not insist on max_connections and the
-            // like being at least the production server's.
-            "hot_standby=off".into(),
-        ],
-    };
-    let req = RestoreRequest {
-        pgdata: pgdata.to_path_buf(),
-        target: target.clone(),
-        exclusive: false,
-        timeline: TimelineChoice::Latest,
-        action: TargetAction::Promote,
-        backup: Some(id.to_string()),
-        delta: false,
-        remap,
-        dry_run: false,
-        // Written into postgresql.auto.conf too: the scratch instance must never archive.
-        archive_off: true,
-        start: None,
-    };
-    tracing::info!(
-        "restore test: backup {id} into {} on port {port}",
-        pgdata.display()
-    );
-    let began = Instant::now();
-    let restored = crate::restore::restore(repo, req, reporter).await?;
-    let restore_seconds = began.elapsed().as_secs_f64();
-    // Where the configuration lives outside the data directory (Debian's /etc/postgresql),
-    // the backup has none: the scratch instance runs on PostgreSQL's defaults plus the
-    // settings above.
-    for conf in ["postgresql.conf", "pg_ident.conf"] {
-        let path = pgdata.join(conf);
-        if !path.exists() {
-            std::fs::write(&path, "")
-                .with_context(|| format!("write an empty {}", path.display()))?;
-        }
-    }
-    let began = Instant::now();
-    let recovery = Some(
-        crate::restore::start_and_wait(
-            pgdata,
-            &restored.plan.manifest,
-            TargetAction::Promote,
-            &start,
-        )
-        .await?,
-    );
-    let recovery_seconds = began.elapsed().as_secs_f64();
-    let mut report = RestoreTestReport {
-        backup: id.to_string(),
-        scratch: scratch.to_path_buf(),
-        target: target.describe(),
-        restore_seconds,
-        recovery_seconds,
-        recovery: recovery.as_ref().map(|r| {
-            let redo = r.redo_done.as_deref().map(|d| {
-                // "0/3000148 system usage: CPU: …": the position is what matters here.
-                let at = d.split(" system usage").next().unwrap_or(d).trim();
-                format!("redo done at {at}")
-            });
-            let mut said: Vec<String> = r.stopped.iter().cloned().chain(redo).collect();
-            if let Some(t) = &r.last_transaction {
-                said.push(format!("last transaction at {t}"));
-            }
-            if said.is_empty() {
-                r.state.clone()
-            } else {
-                said.join("; ")
-            }
-        }),
-        checks: Vec::new(),
-    };
-    if !recovery
-        .as_ref()
-        .is_some_and(|r| r.state.starts_with("promoted"))
-    {
-        bail!(
-            "the scratch instance did not finish recovery: {}",
-            recovery.map_or("not started".into(), |r| r.state)
-        );
-    }
-    let psql = |sql: &str| {
-        let mut cmd = std::process::Command::new(bindir.join("psql"));
-        clear_pg_env(&mut cmd);
-        cmd.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(scratch)
-            .args(["-p", &port.to_string(), "-d", "postgres", "-c", sql]);
-        cmd
-    };
-    let mut checks: Vec<(String, std::process::Command)> = Vec::new();
-    if test.check_sql.is_empty() {
-        let sql = "SELECT count(*) FROM pg_class";
-        checks.push((sql.to_string(), psql(sql)));
-        let amcheck = bindir.join("pg_amcheck");
-        let available = run_check(psql(
-            "SELECT count(*) FROM pg_available_extensions WHERE name = 'amcheck'",
-        ))
-        .is_ok_and(|out| out.trim() == "1");
-        if amcheck.is_file() && available {
-            let mut cmd = std::process::Command::new(&amcheck);
-            clear_pg_env(&mut cmd);
-            cmd.arg("-h").arg(scratch).args([
-                "-p",
-                &port.to_string(),
-                "--install-missing",
-                "--all",
-            ]);
-            checks.push(("pg_amcheck --install-missing --all".into(), cmd));
-        } else {
-            tracing::info!(
-                "restore test: pg_amcheck or the amcheck extension is not installed; skipping it"
-            );
-        }
-    } else {
-        for sql in &test.check_sql {
-            checks.push((sql.clone(), psql(sql)));
-        }
-    }
-    for (what, cmd) in checks {
-        let (ok, output) = match run_check(cmd) {
-            Ok(out) => (true, out),
-            Err(out) => (false, out),
-        };
-        report.checks.push(CheckRun {
-            check: what,
-            ok,
-            output: tail(&output, 20),
-        });
-    }
-    stop_scratch(&bindir, pgdata);
-    Ok((report, bindir))
-}
-
-/// Run a check command: its stdout on success, stdout and stderr on failure.
-fn run_check(mut cmd: std::process::Command) -> Result<String, String> {
-    match cmd.output() {
-        Ok(out) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
-        Ok(out) => Err(format!(
-            "{}; {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )),
-        Err(e) => Err(format!("run {:?}: {e}", cmd.get_program())),
-    }
-}
-
-/// The scratch instance is reached by its socket only: none of the caller's libpq settings.
-fn clear_pg_env(cmd: &mut std::process::Command) {
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("PG") {
-            cmd.env_remove(key);
-        }
-    }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.trim_end().lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// One word for the shell pg_ctl runs postgres with.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
-        .context("find a free port for the scratch instance")?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// The scratch directory, and whether it was made here (then it is removed whole; a given
-/// one is emptied). A given one must be absent or empty: it is cleared afterwards.
-fn scratch_dir(given: Option<&Path>) -> anyhow::Result<(PathBuf, bool)> {
-    use std::os::unix::fs::DirBuilderExt;
-    let (dir, made) = match given {
-        Some(d) => {
-            let d = std::path::absolute(d).with_context(|| format!("resolve {}", d.display()))?;
-            match std::fs::read_dir(&d) {
-                Ok(mut entries) => {
-                    if entries.next().is_some() {
-                        bail!(
-                            "--scratch {} is not empty: the restore test needs an empty directory it may remove",
-                            d.display()
-                        );
-                    }
-                    return Ok((d, false));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => (d, true),
-                Err(e) => return Err(e).with_context(|| format!("read {}", d.display())),
-            }
-        }
-        None => {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos());
-            let name = format!("pitr-verify-{}-{nanos:08x}", std::process::id());
-            (std::env::temp_dir().join(name), true)
-        }
-    };
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .with_context(|| format!("create scratch directory {}", dir.display()))?;
-    Ok((dir, made))
-}
-
-fn clear_dir(dir: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() && !path.is_symlink() {
-            std::fs::remove_dir_all(&path)?;
-        } else {
-            std::fs::remove_file(&path)?;
-        }
-    }
-    Ok(())
-}
-
-/// The binaries of the restored data directory's major version (from PG_VERSION).
-fn pg_ctl_dir(pgdata: &Path) -> Option<PathBuf> {
-    let major: u32 = std::fs::read_to_string(pgdata.join("PG_VERSION"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    crate::restore::pg_bindir(major).ok()
-}
-
-/// Stop the scratch instance: fast, then immediate if that did not work.
-fn stop_scratch(bindir: &Path, pgdata: &Path) {
-    if !pgdata.join("postmaster.pid").exists() {
-        return;
-    }
-    for mode in ["fast", "immediate"] {
-        let stopped = std::process::Command::new(bindir.join("pg_ctl"))
-            .arg("-D")
-            .arg(pgdata)
-            .args(["-m", mode, "-w", "-t", "60", "stop"])
-            .stdout(std::process::Stdio::null())
-            .status();
-        match stopped {
-            Ok(s) if s.success() => return,
-            Ok(s) => tracing::warn!("pg_ctl stop -m {mode} on {}: {s}", pgdata.display()),
-            Err(e) => tracing::warn!("run pg_ctl stop on {}: {e}", pgdata.display()),
-        }
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use bytes::Bytes;
+    use pitr_pg::{WalFileName, DEFAULT_WAL_SEGMENT_SIZE};
     use pitr_store::RepoConfig;
 
     use super::*;

@@ -165,9 +165,10 @@ pub struct Postmaster {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PmStatus {
     Starting,
-    /// Up and out of recovery: accepting connections.
+    /// Accepting connections: out of recovery, or read-only in hot standby (`pg_control`
+    /// tells which).
     Ready,
-    /// In hot standby: accepting read-only connections while recovery goes on.
+    /// In recovery, not accepting connections (no hot standby, or not consistent yet).
     Standby,
     Stopping,
     /// A line this version of pitr does not know (or none yet).

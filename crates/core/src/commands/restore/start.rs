@@ -4,8 +4,9 @@
 //! Whether it got there is the server's word, never its log's: clients write into the log
 //! during hot standby (an error message quotes their input, `RAISE LOG` writes what they
 //! like), and a log may hold an earlier run. The postmaster's status in `postmaster.pid` says
-//! it promoted ("ready"); `pg_control` says a server that exited shut down in recovery (the
-//! target action `shutdown`) or failed; a query says a server in hot standby paused. The log,
+//! accepts connections and `pg_control` that it is in production: it promoted; `pg_control`
+//! says whether a server that exited shut down in recovery (the target action `shutdown`) or
+//! failed; a query says whether a server in hot standby paused. The log,
 //! read only from where this run began, gives the report PostgreSQL's own words on where it
 //! stopped, and a failure its last FATAL or PANIC line.
 
@@ -145,7 +146,8 @@ impl LogFollower {
 enum Observed {
     /// No postmaster yet, and nothing logged.
     Starting,
-    Running(PmStatus),
+    /// The postmaster's status, and what `pg_control` says.
+    Running(PmStatus, Option<ClusterState>),
     /// The postmaster is gone; `pg_control` says this.
     Exited(Option<ClusterState>),
 }
@@ -156,13 +158,13 @@ enum Observed {
 fn judge(observed: &Observed, paused: Option<bool>) -> Option<Result<&'static str, ()>> {
     match observed {
         Observed::Starting => None,
-        Observed::Running(PmStatus::Ready) => {
+        Observed::Running(PmStatus::Ready, Some(ClusterState::InProduction)) => {
             Some(Ok("promoted: the server is up and accepting connections"))
         }
-        Observed::Running(PmStatus::Standby) if paused == Some(true) => {
+        Observed::Running(PmStatus::Ready, _) if paused == Some(true) => {
             Some(Ok("paused at the target (read-only, in recovery)"))
         }
-        Observed::Running(_) => None,
+        Observed::Running(..) => None,
         Observed::Exited(Some(ClusterState::ShutDownInRecovery)) => {
             Some(Ok("shut down at the target"))
         }
@@ -174,7 +176,8 @@ fn judge(observed: &Observed, paused: Option<bool>) -> Option<Result<&'static st
 /// something, so it did start) the state it left in `pg_control`.
 fn observe(pgdata: &Path, logged: bool) -> anyhow::Result<(Observed, Option<Postmaster>)> {
     if let Some(pm) = Postmaster::of(pgdata) {
-        return Ok((Observed::Running(pm.status), Some(pm)));
+        let state = instance::cluster_state(pgdata)?;
+        return Ok((Observed::Running(pm.status, state), Some(pm)));
     }
     if !logged {
         return Ok((Observed::Starting, None));
@@ -231,7 +234,11 @@ pub async fn start_and_wait(
         follower.read(&mut outcome)?;
         let (observed, pm) = observe(pgdata, follower.grew())?;
         let mut paused = None;
-        if let (Observed::Running(PmStatus::Standby), Some(pm)) = (&observed, &pm) {
+        let in_hot_standby = matches!(
+            observed,
+            Observed::Running(PmStatus::Ready, Some(ClusterState::InArchiveRecovery))
+        );
+        if let (true, Some(pm)) = (in_hot_standby, &pm) {
             if follower.pause_said || asked.is_none_or(|t| t.elapsed() >= ASK_EVERY) {
                 asked = Some(Instant::now());
                 match ask_paused(&bindir, pm, major) {
@@ -294,13 +301,21 @@ mod tests {
     fn the_server_decides_not_its_log() {
         use Observed::*;
         assert_eq!(judge(&Starting, None), None);
-        assert_eq!(judge(&Running(PmStatus::Standby), None), None);
-        assert_eq!(judge(&Running(PmStatus::Standby), Some(false)), None);
-        assert_eq!(judge(&Running(PmStatus::Starting), Some(true)), None);
-        assert!(judge(&Running(PmStatus::Standby), Some(true))
+        let recovering = Some(ClusterState::InArchiveRecovery);
+        let production = Some(ClusterState::InProduction);
+        // Hot standby: accepting connections, in recovery.
+        assert_eq!(judge(&Running(PmStatus::Ready, recovering), None), None);
+        assert_eq!(
+            judge(&Running(PmStatus::Ready, recovering), Some(false)),
+            None
+        );
+        assert_eq!(judge(&Running(PmStatus::Standby, recovering), None), None);
+        assert_eq!(judge(&Running(PmStatus::Starting, None), Some(true)), None);
+        assert!(judge(&Running(PmStatus::Ready, recovering), Some(true))
             .is_some_and(|r| r.is_ok_and(|s| s.starts_with("paused"))));
-        assert!(judge(&Running(PmStatus::Ready), None)
+        assert!(judge(&Running(PmStatus::Ready, production), None)
             .is_some_and(|r| r.is_ok_and(|s| s.starts_with("promoted"))));
+        assert_eq!(judge(&Running(PmStatus::Standby, production), None), None);
         assert_eq!(
             judge(&Exited(Some(ClusterState::ShutDownInRecovery)), None),
             Some(Ok("shut down at the target"))

@@ -30,7 +30,7 @@ pub struct Info {
     pub recoverable_from: Option<chrono::DateTime<chrono::Utc>>,
     pub recoverable_to: Option<chrono::DateTime<chrono::Utc>>,
     /// Every interval of target times a restore reaches (a gap in the archived WAL ends one;
-    /// a later backup opens the next), as `crate::window` computes it for restore too.
+    /// a later backup opens the next), as `restore::window` computes it for restore too.
     pub recoverable: Vec<Recoverable>,
     pub wal: WalInfo,
     /// Documents that could not be used (each key and why); the rest is summarised without

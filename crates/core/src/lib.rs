@@ -3,21 +3,23 @@
 //! settings, start), verify, check, info. Requests come in as plain types; nothing here knows clap or
 //! prints to stdout: the binary formats what these functions return.
 
-pub mod archive;
-pub mod backup;
-pub mod check;
+pub mod commands;
 pub mod config;
 pub mod error;
-pub mod expire;
 pub mod index;
-pub mod info;
+pub mod instance;
 pub mod progress;
 pub mod repofile;
-pub mod restore;
-pub mod restore_wal;
 pub mod time;
-pub mod verify;
-pub mod window;
+
+// The commands by their old paths (`pitr_core::restore`, …), which the binary uses.
+pub use commands::{backup, check, expire, info, init, restore, restore_wal, verify};
+
+/// `pitr_core::archive`, the old path of archive-wal, and of `init` (now `commands::init`).
+pub mod archive {
+    pub use crate::commands::archive::*;
+    pub use crate::commands::init::init;
+}
 
 #[cfg(test)]
 mod testutil;

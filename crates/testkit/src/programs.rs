@@ -1,5 +1,6 @@
-//! Where PostgreSQL's programs come from. One search order: `PITR_PG_BINDIR`,
-//! `pg_config --bindir`, then `/usr/lib/postgresql/*/bin`, newest first. The server under test
+//! Where PostgreSQL's programs come from: the product's one search order,
+//! [`pitr_pg::programs::bindir_candidates`] for any version — `PITR_PG_BINDIR`, then
+//! `/usr/lib/postgresql/*/bin` newest first, then `pg_config --bindir`. The server under test
 //! (initdb, pg_ctl, postgres) comes from the first of these with initdb; client tools (psql,
 //! pgbench, pg_waldump, ...) from the first that has them, since some builds ship only the
 //! server programs and libpq clients talk to newer servers.
@@ -8,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use crate::dirs::list_dir;
 use crate::user::unprivileged;
 
 /// Programs that must come from the server's own directory.
@@ -19,31 +19,15 @@ const SERVER_PROGRAMS: [&str; 3] = ["initdb", "pg_ctl", "postgres"];
 pub fn pg_bindirs() -> &'static [PathBuf] {
     static DIRS: OnceLock<Vec<PathBuf>> = OnceLock::new();
     DIRS.get_or_init(|| {
-        let mut dirs = Vec::new();
         if let Some(dir) = std::env::var_os("PITR_PG_BINDIR") {
-            let dir = PathBuf::from(dir);
             // Named explicitly: it must hold the server under test.
             assert!(
-                dir.join("initdb").is_file(),
+                Path::new(&dir).join("initdb").is_file(),
                 "PITR_PG_BINDIR={} has no initdb",
-                dir.display()
+                Path::new(&dir).display()
             );
-            dirs.push(dir);
         }
-        if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-            if out.status.success() {
-                dirs.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-            }
-        }
-        let mut system: Vec<(u32, PathBuf)> = list_dir(Path::new("/usr/lib/postgresql"))
-            .into_iter()
-            .filter_map(|p| {
-                let major = p.file_name()?.to_str()?.parse().ok()?;
-                Some((major, p.join("bin")))
-            })
-            .collect();
-        system.sort();
-        dirs.extend(system.into_iter().rev().map(|(_, d)| d));
+        let mut dirs = pitr_pg::programs::bindir_candidates(None);
         dirs.retain(|d| d.join("initdb").is_file() || d.join("psql").is_file());
         let mut seen = Vec::new();
         dirs.retain(|d| {

@@ -4,6 +4,7 @@
 mod laydown;
 pub mod plan;
 mod start;
+pub mod window;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,13 +13,14 @@ use anyhow::Context;
 use pitr_store::Repo;
 
 use crate::index::ArchiveIndex;
+use crate::instance::shell_word;
 use crate::progress::Reporter;
 use crate::repofile::BackupManifest;
 use crate::time::format_pg_time;
 use laydown::LayDown;
 pub use laydown::LayDownStats;
 pub use plan::{Plan, PlannedTablespace, Target, TimelineChoice};
-pub use start::{pg_bindir, start_and_wait, RecoveryOutcome};
+pub use start::{start_and_wait, RecoveryOutcome};
 
 /// What the server does once recovery reached the target (`--target-action`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,18 +78,6 @@ pub struct RestoreReport {
     pub pgdata: PathBuf,
     pub stats: Option<LayDownStats>,
     pub recovery: Option<RecoveryOutcome>,
-}
-
-/// Quote one shell word if it needs it.
-fn shell_word(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/_.:=@%+-,".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
 }
 
 /// A postgresql.conf string value.
@@ -381,8 +371,7 @@ pub async fn restore(
     .await?;
     if args.dry_run {
         // The window as info shows it, from the same computation.
-        plan.recoverable =
-            crate::window::window(&backups, &index, &plan::RepoArchive(repo)).await?;
+        plan.recoverable = window::window(&backups, &index, &plan::RepoArchive(repo)).await?;
     }
     let pgdata = std::path::absolute(&args.pgdata)
         .with_context(|| format!("resolve {}", args.pgdata.display()))?;

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::index::{ArchiveIndex, TimelineSummary};
 use crate::repofile::{load_wal_refs, repo_system_identifier, BackupManifest, Damaged};
 use crate::restore::plan::RepoArchive;
-use crate::window::{window, Recoverable};
+use crate::restore::window::{window, Recoverable};
 
 #[derive(Serialize)]
 pub struct Info {
@@ -30,7 +30,7 @@ pub struct Info {
     pub recoverable_from: Option<chrono::DateTime<chrono::Utc>>,
     pub recoverable_to: Option<chrono::DateTime<chrono::Utc>>,
     /// Every interval of target times a restore reaches (a gap in the archived WAL ends one;
-    /// a later backup opens the next), as `crate::window` computes it for restore too.
+    /// a later backup opens the next), as `restore::window` computes it for restore too.
     pub recoverable: Vec<Recoverable>,
     pub wal: WalInfo,
     /// Documents that could not be used (each key and why); the rest is summarised without

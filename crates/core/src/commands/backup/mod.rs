@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use pitr_pg::{Lsn, WalFileName};
 use pitr_protocol::{
-    BackupEvent, BaseBackupOptions, CheckpointMode, ConnConfig, ReplicationClient,
+    BackupEvent, BaseBackupOptions, BaseBackupStream, CheckpointMode, ConnConfig, ReplicationClient,
 };
 use pitr_store::{ChunkedFile, DocWrite, KnownChunk, Repo, Uploader};
 use tokio::sync::watch;
@@ -125,20 +125,7 @@ async fn take_backup(
         );
     }
     if args.checkpoint == CheckpointMode::Spread {
-        // The server answers nothing until its checkpoint is done, which a spread checkpoint
-        // paces over most of checkpoint_timeout: say so, rather than sit silent for minutes.
-        let timeout = main.show("checkpoint_timeout").await.ok();
-        let target = main.show("checkpoint_completion_target").await.ok();
-        let bound = match (&timeout, &target) {
-            (Some(t), Some(c)) => {
-                format!(" (up to about checkpoint_timeout {t} × checkpoint_completion_target {c})")
-            }
-            _ => String::new(),
-        };
-        tracing::info!(
-            "backup {id}: waiting for the server's spread checkpoint{bound}; \
-             --checkpoint fast starts at once, at the cost of an I/O burst"
-        );
+        say_spread_checkpoint(&mut main, &id).await;
     }
     let mut stream = main.base_backup(&options).await?;
     let (start_lsn, timeline) = match stream.next().await? {
@@ -157,6 +144,108 @@ async fn take_backup(
         up.clone(),
     ));
 
+    let Received {
+        stop_lsn,
+        entries,
+        tablespaces,
+        manifest_file,
+    } = receive(&mut stream, &up, &known, reporter, &id).await?;
+    let mut warnings: Vec<String> = stream
+        .take_notices()
+        .into_iter()
+        .map(|n| n.to_string())
+        .collect();
+    drop(stream);
+    warnings.extend(main.take_notices().into_iter().map(|n| n.to_string()));
+    let _ = main.close().await;
+    tracing::info!("backup {id}: server done at {stop_lsn}; waiting for WAL and uploads");
+    end_tx.send_replace(Some(stop_lsn));
+
+    let manifest_file = manifest_file.context("the server sent no backup_manifest")?;
+    let server_manifest = server_manifest_entry(manifest_file, &up).await?;
+    let wal = wal_task.await.context("WAL streaming task")??;
+    let mut files = Vec::with_capacity(entries.len());
+    for e in entries {
+        files.push(e.resolve().await?);
+    }
+    let size_bytes = files.iter().map(|f| f.size).sum();
+    let name_of = |lsn: Lsn| WalFileName::segment(timeline, lsn.0 / u64::from(seg_size), seg_size);
+    let manifest = BackupManifest {
+        format_version: 1,
+        id: id.clone(),
+        label,
+        start_time,
+        stop_time: chrono::Utc::now(),
+        start_lsn,
+        stop_lsn,
+        timeline,
+        system_identifier: system.system_identifier,
+        pg_version,
+        pg_version_num,
+        size_bytes,
+        stored_bytes: up.stored_bytes(),
+        wal_start: name_of(start_lsn),
+        wal_stop: name_of(Lsn(stop_lsn.0.saturating_sub(1).max(start_lsn.0))),
+        files,
+        tablespaces,
+        wal,
+        server_manifest,
+        warnings,
+    };
+    for w in &manifest.warnings {
+        tracing::warn!("backup {id}: server said: {w}");
+    }
+    marker.check_before_commit(&repo).await?;
+    let manifest = commit(&repo, manifest).await?;
+    let id = manifest.id.clone();
+    let chunks: usize = manifest.files.iter().map(|f| f.chunks.len()).sum();
+    tracing::info!(
+        "backup {id} committed: {} files, {} MiB, {} MiB new in the repository, {} of {chunks} \
+         chunks recognised unchanged by fingerprint, {:.1} s",
+        manifest.files.len(),
+        manifest.size_bytes >> 20,
+        manifest.stored_bytes >> 20,
+        up.recognised_chunks(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(manifest)
+}
+
+/// While the server's spread checkpoint runs it answers nothing, for up to most of
+/// checkpoint_timeout: say so, rather than sit silent for minutes.
+async fn say_spread_checkpoint(main: &mut ReplicationClient, id: &str) {
+    let timeout = main.show("checkpoint_timeout").await.ok();
+    let target = main.show("checkpoint_completion_target").await.ok();
+    let bound = match (&timeout, &target) {
+        (Some(t), Some(c)) => {
+            format!(" (up to about checkpoint_timeout {t} × checkpoint_completion_target {c})")
+        }
+        _ => String::new(),
+    };
+    tracing::info!(
+        "backup {id}: waiting for the server's spread checkpoint{bound}; \
+         --checkpoint fast starts at once, at the cost of an I/O burst"
+    );
+}
+
+/// What the BASE_BACKUP stream brought after its start: the files (being stored), the
+/// tablespaces, the server's backup_manifest, and the end position.
+struct Received {
+    stop_lsn: Lsn,
+    entries: Vec<PendingEntry>,
+    tablespaces: Vec<Tablespace>,
+    manifest_file: Option<ChunkedFile>,
+}
+
+/// Follow the BASE_BACKUP stream to its end: each tar archive cut into files and chunks as
+/// it arrives (`known`: the previous backup's, recognised by fingerprint), progress reported.
+async fn receive(
+    stream: &mut BaseBackupStream<'_>,
+    up: &Uploader,
+    known: &KnownFiles,
+    reporter: &dyn Reporter,
+    id: &str,
+) -> anyhow::Result<Received> {
     let mut entries: Vec<PendingEntry> = Vec::new();
     let mut tablespaces = Vec::new();
     let mut sink: Option<(String, ArchiveSink)> = None;
@@ -200,7 +289,7 @@ async fn take_backup(
             }
             BackupEvent::Data(bytes) => {
                 let (name, s) = sink.as_mut().context("backup data before any archive")?;
-                s.feed(&bytes, &up, &known, &mut entries)
+                s.feed(&bytes, up, known, &mut entries)
                     .await
                     .with_context(|| format!("archive {name}"))?;
             }
@@ -215,7 +304,7 @@ async fn take_backup(
                 let m = manifest_file
                     .as_mut()
                     .context("manifest data before its start")?;
-                m.push(&up, &bytes).await;
+                m.push(up, &bytes).await;
             }
             BackupEvent::End { lsn, .. } => break lsn,
         }
@@ -227,71 +316,42 @@ async fn take_backup(
     if !saw_base {
         bail!("the server sent no base.tar: nothing to restore the data directory from");
     }
-    let mut warnings: Vec<String> = stream
-        .take_notices()
-        .into_iter()
-        .map(|n| n.to_string())
-        .collect();
-    drop(stream);
-    warnings.extend(main.take_notices().into_iter().map(|n| n.to_string()));
-    let _ = main.close().await;
-    tracing::info!("backup {id}: server done at {stop_lsn}; waiting for WAL and uploads");
-    end_tx.send_replace(Some(stop_lsn));
+    Ok(Received {
+        stop_lsn,
+        entries,
+        tablespaces,
+        manifest_file,
+    })
+}
 
-    let manifest_file = manifest_file.context("the server sent no backup_manifest")?;
-    let manifest_size = manifest_file.size;
-    let server_manifest = PendingEntry {
+/// The server's backup_manifest as a file of the backup.
+async fn server_manifest_entry(
+    manifest_file: ChunkedFile,
+    up: &Uploader,
+) -> anyhow::Result<FileEntry> {
+    PendingEntry {
         entry: FileEntry {
             path: "backup_manifest".parse().expect("a safe relative path"),
             tablespace: None,
             kind: FileKind::File,
             mode: 0o600,
-            size: manifest_size,
+            size: manifest_file.size,
             mtime: chrono::Utc::now().timestamp(),
             chunks: Vec::new(),
             fingerprints: Vec::new(),
             hash: None,
             link: None,
         },
-        chunks: Some(manifest_file.finish(&up).await),
+        chunks: Some(manifest_file.finish(up).await),
     }
     .resolve()
-    .await?;
-    let wal = wal_task.await.context("WAL streaming task")??;
-    let mut files = Vec::with_capacity(entries.len());
-    for e in entries {
-        files.push(e.resolve().await?);
-    }
-    let size_bytes = files.iter().map(|f| f.size).sum();
-    let name_of = |lsn: Lsn| WalFileName::segment(timeline, lsn.0 / u64::from(seg_size), seg_size);
-    let manifest = BackupManifest {
-        format_version: 1,
-        id: id.clone(),
-        label,
-        start_time,
-        stop_time: chrono::Utc::now(),
-        start_lsn,
-        stop_lsn,
-        timeline,
-        system_identifier: system.system_identifier,
-        pg_version,
-        pg_version_num,
-        size_bytes,
-        stored_bytes: up.stored_bytes(),
-        wal_start: name_of(start_lsn),
-        wal_stop: name_of(Lsn(stop_lsn.0.saturating_sub(1).max(start_lsn.0))),
-        files,
-        tablespaces,
-        wal,
-        server_manifest,
-        warnings,
-    };
-    for w in &manifest.warnings {
-        tracing::warn!("backup {id}: server said: {w}");
-    }
-    marker.check_before_commit(&repo).await?;
-    // Two backups started in the same second: the later one takes the next free suffix.
-    let mut manifest = manifest;
+    .await
+}
+
+/// Write the manifest create-only: the backup is committed. Two backups started in the same
+/// second: the later one takes the next free suffix.
+async fn commit(repo: &Repo, mut manifest: BackupManifest) -> anyhow::Result<BackupManifest> {
+    let id = manifest.id.clone();
     for n in 1.. {
         let body = serde_json::to_vec(&manifest)?;
         match repo
@@ -303,17 +363,6 @@ async fn take_backup(
             DocWrite::Exists(_) => bail!("backup IDs {id} to {} are all taken", manifest.id),
         }
     }
-    let id = manifest.id.clone();
-    let chunks: usize = manifest.files.iter().map(|f| f.chunks.len()).sum();
-    tracing::info!(
-        "backup {id} committed: {} files, {} MiB, {} MiB new in the repository, {} of {chunks} \
-         chunks recognised unchanged by fingerprint, {:.1} s",
-        manifest.files.len(),
-        manifest.size_bytes >> 20,
-        manifest.stored_bytes >> 20,
-        up.recognised_chunks(),
-        started.elapsed().as_secs_f64()
-    );
     Ok(manifest)
 }
 

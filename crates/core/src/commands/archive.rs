@@ -1,4 +1,4 @@
-//! `pitr init` and `pitr archive-wal`: store one WAL file durably, refuse anything that could
+//! `pitr archive-wal`: store one WAL file durably, refuse anything that could
 //! make the archive silently wrong, and push ready segments ahead so a backlog drains fast.
 
 use std::path::{Path, PathBuf};
@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use pitr_pg::{LongPageHeader, WalFileKind, WalFileName, LONG_PAGE_HEADER_LEN};
-use pitr_store::{DocWrite, InitOutcome, Repo, RepoConfig, RepoOptions};
+use pitr_store::{DocWrite, Repo, RepoOptions};
 
 use crate::repofile::{claim_cluster, SourceFingerprint, WalRef};
 
@@ -19,48 +19,6 @@ pub struct ArchiveWalRequest {
     pub name: WalFileName,
     /// Also push up to this many upcoming ready segments in parallel.
     pub lookahead: usize,
-}
-
-/// Create the repository at `url` with `config` (again with the same settings is fine). A
-/// local repository is not created as root unless `allow_root`: its files would belong to
-/// root, and PostgreSQL's archive_command, running as the server's user, could not write them.
-/// With `encryption` (the first slot's passphrase, its label and Argon2id cost) the
-/// repository is encrypted.
-pub async fn init(
-    url: &str,
-    options: &RepoOptions,
-    config: RepoConfig,
-    encryption: Option<(pitr_store::Secret, &str, pitr_store::KdfCost)>,
-    allow_root: bool,
-) -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if root && !allow_root && pitr_store::Backend::is_local_url(url) {
-        bail!(
-            "refusing to create repository {url} as root: its files would belong to root and \
-             PostgreSQL's archive_command could not write them; run `pitr init` as the user \
-             PostgreSQL runs as (e.g. `sudo -u postgres pitr init`), or pass --allow-root"
-        );
-    }
-    let (_, outcome) = match &encryption {
-        Some((secret, label, cost)) => {
-            Repo::init_encrypted(url, config, options, secret, label, *cost).await?
-        }
-        None => Repo::init(url, config, options).await?,
-    };
-    match outcome {
-        InitOutcome::Created if encryption.is_some() => tracing::info!(
-            "created encrypted repository {url} ({}); keep the passphrase safe, and consider \
-             `pitr key export` into a safe: without a key slot's secret or the exported key \
-             nothing in it can be read",
-            pitr_store::CIPHER
-        ),
-        InitOutcome::Created => tracing::info!("created repository {url}"),
-        InitOutcome::AlreadyInitialized => {
-            tracing::info!("repository {url} already exists with these settings")
-        }
-    }
-    Ok(())
 }
 
 /// History and backup history files are a few hundred bytes.

@@ -99,6 +99,14 @@ pub struct PlannedTablespace {
     pub remapped: bool,
 }
 
+/// An interval of target times a restore reaches, both ends included (computed by
+/// `window`, which walks the archive the way this planner does).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Recoverable {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Plan {
     pub backup: String,
@@ -110,10 +118,10 @@ pub struct Plan {
     pub wal: Option<SegmentNeed>,
     pub recoverable_from: DateTime<Utc>,
     pub recoverable_to: Option<DateTime<Utc>>,
-    /// With `--dry-run`: every interval of target times a restore reaches (`crate::window`,
-    /// the same computation `info` shows).
+    /// With `--dry-run`: every interval of target times a restore reaches (`window`, the
+    /// same computation `info` shows).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub recoverable: Vec<crate::window::Recoverable>,
+    pub recoverable: Vec<Recoverable>,
     /// Where each tablespace goes (filled in by the restore, which knows the remapping).
     pub tablespaces: Vec<PlannedTablespace>,
     #[serde(skip)]
@@ -361,7 +369,7 @@ pub async fn plan(
 
 /// How recovery from one backup walks the archive: the path of timelines that leads to the
 /// target timeline, and for each segment number the timeline it is read from. Shared by the
-/// planner and the recoverable window (`crate::window`), so both walk the same way.
+/// planner and the recoverable window (`window`), so both walk the same way.
 pub(crate) struct Route {
     pub target: TimelineId,
     pub path: Vec<(TimelineId, Lsn, Option<Lsn>)>,

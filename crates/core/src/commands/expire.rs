@@ -331,7 +331,6 @@ pub async fn expire(repo: &Repo, req: &ExpireRequest) -> anyhow::Result<ExpireRe
         .into_iter()
         .map(|l| (l.key, l.size))
         .collect();
-    let size = |key: &str| sizes.get(key).copied().unwrap_or(0);
 
     // 2. Decide.
     let keep = backups_to_keep(&docs.manifests, &pinned, &req.retention, started)?;
@@ -345,7 +344,69 @@ pub async fn expire(repo: &Repo, req: &ExpireRequest) -> anyhow::Result<ExpireRe
         .into_iter()
         .map(|r| WalRef::key(&r.name))
         .collect();
-    let mut report = ExpireReport {
+    let mut report = decided(req, &docs, &keep, &pinned, &gone_wal, &sizes);
+
+    // 3. Documents: manifests first, then WAL (each batch durable before the next step).
+    if !req.dry_run {
+        delete_documents(repo, &report, &gone_wal).await?;
+    }
+
+    // 4. Chunks, under the rules of docs/format.md: markers first, then the documents as
+    //    they are now (a concurrent writer's new ones included), then the chunks.
+    let live = look_at_markers(repo, req, &mut report).await?;
+    let referenced = if req.dry_run {
+        let remaining_refs = docs
+            .refs
+            .iter()
+            .filter(|r| !gone_wal.contains(&WalRef::key(&r.name)));
+        referenced_chunks(kept.iter().copied(), remaining_refs)
+    } else {
+        let (now_docs, damaged) = load_documents(repo).await?;
+        refuse_damaged(&damaged)?;
+        referenced_chunks(&now_docs.manifests, &now_docs.refs)
+    };
+    let listed: Vec<Listed> = repo.list_objects("").await?;
+    let candidates = unreferenced_chunks(&listed, &referenced, fresh_since, &mut report);
+    if !live.is_empty() {
+        report.chunks_skipped = Some(format!(
+            "a backup is running ({}): no chunk is collected while it may rely on one",
+            live.join(", ")
+        ));
+    } else if req.dry_run {
+        report.chunks = candidates
+            .into_iter()
+            .map(|(_, key, bytes)| Removed { key, bytes })
+            .collect();
+    } else {
+        collect_chunks(repo, req, candidates, fresh_since, &mut report).await?;
+    }
+
+    // 5. Staging files older than the grace period.
+    clear_old_staging(repo, req, &listed, fresh_since, &mut report).await?;
+    if !req.dry_run {
+        repo.sync().await?;
+    }
+    report.bytes_freed = report.backups.iter().map(|b| b.bytes).sum::<u64>()
+        + report.wal.iter().map(|w| w.bytes).sum::<u64>()
+        + report.chunks.iter().map(|c| c.bytes).sum::<u64>()
+        + report.staging.iter().map(|s| s.bytes).sum::<u64>();
+    Ok(report)
+}
+
+/// The report of what was decided: the backups kept (and pinned), the backups and WAL to
+/// remove with their sizes (`sizes`: every object's); chunks and staging files to come.
+fn decided(
+    req: &ExpireRequest,
+    docs: &Documents,
+    keep: &BTreeSet<String>,
+    pinned: &BTreeSet<String>,
+    gone_wal: &BTreeSet<String>,
+    sizes: &HashMap<String, u64>,
+) -> ExpireReport {
+    let size = |key: &str| sizes.get(key).copied().unwrap_or(0);
+    let (kept, gone): (Vec<&BackupManifest>, Vec<&BackupManifest>) =
+        docs.manifests.iter().partition(|b| keep.contains(&b.id));
+    ExpireReport {
         dry_run: req.dry_run,
         kept: kept.iter().map(|b| b.id.clone()).collect(),
         pinned: kept
@@ -353,10 +414,8 @@ pub async fn expire(repo: &Repo, req: &ExpireRequest) -> anyhow::Result<ExpireRe
             .filter(|b| pinned.contains(&b.id))
             .map(|b| b.id.clone())
             .collect(),
-        backups: docs
-            .manifests
-            .iter()
-            .filter(|b| !keep.contains(&b.id))
+        backups: gone
+            .into_iter()
             .map(|b| {
                 let key = BackupManifest::key(&b.id);
                 ExpiredBackup {
@@ -380,31 +439,41 @@ pub async fn expire(repo: &Repo, req: &ExpireRequest) -> anyhow::Result<ExpireRe
         chunks_skipped: None,
         stale_markers: Vec::new(),
         bytes_freed: 0,
-    };
-
-    // 3. Documents: manifests first, then WAL (each batch durable before the next step).
-    if !req.dry_run {
-        let manifests: Vec<String> = report.backups.iter().map(|b| b.key.clone()).collect();
-        repo.delete_docs(&manifests).await?;
-        for b in &report.backups {
-            tracing::info!("expired backup {} (finished {})", b.id, b.stop_time);
-        }
-        // Oldest first (key order is segment order within a timeline): a killed expire leaves
-        // the archive without a hole.
-        let wal: Vec<String> = gone_wal.iter().cloned().collect();
-        repo.delete_docs_in_order(&wal).await?;
-        if !wal.is_empty() {
-            tracing::info!(
-                "expired {} WAL files ({} .. {})",
-                wal.len(),
-                wal.first().expect("not empty"),
-                wal.last().expect("not empty")
-            );
-        }
     }
+}
 
-    // 4. Chunks, under the rules of docs/format.md: markers first, then the documents as
-    //    they are now (a concurrent writer's new ones included), then the chunks.
+/// Delete the expired manifests, then the expired WAL refs oldest first (key order is
+/// segment order within a timeline): a killed expire leaves the archive without a hole.
+async fn delete_documents(
+    repo: &Repo,
+    report: &ExpireReport,
+    gone_wal: &BTreeSet<String>,
+) -> anyhow::Result<()> {
+    let manifests: Vec<String> = report.backups.iter().map(|b| b.key.clone()).collect();
+    repo.delete_docs(&manifests).await?;
+    for b in &report.backups {
+        tracing::info!("expired backup {} (finished {})", b.id, b.stop_time);
+    }
+    let wal: Vec<String> = gone_wal.iter().cloned().collect();
+    repo.delete_docs_in_order(&wal).await?;
+    if !wal.is_empty() {
+        tracing::info!(
+            "expired {} WAL files ({} .. {})",
+            wal.len(),
+            wal.first().expect("not empty"),
+            wal.last().expect("not empty")
+        );
+    }
+    Ok(())
+}
+
+/// The running backups' markers: the live ones returned; stale and dead ones reported (and,
+/// unless a dry run, the dead ones removed).
+async fn look_at_markers(
+    repo: &Repo,
+    req: &ExpireRequest,
+    report: &mut ExpireReport,
+) -> anyhow::Result<Vec<String>> {
     let Markers { live, stale, dead } = markers(repo, Utc::now(), req.marker_stale).await?;
     for m in &stale {
         tracing::warn!(
@@ -421,20 +490,19 @@ pub async fn expire(repo: &Repo, req: &ExpireRequest) -> anyhow::Result<ExpireRe
     }
     report.stale_markers = stale;
     report.stale_markers.extend(dead);
-    let referenced = if req.dry_run {
-        let remaining_refs = docs
-            .refs
-            .iter()
-            .filter(|r| !gone_wal.contains(&WalRef::key(&r.name)));
-        referenced_chunks(kept.iter().copied(), remaining_refs)
-    } else {
-        let (now_docs, damaged) = load_documents(repo).await?;
-        refuse_damaged(&damaged)?;
-        referenced_chunks(&now_docs.manifests, &now_docs.refs)
-    };
-    let listed: Vec<Listed> = repo.list_objects("").await?;
+    Ok(live)
+}
+
+/// The listed chunks no document names, stored before the grace period (those within it
+/// are counted in the report).
+fn unreferenced_chunks(
+    listed: &[Listed],
+    referenced: &HashSet<ChunkId>,
+    fresh_since: DateTime<Utc>,
+    report: &mut ExpireReport,
+) -> Vec<(ChunkId, String, u64)> {
     let mut candidates = Vec::new();
-    for l in &listed {
+    for l in listed {
         if l.staging {
             continue;
         }
@@ -450,22 +518,18 @@ pub async fn expire(repo: &Repo, req: &ExpireRequest) -> anyhow::Result<ExpireRe
         }
         candidates.push((id, l.key.clone(), l.size));
     }
-    if !live.is_empty() {
-        report.chunks_skipped = Some(format!(
-            "a backup is running ({}): no chunk is collected while it may rely on one",
-            live.join(", ")
-        ));
-    } else if req.dry_run {
-        report.chunks = candidates
-            .into_iter()
-            .map(|(_, key, bytes)| Removed { key, bytes })
-            .collect();
-    } else {
-        collect_chunks(repo, req, candidates, fresh_since, &mut report).await?;
-    }
+    candidates
+}
 
-    // 5. Staging files older than the grace period (a chunk a killed expire had set aside
-    //    goes back whatever its age).
+/// Staging files older than the grace period go (a chunk a killed expire had set aside goes
+/// back whatever its age).
+async fn clear_old_staging(
+    repo: &Repo,
+    req: &ExpireRequest,
+    listed: &[Listed],
+    fresh_since: DateTime<Utc>,
+    report: &mut ExpireReport,
+) -> anyhow::Result<()> {
     for l in listed.iter().filter(|l| l.staging) {
         let set_aside = l
             .key
@@ -488,14 +552,7 @@ pub async fn expire(repo: &Repo, req: &ExpireRequest) -> anyhow::Result<ExpireRe
             bytes,
         });
     }
-    if !req.dry_run {
-        repo.sync().await?;
-    }
-    report.bytes_freed = report.backups.iter().map(|b| b.bytes).sum::<u64>()
-        + report.wal.iter().map(|w| w.bytes).sum::<u64>()
-        + report.chunks.iter().map(|c| c.bytes).sum::<u64>()
-        + report.staging.iter().map(|s| s.bytes).sum::<u64>();
-    Ok(report)
+    Ok(())
 }
 
 /// Delete `candidates`, looking at the markers again whenever half of [`MARKER_RECHECK`] has

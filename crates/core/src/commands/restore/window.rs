@@ -1,5 +1,5 @@
 //! The recoverable window: the times `pitr restore --target-time` accepts, computed the way
-//! the planner decides (crates/core/src/restore/plan.rs), so that every time `info` calls
+//! the planner decides (crates/core/src/commands/restore/plan.rs), so that every time `info` calls
 //! recoverable is one a restore reaches. One code path for `info` and `restore --dry-run`.
 //!
 //! For a time T the planner takes the newest backup that finished before T, walks the archive
@@ -12,19 +12,12 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
 use pitr_pg::TimelineId;
-use serde::Serialize;
 
 use crate::index::ArchiveIndex;
 use crate::repofile::BackupManifest;
-use crate::restore::plan::{ArchiveReader, Route};
-use crate::restore::TimelineChoice;
-
-/// An interval of target times a restore reaches, both ends included.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Recoverable {
-    pub from: DateTime<Utc>,
-    pub to: DateTime<Utc>,
-}
+// The planner's, not the other way round: plan.rs does not depend on this file.
+pub use super::plan::Recoverable;
+use super::plan::{ArchiveReader, Route, TimelineChoice};
 
 /// The recoverable intervals of `backups` (oldest first) over the archive `index`, oldest
 /// first and merged where they touch. Segments that cannot be read end a backup's interval

@@ -821,6 +821,96 @@ fn encrypted_point_in_time_recovery_local() {
         rc.contains(&format!("--passphrase-file {}", key.display())),
         "restore_command should carry the key file: {rc}"
     );
+    let id = repository_id(pitr.repo());
+    assert!(
+        rc.contains(&format!("restore-wal --repository-id {id} ")),
+        "restore_command should insist on encrypted repository {id}: {rc}"
+    );
+}
+
+/// `config.json`'s encryption.repository_id.
+fn repository_id(repo: &Path) -> String {
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(repo.join("config.json")).expect("read config.json"))
+            .expect("config.json is JSON");
+    config["encryption"]["repository_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no repository_id in {config}"))
+        .to_string()
+}
+
+/// Issue 17 #10: a restore_command written for an encrypted repository names it
+/// (`--repository-id`), so a restore-wal with no secret of its own refuses the repository
+/// when someone replaced it with an unencrypted one holding their own WAL (a downgrade), or
+/// with another encrypted one: exit above 125, no DEST. Without the flag the downgrade would
+/// be served, which is the hole.
+#[test]
+fn restore_wal_with_a_repository_id_refuses_a_downgraded_or_swapped_repository() {
+    let dir = TestDir::new();
+    let pass = secret_file(&dir, "pass", "pitr downgrade\n");
+    let (by_pass, _, _) = init_encrypted_local(&dir, "repo", &pass);
+    let id = repository_id(by_pass.repo());
+    let pg = PgCluster::init();
+    let name = pg.switch_wal();
+    let copy = dir.path().join(&name);
+    fs::copy(pg.wal_path(&name), &copy).expect("copy the segment");
+    chmod(&copy, 0o644);
+    give_to_pg(&copy);
+    by_pass.archive(&copy, &name);
+
+    // The attacker's repository: unencrypted, holding WAL of their choosing under the name.
+    let plain = Pitr::init(&dir, "plain");
+    plain.archive(&copy, &name);
+    let other_pass = secret_file(&dir, "other-pass", "someone else\n");
+    let (other, _, _) = init_encrypted_local(&dir, "other", &other_pass);
+    let other_id = repository_id(other.repo());
+    let swapped = dir.path().join("swapped");
+    let dest_dir = dir.mkdir("pg_wal");
+    let dest = dest_dir.join("RECOVERYXLOG");
+    for (what, source, says) in [
+        (
+            "an unencrypted repository",
+            plain.repo(),
+            "is not encrypted".to_string(),
+        ),
+        (
+            "another encrypted repository",
+            other.repo(),
+            format!("is encrypted repository {other_id}"),
+        ),
+    ] {
+        let _ = fs::remove_dir_all(&swapped);
+        run(Command::new("cp").arg("-a").arg(source).arg(&swapped));
+        let restore_wal = |with_id: bool| {
+            let mut cmd = Pitr::with_env(&dir, &swapped, Vec::new()).bare_command();
+            cmd.env_remove("PITR_PASSPHRASE_FILE")
+                .env_remove("PITR_PASSPHRASE")
+                .arg("--repo")
+                .arg(&swapped)
+                .arg("restore-wal");
+            if with_id {
+                cmd.args(["--repository-id", &id]);
+            }
+            cmd.arg(&name).arg(&dest);
+            cmd
+        };
+        let what_it_says = assert_restore_wal_fatal(restore_wal(true), &dest);
+        assert!(
+            what_it_says.contains(&says) && what_it_says.contains(&id),
+            "{what}: the refusal should say why and name {id}: {what_it_says}"
+        );
+        if source == plain.repo() {
+            // The hole the flag closes: without it, the downgrade is served.
+            run(&mut restore_wal(false));
+            assert!(dest.exists(), "{what}: served without --repository-id");
+            fs::remove_file(&dest).unwrap();
+        }
+    }
+    // The real repository, with its secret, is served.
+    let mut cmd = by_pass.command(["restore-wal", "--repository-id", &id, &name]);
+    cmd.arg(&dest);
+    run(&mut cmd);
+    assert_eq!(fs::read(&dest).unwrap(), fs::read(&copy).unwrap());
 }
 
 /// The same on S3 (moto), configured by a file alone: its S3 options and `passphrase_file` (a

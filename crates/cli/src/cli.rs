@@ -387,6 +387,10 @@ pub struct RestoreWalArgs {
     /// Internal: run as the prefetch worker (NAME is the segment just served, DEST the spool)
     #[arg(long, hide = true)]
     pub prefetch_worker: bool,
+    /// Serve WAL only from the encrypted repository with this ID, refusing (exit 255) an
+    /// unencrypted or other one; `pitr restore` writes it into restore_command
+    #[arg(long, value_name = "ID")]
+    pub repository_id: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -384,6 +384,8 @@ pub fn resolve(
     let handed_on = pitr_core::restore::HandedOn {
         config: settings.path.as_deref().map(absolute),
         passphrase_file: flag_file.map(absolute),
+        // What the repository is, not a setting: the restore fills it in.
+        repository_id: None,
     };
     let pg_password = match cli.command {
         Command::Backup(_) | Command::Check(_) => settings.pg_password(env)?,

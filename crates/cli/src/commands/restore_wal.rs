@@ -19,6 +19,7 @@ pub async fn run(
             .unwrap_or(crate::cli::DEFAULT_PREFETCH),
         prefetch_worker: args.prefetch_worker,
         handed_on,
+        repository_id: args.repository_id,
     };
     pitr_core::restore_wal::restore_wal(url, options, req).await
 }

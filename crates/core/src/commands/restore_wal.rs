@@ -34,6 +34,9 @@ pub struct RestoreWalRequest {
     pub prefetch_worker: bool,
     /// What the prefetch worker this call starts is given of its settings.
     pub handed_on: HandedOn,
+    /// `--repository-id`: serve WAL only from the encrypted repository with this ID (what
+    /// `pitr restore` writes into restore_command for an encrypted repository).
+    pub repository_id: Option<String>,
 }
 
 const ATTEMPTS: u32 = 4;
@@ -45,12 +48,14 @@ pub async fn restore_wal(
     args: RestoreWalRequest,
 ) -> anyhow::Result<()> {
     let name = args.name;
+    let expected = args.repository_id.as_deref();
     if args.prefetch_worker {
-        return prefetch_worker(url, options, &name, &args.dest, args.prefetch).await;
+        return prefetch_worker(url, options, expected, &name, &args.dest, args.prefetch).await;
     }
     let worker = Worker {
         url,
         handed_on: &args.handed_on,
+        repository_id: expected,
         depth: args.prefetch,
     };
     let spool = spool_dir(&args.dest, &name, args.prefetch);
@@ -66,9 +71,11 @@ pub async fn restore_wal(
     let sysid = SystemId::new();
     let mut delay = Duration::from_millis(200);
     for attempt in 1.. {
-        let fetched =
-            async { fetch(&Repo::open(url, options).await?, &name, &args.dest, &sysid).await }
-                .await;
+        let fetched = async {
+            let repo = open_expected(url, options, expected).await?;
+            fetch(&repo, &name, &args.dest, &sysid).await
+        }
+        .await;
         match fetched {
             Err(e) if attempt < ATTEMPTS && is_transient(&e) => {
                 tracing::warn!("fetch {name} (attempt {attempt} of {ATTEMPTS}): {e:#}; retrying");
@@ -99,7 +106,33 @@ fn spool_dir(dest: &Path, name: &WalFileName, depth: usize) -> Option<PathBuf> {
 struct Worker<'a> {
     url: &'a str,
     handed_on: &'a HandedOn,
+    repository_id: Option<&'a str>,
     depth: usize,
+}
+
+/// The repository at `url`, refused unless it is the encrypted repository `expected` (when
+/// given): a downgraded or swapped repository must stop recovery, not feed it.
+async fn open_expected(
+    url: &str,
+    options: &RepoOptions,
+    expected: Option<&str>,
+) -> anyhow::Result<Repo> {
+    let repo = Repo::open(url, options).await?;
+    if let Some(want) = expected {
+        match &repo.config().encryption {
+            Some(e) if e.repository_id == want => {}
+            Some(e) => anyhow::bail!(
+                "repository {url} is encrypted repository {}, not {want}, the one this \
+                 recovery was restored from: refusing its WAL",
+                e.repository_id
+            ),
+            None => anyhow::bail!(
+                "repository {url} is not encrypted, but this recovery was restored from \
+                 encrypted repository {want} (config.json replaced?): refusing its WAL"
+            ),
+        }
+    }
+    Ok(repo)
 }
 
 /// Drop spooled segments recovery has passed, and make sure a worker is fetching the next ones.
@@ -131,6 +164,13 @@ fn after_serving(worker: &Worker<'_>, name: &WalFileName, spool: &Path) {
             "--prefetch",
         ])
         .arg(worker.depth.to_string())
+        .args(
+            worker
+                .repository_id
+                .map(|id| ["--repository-id", id])
+                .into_iter()
+                .flatten(),
+        )
         .arg(name.as_str())
         .arg(spool)
         .stdin(std::process::Stdio::null())
@@ -183,6 +223,7 @@ fn worker_running(spool: &Path) -> bool {
 async fn prefetch_worker(
     url: &str,
     options: &RepoOptions,
+    expected: Option<&str>,
     after: &WalFileName,
     spool: &Path,
     depth: usize,
@@ -195,7 +236,7 @@ async fn prefetch_worker(
     if !try_lock(&lock) || spool_closed(spool) {
         return Ok(());
     }
-    let repo = Repo::open(url, options).await?;
+    let repo = open_expected(url, options, expected).await?;
     let seg_size = WalRef::load(&repo, after)
         .await?
         .and_then(|r| r.segment_size)

@@ -106,8 +106,12 @@ fn recovery_commands(exe: &str, handed_on: &HandedOn, repo_url: &str) -> (String
         escape_percent(&shell_word(exe)),
         escape_percent(&shell_word(repo_url))
     );
+    let expect: String = match &handed_on.repository_id {
+        Some(id) => format!(" --repository-id {}", escape_percent(&shell_word(id))),
+        None => String::new(),
+    };
     (
-        format!("{prefix} restore-wal %f %p"),
+        format!("{prefix} restore-wal{expect} %f %p"),
         format!("{prefix} spool-clean pg_wal"),
     )
 }
@@ -123,6 +127,12 @@ pub struct HandedOn {
     pub config: Option<String>,
     /// The file `--passphrase-file` named: restore-wal needs the same secret.
     pub passphrase_file: Option<String>,
+    /// The encrypted repository a restore came from (its `repository_id`), which the
+    /// restore_command it writes insists on (`restore-wal --repository-id`): a config.json
+    /// replaced by an unencrypted one, or another repository at the URL, is refused even by a
+    /// restore-wal that has no secret to notice it with. Filled by [`restore`] from the
+    /// repository it opened, never from settings.
+    pub repository_id: Option<String>,
 }
 
 impl HandedOn {
@@ -146,12 +156,22 @@ impl HandedOn {
 fn recovery_settings(
     repo_url: &str,
     args: &RestoreRequest,
+    repo: &Repo,
 ) -> anyhow::Result<Vec<(String, String)>> {
     let exe = std::env::current_exe().context("find the pitr binary's own path")?;
     let exe = exe.canonicalize().unwrap_or(exe);
+    // restore_command insists on this repository when it is an encrypted one.
+    let handed_on = HandedOn {
+        repository_id: repo
+            .config()
+            .encryption
+            .as_ref()
+            .map(|e| e.repository_id.clone()),
+        ..args.handed_on.clone()
+    };
     Ok(recovery_settings_for(
         &exe.display().to_string(),
-        &args.handed_on,
+        &handed_on,
         repo_url,
         args,
     ))
@@ -411,7 +431,7 @@ pub async fn restore(
     );
     let (mut stats, last) = lay.run().await?;
     write_tablespace_map(&pgdata, &plan.backup, &plan.tablespaces)?;
-    let settings = recovery_settings(repo.url(), &args)?;
+    let settings = recovery_settings(repo.url(), &args, &repo)?;
     write_recovery_conf(
         &pgdata,
         &settings,
@@ -1296,6 +1316,7 @@ mod tests {
             &HandedOn {
                 config: Some("/etc/pitr/my cluster%.toml".into()),
                 passphrase_file: Some("/etc/pitr/key 100%".into()),
+                repository_id: Some("0123456789abcdef0123456789abcdef".into()),
             },
             "s3://b/p",
             &request(Path::new("/d")),
@@ -1307,7 +1328,7 @@ mod tests {
             .1;
         assert_eq!(
             substitute(&value[1..value.len() - 1].replace("''", "'"), "N", "P"),
-            "/usr/bin/pitr --config '/etc/pitr/my cluster%.toml' --passphrase-file '/etc/pitr/key 100%' --repo s3://b/p restore-wal N P"
+            "/usr/bin/pitr --config '/etc/pitr/my cluster%.toml' --passphrase-file '/etc/pitr/key 100%' --repo s3://b/p restore-wal --repository-id 0123456789abcdef0123456789abcdef N P"
         );
     }
 

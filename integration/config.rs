@@ -146,3 +146,34 @@ fn s3_options_from_the_config_file() {
         "info on S3 configured by the file\n{what}"
     );
 }
+
+/// Issue 19 #4: the shipped configuration, with only its `repo` line pointed at a real
+/// repository, gives `pitr expire` a retention: the daily expire unit succeeds out of the box.
+#[test]
+fn the_shipped_configuration_lets_expire_run() {
+    let dir = TestDir::new();
+    let pitr = Pitr::init(&dir, "repo");
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/pitr.toml"))
+            .expect("read contrib/pitr.toml");
+    let repo_line = shipped
+        .lines()
+        .find(|l| l.starts_with("repo = "))
+        .expect("the shipped configuration names a repository")
+        .to_string();
+    let text = shipped.replace(&repo_line, &format!("repo = \"{}\"", pitr.repo().display()));
+    let config = dir.path().join("pitr.toml");
+    std::fs::write(&config, text).unwrap();
+    pitr_testkit::user::chmod(&config, 0o600);
+    pitr_testkit::user::give_to_pg(&config);
+    for args in [&["expire", "--dry-run"][..], &["expire"]] {
+        let mut cmd = pitr.bare_command();
+        cmd.arg("--config").arg(&config).args(args);
+        let out = output(&mut cmd);
+        assert!(
+            out.status.success(),
+            "{args:?} with the shipped configuration\n{}",
+            describe(&cmd, &out)
+        );
+    }
+}

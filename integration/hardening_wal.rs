@@ -505,3 +505,35 @@ fn restore_wal_refuses_a_tampered_history_file() {
         "timeline 3's history as timeline 2's",
     );
 }
+
+/// Issue 19 #9: what the arguments ask for that cannot be — a time that does not parse,
+/// conflicting targets, a malformed `--tablespace-map` — exits 2 like clap's usage errors,
+/// before any repository is opened (none exists here).
+#[test]
+fn restore_usage_errors_exit_2() {
+    let dir = TestDir::new();
+    let pitr = Pitr::new(&dir, "no-repo");
+    let pgdata = dir.path().join("restored");
+    for (args, says) in [
+        (&["--target-time", "yesterday-ish"][..], "--target-time"),
+        (&["--target-lsn", "0/1", "--target-xid", "5"], "at most one"),
+        (&["--tablespace-map", "16400"], "OID=DIR"),
+        (&["--target-timeline", "sideways"], "--target-timeline"),
+    ] {
+        let mut cmd = pitr.command(["restore", "--pgdata"]);
+        cmd.arg(&pgdata).args(args);
+        let out = output(&mut cmd);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: a usage error exits 2\n{}",
+            describe(&cmd, &out)
+        );
+        assert!(
+            stderr_of(&out).contains(says),
+            "{args:?}: the error should say {says:?}\n{}",
+            describe(&cmd, &out)
+        );
+        assert!(!pgdata.exists(), "{args:?}: something was created");
+    }
+}

@@ -63,6 +63,7 @@ fn exit_status(failure: Failure, contract: Contract) -> u8 {
         (_, Contract::RestoreWal) => exit::RECOVERY_FATAL,
         (Failure::Warning, Contract::Check) => exit::CHECK_WARNING,
         (_, Contract::Check) => exit::CHECK_CRITICAL,
+        (Failure::Usage, Contract::Other) => exit::USAGE,
         (_, Contract::Other) => exit::FAILURE,
     }
 }
@@ -269,5 +270,9 @@ mod tests {
         assert_eq!(exit_status(Failure::Fatal, Contract::Other), 1);
         assert_eq!(exit_status(Failure::NotArchived, Contract::RestoreWal), 1);
         assert_eq!(exit_status(Failure::Fatal, Contract::RestoreWal), 255);
+        // A usage error found after parsing is 2, as clap's are; restore-wal's stops recovery.
+        assert_eq!(exit_status(Failure::Usage, Contract::Other), 2);
+        assert_eq!(exit_status(Failure::Usage, Contract::RestoreWal), 255);
+        assert_eq!(exit_status(Failure::Usage, Contract::Check), 2);
     }
 }

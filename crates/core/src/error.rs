@@ -11,6 +11,20 @@ pub struct NotArchived(pub String);
 #[error("check: {0}")]
 pub struct CheckFailed(pub crate::check::Status);
 
+/// The command line asked for something that cannot be (a time that does not parse,
+/// conflicting targets, a malformed `OID=DIR`): a usage error, like those clap refuses, but
+/// found once the arguments are read as values.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+impl UsageError {
+    /// `err` as a usage error, its message kept whole.
+    pub fn from(err: anyhow::Error) -> anyhow::Error {
+        anyhow::Error::new(UsageError(format!("{err:#}")))
+    }
+}
+
 /// How a failed command should end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
@@ -20,6 +34,8 @@ pub enum Failure {
     Warning,
     /// `pitr check`: a check ended critical.
     Critical,
+    /// The arguments asked for something that cannot be ([`UsageError`]).
+    Usage,
     /// Anything else: bad input, a damaged or unreachable repository, a server error.
     Fatal,
 }
@@ -28,6 +44,8 @@ impl Failure {
     pub fn of(err: &anyhow::Error) -> Failure {
         if err.downcast_ref::<NotArchived>().is_some() {
             Failure::NotArchived
+        } else if err.downcast_ref::<UsageError>().is_some() {
+            Failure::Usage
         } else if let Some(CheckFailed(status)) = err.downcast_ref::<CheckFailed>() {
             match status {
                 crate::check::Status::Warning => Failure::Warning,

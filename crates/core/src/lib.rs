@@ -24,6 +24,6 @@ pub mod archive {
 #[cfg(test)]
 mod testutil;
 
-pub use error::{CheckFailed, Failure, NotArchived};
+pub use error::{CheckFailed, Failure, NotArchived, UsageError};
 pub use index::ArchiveIndex;
 pub use progress::{Progress, Reporter};

@@ -31,7 +31,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let json = args.json;
     let start = args.start;
-    let req = request(args, handed_on)?;
+    // What the arguments ask for that cannot be is a usage error (exit 2), found before the
+    // repository is opened.
+    let req = request(args, handed_on).map_err(pitr_core::UsageError::from)?;
     let repo = Repo::open(url, options).await?;
     let reaches = reach.written || (start && reach.in_environment);
     if let (Some(_), Some(secret), false) = (repo.cipher(), reach.secret, reaches) {

@@ -431,7 +431,7 @@ pub async fn restore(
     );
     let (mut stats, last) = lay.run().await?;
     write_tablespace_map(&pgdata, &plan.backup, &plan.tablespaces)?;
-    let settings = recovery_settings(repo.url(), &args, &repo)?;
+    let settings = recovery_settings(repo.url(), &args, repo)?;
     write_recovery_conf(
         &pgdata,
         &settings,

@@ -199,155 +199,23 @@ pub async fn plan(
     let manifest = choose_backup(repo_url, backups, &req)?;
     manifest.check_restorable()?;
     let earliest = backups[0].stop_time;
-    let stop_lsn = manifest.stop_lsn;
-    if let Target::Time(t) = req.target {
-        if *t <= manifest.stop_time {
-            bail!(
-                "target time {} is before backup {} finished ({}); choose an earlier backup or a later time",
-                format_pg_time(t),
-                manifest.id,
-                format_pg_time(&manifest.stop_time)
-            );
-        }
-    }
-    if let Target::Lsn(l) = req.target {
-        if *l < stop_lsn {
-            bail!(
-                "target LSN {l} is before backup {} reached consistency at {stop_lsn}",
-                manifest.id
-            );
-        }
-    }
-    let seg_size = index.segment_size();
+    refuse_target_before_backup(manifest, req.target)?;
     let route = Route::new(manifest, index, archive, req.timeline).await?;
     let (target_tli, path) = (route.target, &route.path);
     let name = |segno: u64| route.segment_name(index, segno);
     let first = route.first_segment();
-    let has = |segno: u64| route.has(index, segno);
-    // The newest archived segment on the path.
-    let last_on_path = path
-        .iter()
-        .filter_map(|(t, begin, end)| {
-            let segs = index.segments(*t)?;
-            let lo = begin.segment_number(seg_size);
-            let hi = end.map_or(u64::MAX, |e| e.segment_number(seg_size));
-            segs.range(lo..=hi).next_back().copied()
-        })
-        .max();
 
     let mut recoverable_to = None;
     let wal = match req.target {
         Target::Immediate => None,
         _ => {
-            let end = match req.target {
-                Target::Lsn(l) => Some(l.0 / u64::from(seg_size)),
-                _ => None,
-            };
-            let mut segno = first;
-            let mut stop_found = false;
-            // For a transaction or restore point target: whether the scan met it, or met a
-            // COMMIT/ABORT PREPARED whose transaction it cannot tell (then it cannot refuse).
-            let (mut named_found, mut unsure) = (false, false);
-            let mut count = 0;
-            let mut last = None;
-            let last_archived = last_on_path.unwrap_or(0);
-            loop {
-                if end.is_some_and(|e| segno > e) {
-                    break;
-                }
-                if !has(segno) {
-                    if end.is_some() || segno <= last_archived {
-                        bail!(
-                            "WAL segment {} is missing from the archive: recovery from backup {} cannot get past it (needed for {})",
-                            name(segno),
-                            manifest.id,
-                            req.target.describe()
-                        );
-                    }
-                    break;
-                }
-                count += 1;
-                last = Some(segno);
-                if let Target::Time(t) = req.target {
-                    let seg_name = name(segno);
-                    let archived_at = archive.archived_at(&seg_name).await?;
-                    recoverable_to = Some(archived_at);
-                    // A segment archived before the target cannot hold the record recovery
-                    // stops at; one archived after it may (the archiver can lag), so read it.
-                    if archived_at > *t
-                        && holds_stop_record(archive, &seg_name, seg_size, t, req.exclusive).await?
-                    {
-                        stop_found = true;
-                        break;
-                    }
-                }
-                if let Target::Xid(_) | Target::Name(_) = req.target {
-                    // Recovery stops there only after the backup is consistent.
-                    let seg_name = name(segno);
-                    for r in archive.records(&seg_name, seg_size).await? {
-                        if r.lsn < stop_lsn {
-                            continue;
-                        }
-                        match (req.target, r.kind) {
-                            (Target::Xid(x), TimedKind::Commit | TimedKind::Abort) => {
-                                // recovery_target_xid compares the 32-bit xid (an xid8
-                                // from pg_current_xact_id() carries the epoch above it).
-                                named_found |= r.xid == (*x & 0xFFFF_FFFF) as u32;
-                                unsure |= r.xid == 0;
-                            }
-                            (Target::Name(n), TimedKind::RestorePoint) => {
-                                named_found |= r.restore_point.as_deref() == Some(n.as_str());
-                            }
-                            _ => {}
-                        }
-                    }
-                    if named_found {
-                        break;
-                    }
-                }
-                segno += 1;
-            }
-            let scanned =
-                || last.map_or("no segment".to_string(), |s| format!("up to {}", name(s)));
-            match req.target {
-                Target::Xid(x) if !named_found && !unsure => bail!(
-                    "transaction {x} commits or aborts nowhere in the archived WAL after backup {} ({}): \
-                     recovery would end without reaching it; check the ID (SELECT pg_current_xact_id()) or wait for more WAL",
-                    manifest.id,
-                    scanned()
-                ),
-                Target::Name(n) if !named_found => bail!(
-                    "no restore point named {n:?} in the archived WAL after backup {} ({}): \
-                     recovery would end without reaching it (pg_create_restore_point makes one)",
-                    manifest.id,
-                    scanned()
-                ),
-                _ => {}
-            }
-            if let (Target::Time(t), false) = (req.target, stop_found) {
-                if recoverable_to.is_some_and(|r| r > *t) {
-                    bail!(
-                        "archived WAL up to {} holds no commit, abort or restore point after {}: recovery could not stop there yet; wait for more WAL to be archived (or use --target-lsn)",
-                        last.map_or("-".to_string(), |s| name(s).to_string()),
-                        format_pg_time(t)
-                    );
-                }
-            }
-            if let Target::Time(t) = req.target {
-                if recoverable_to.is_none_or(|r| r <= *t) {
-                    bail!(
-                        "target time {} is after the last archived WAL ({}): the recoverable window is {} .. {}",
-                        format_pg_time(t),
-                        recoverable_to.map_or("none".into(), |r| format_pg_time(&r)),
-                        format_pg_time(&earliest),
-                        recoverable_to.map_or("none".into(), |r| format_pg_time(&r)),
-                    );
-                }
-            }
+            let scan = scan_wal(&route, index, archive, &req, manifest).await?;
+            recoverable_to = scan.recoverable_to;
+            refuse_unreached(&req, manifest, &scan, earliest, &name)?;
             Some(SegmentNeed {
                 first: name(first),
-                last: last.map(name),
-                count,
+                last: scan.last.map(name),
+                count: scan.count,
             })
         }
     };
@@ -365,6 +233,197 @@ pub async fn plan(
         tablespaces: Vec::new(),
         manifest: manifest.clone(),
     })
+}
+
+/// A target time or LSN before the backup was consistent cannot be reached from it.
+fn refuse_target_before_backup(manifest: &BackupManifest, target: &Target) -> anyhow::Result<()> {
+    let stop_lsn = manifest.stop_lsn;
+    if let Target::Time(t) = target {
+        if *t <= manifest.stop_time {
+            bail!(
+                "target time {} is before backup {} finished ({}); choose an earlier backup or a later time",
+                format_pg_time(t),
+                manifest.id,
+                format_pg_time(&manifest.stop_time)
+            );
+        }
+    }
+    if let Target::Lsn(l) = target {
+        if *l < stop_lsn {
+            bail!(
+                "target LSN {l} is before backup {} reached consistency at {stop_lsn}",
+                manifest.id
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What the walk over the archived WAL from the backup's first segment found.
+struct Scan {
+    count: usize,
+    /// The last segment walked.
+    last: Option<u64>,
+    /// For a time target: when the last segment walked was archived.
+    recoverable_to: Option<DateTime<Utc>>,
+    /// For a time target: a record recovery stops at was found.
+    stop_found: bool,
+    /// For a transaction or restore point target: whether the scan met it, or met a
+    /// COMMIT/ABORT PREPARED whose transaction it cannot tell (then it cannot refuse).
+    named_found: bool,
+    unsure: bool,
+}
+
+/// Walk the archived segments along the route from its first segment until the target is
+/// found, the target LSN's segment is passed, or the archive ends; a segment missing before
+/// the newest archived one is refused.
+async fn scan_wal(
+    route: &Route,
+    index: &ArchiveIndex,
+    archive: &impl ArchiveReader,
+    req: &PlanRequest<'_>,
+    manifest: &BackupManifest,
+) -> anyhow::Result<Scan> {
+    let seg_size = index.segment_size();
+    let stop_lsn = manifest.stop_lsn;
+    let path = &route.path;
+    let name = |segno: u64| route.segment_name(index, segno);
+    let first = route.first_segment();
+    let has = |segno: u64| route.has(index, segno);
+    // The newest archived segment on the path.
+    let last_on_path = path
+        .iter()
+        .filter_map(|(t, begin, end)| {
+            let segs = index.segments(*t)?;
+            let lo = begin.segment_number(seg_size);
+            let hi = end.map_or(u64::MAX, |e| e.segment_number(seg_size));
+            segs.range(lo..=hi).next_back().copied()
+        })
+        .max();
+    let mut recoverable_to = None;
+    let end = match req.target {
+        Target::Lsn(l) => Some(l.0 / u64::from(seg_size)),
+        _ => None,
+    };
+    let mut segno = first;
+    let mut stop_found = false;
+    let (mut named_found, mut unsure) = (false, false);
+    let mut count = 0;
+    let mut last = None;
+    let last_archived = last_on_path.unwrap_or(0);
+    loop {
+        if end.is_some_and(|e| segno > e) {
+            break;
+        }
+        if !has(segno) {
+            if end.is_some() || segno <= last_archived {
+                bail!(
+                    "WAL segment {} is missing from the archive: recovery from backup {} cannot get past it (needed for {})",
+                    name(segno),
+                    manifest.id,
+                    req.target.describe()
+                );
+            }
+            break;
+        }
+        count += 1;
+        last = Some(segno);
+        if let Target::Time(t) = req.target {
+            let seg_name = name(segno);
+            let archived_at = archive.archived_at(&seg_name).await?;
+            recoverable_to = Some(archived_at);
+            // A segment archived before the target cannot hold the record recovery
+            // stops at; one archived after it may (the archiver can lag), so read it.
+            if archived_at > *t
+                && holds_stop_record(archive, &seg_name, seg_size, t, req.exclusive).await?
+            {
+                stop_found = true;
+                break;
+            }
+        }
+        if let Target::Xid(_) | Target::Name(_) = req.target {
+            // Recovery stops there only after the backup is consistent.
+            let seg_name = name(segno);
+            for r in archive.records(&seg_name, seg_size).await? {
+                if r.lsn < stop_lsn {
+                    continue;
+                }
+                match (req.target, r.kind) {
+                    (Target::Xid(x), TimedKind::Commit | TimedKind::Abort) => {
+                        // recovery_target_xid compares the 32-bit xid (an xid8
+                        // from pg_current_xact_id() carries the epoch above it).
+                        named_found |= r.xid == (*x & 0xFFFF_FFFF) as u32;
+                        unsure |= r.xid == 0;
+                    }
+                    (Target::Name(n), TimedKind::RestorePoint) => {
+                        named_found |= r.restore_point.as_deref() == Some(n.as_str());
+                    }
+                    _ => {}
+                }
+            }
+            if named_found {
+                break;
+            }
+        }
+        segno += 1;
+    }
+    Ok(Scan {
+        count,
+        last,
+        recoverable_to,
+        stop_found,
+        named_found,
+        unsure,
+    })
+}
+
+/// Refuse a target the scanned WAL does not reach: a transaction or restore point it does
+/// not hold, a time it holds no stop record after, or a time after the archive's end.
+fn refuse_unreached(
+    req: &PlanRequest<'_>,
+    manifest: &BackupManifest,
+    scan: &Scan,
+    earliest: DateTime<Utc>,
+    name: &dyn Fn(u64) -> WalFileName,
+) -> anyhow::Result<()> {
+    let (last, recoverable_to) = (scan.last, scan.recoverable_to);
+    let scanned = || last.map_or("no segment".to_string(), |s| format!("up to {}", name(s)));
+    match req.target {
+        Target::Xid(x) if !scan.named_found && !scan.unsure => bail!(
+            "transaction {x} commits or aborts nowhere in the archived WAL after backup {} ({}): \
+             recovery would end without reaching it; check the ID (SELECT pg_current_xact_id()) or wait for more WAL",
+            manifest.id,
+            scanned()
+        ),
+        Target::Name(n) if !scan.named_found => bail!(
+            "no restore point named {n:?} in the archived WAL after backup {} ({}): \
+             recovery would end without reaching it (pg_create_restore_point makes one)",
+            manifest.id,
+            scanned()
+        ),
+        _ => {}
+    }
+    if let (Target::Time(t), false) = (req.target, scan.stop_found) {
+        if recoverable_to.is_some_and(|r| r > *t) {
+            bail!(
+                "archived WAL up to {} holds no commit, abort or restore point after {}: recovery could not stop there yet; wait for more WAL to be archived (or use --target-lsn)",
+                last.map_or("-".to_string(), |s| name(s).to_string()),
+                format_pg_time(t)
+            );
+        }
+    }
+    if let Target::Time(t) = req.target {
+        if recoverable_to.is_none_or(|r| r <= *t) {
+            bail!(
+                "target time {} is after the last archived WAL ({}): the recoverable window is {} .. {}",
+                format_pg_time(t),
+                recoverable_to.map_or("none".into(), |r| format_pg_time(&r)),
+                format_pg_time(&earliest),
+                recoverable_to.map_or("none".into(), |r| format_pg_time(&r)),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// How recovery from one backup walks the archive: the path of timelines that leads to the

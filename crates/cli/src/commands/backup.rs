@@ -5,7 +5,7 @@ use pitr_store::Repo;
 
 use pitr_core::config::Checkpoint;
 
-use crate::cli::BackupArgs;
+use pitr_settings::cli::BackupArgs;
 use crate::progress::Shown;
 
 pub async fn run(

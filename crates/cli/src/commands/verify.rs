@@ -5,7 +5,7 @@ use anyhow::bail;
 use pitr_core::verify::{RestoreTest, VerifyRequest};
 use pitr_store::Repo;
 
-use crate::cli::VerifyArgs;
+use pitr_settings::cli::VerifyArgs;
 use crate::progress::Shown;
 
 pub async fn run(

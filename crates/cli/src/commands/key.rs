@@ -4,8 +4,8 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use pitr_settings::config::{read_secret_file, Env};
 use anyhow::{bail, Context};
+use pitr_settings::config::{read_secret_file, Env};
 use pitr_store::{Repo, Secret};
 
 use pitr_settings::cli::{KeyAddArgs, KeyCommand};

@@ -340,9 +340,13 @@ pub(crate) mod tests {
     /// damaged one is refused naming it.
     #[tokio::test]
     async fn damaged_documents_are_named_and_the_rest_stays_usable() {
-        let (repo, _) = Repo::init("memory://verify-damaged", RepoConfig::default(), &pitr_store::RepoOptions::default())
-            .await
-            .unwrap();
+        let (repo, _) = Repo::init(
+            "memory://verify-damaged",
+            RepoConfig::default(),
+            &pitr_store::RepoOptions::default(),
+        )
+        .await
+        .unwrap();
         claim_cluster(&repo, SYSID, "test").await.unwrap();
         put(
             &repo,
@@ -497,9 +501,13 @@ pub(crate) mod tests {
     /// another segment or cluster, and history files that do not parse are each named.
     #[tokio::test]
     async fn wal_refs_that_lie_are_named() {
-        let (repo, _) = Repo::init("memory://verify-refs", RepoConfig::default(), &pitr_store::RepoOptions::default())
-            .await
-            .unwrap();
+        let (repo, _) = Repo::init(
+            "memory://verify-refs",
+            RepoConfig::default(),
+            &pitr_store::RepoOptions::default(),
+        )
+        .await
+        .unwrap();
         claim_cluster(&repo, SYSID, "test").await.unwrap();
         archive(&repo, "000000010000000000000002", segment(2, SYSID), None).await;
         // segment 3's ref lies about its size; 4 holds 5's bytes; 5 another cluster's
@@ -552,9 +560,13 @@ pub(crate) mod tests {
     /// repository and a backup older than --max-age fail too.
     #[tokio::test]
     async fn continuity_from_each_backup_and_age() {
-        let (repo, _) = Repo::init("memory://verify-continuity", RepoConfig::default(), &pitr_store::RepoOptions::default())
-            .await
-            .unwrap();
+        let (repo, _) = Repo::init(
+            "memory://verify-continuity",
+            RepoConfig::default(),
+            &pitr_store::RepoOptions::default(),
+        )
+        .await
+        .unwrap();
         claim_cluster(&repo, SYSID, "test").await.unwrap();
         let report = verify(&repo, VerifyRequest::default(), &crate::progress::Silent)
             .await

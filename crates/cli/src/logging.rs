@@ -11,8 +11,8 @@ use std::io::{IsTerminal, Write};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::Global;
-use crate::options::LogFormat;
+use pitr_settings::cli::Global;
+use pitr_settings::options::LogFormat;
 
 pub fn init(global: &Global, format: LogFormat) {
     crate::progress::set_quiet(global.quiet);

@@ -12,11 +12,8 @@ macro_rules! outln {
     }};
 }
 
-mod cli;
 mod commands;
-mod config;
 mod logging;
-mod options;
 mod progress;
 mod prompt;
 
@@ -25,8 +22,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use pitr_core::Failure;
 
-use cli::{Cli, Command};
-use config::{Env, Settings};
+use pitr_settings::cli::{Cli, Command};
+use pitr_settings::config::{self, Env, Settings};
+use pitr_settings::options;
 
 /// Exit statuses: the one table (the README's command table mirrors it).
 mod exit {

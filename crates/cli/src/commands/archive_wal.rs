@@ -2,7 +2,7 @@
 
 use pitr_core::archive::ArchiveWalRequest;
 
-use crate::cli::ArchiveWalArgs;
+use pitr_settings::cli::ArchiveWalArgs;
 
 pub async fn run(
     url: &str,
@@ -15,7 +15,7 @@ pub async fn run(
         lookahead: args
             .options
             .lookahead
-            .unwrap_or(crate::cli::DEFAULT_LOOKAHEAD),
+            .unwrap_or(pitr_settings::cli::DEFAULT_LOOKAHEAD),
     };
     pitr_core::archive::archive_wal(url, options, req).await
 }

@@ -5,8 +5,8 @@ use pitr_store::Repo;
 
 use pitr_core::config::Checkpoint;
 
-use crate::cli::BackupArgs;
 use crate::progress::Shown;
+use pitr_settings::cli::BackupArgs;
 
 pub async fn run(
     url: &str,

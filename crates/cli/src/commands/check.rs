@@ -5,7 +5,7 @@ use pitr_core::check::{CheckRequest, Status};
 use pitr_core::CheckFailed;
 use pitr_store::Repo;
 
-use crate::cli::CheckArgs;
+use pitr_settings::cli::CheckArgs;
 
 pub async fn run(
     url: &str,

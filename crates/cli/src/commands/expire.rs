@@ -3,7 +3,7 @@
 use pitr_core::expire::{expire, ExpireReport, ExpireRequest, Retention};
 use pitr_store::Repo;
 
-use crate::cli::ExpireArgs;
+use pitr_settings::cli::ExpireArgs;
 
 pub async fn run(
     url: &str,

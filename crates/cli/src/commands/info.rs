@@ -4,7 +4,7 @@ use pitr_core::info::Info;
 use pitr_core::time::{format_time, parse_time};
 use pitr_store::Repo;
 
-use crate::cli::InfoArgs;
+use pitr_settings::cli::InfoArgs;
 
 pub async fn run(
     url: &str,

@@ -3,7 +3,9 @@
 use anyhow::bail;
 use pitr_store::{RepoConfig, Secret, FORMAT_VERSION};
 
-use crate::cli::{InitArgs, DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL, DEFAULT_WAL_CHUNK_SIZE};
+use pitr_settings::cli::{
+    InitArgs, DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL, DEFAULT_WAL_CHUNK_SIZE,
+};
 
 pub async fn run(
     url: &str,

@@ -4,11 +4,11 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use crate::config::{read_secret_file, Env};
 use anyhow::{bail, Context};
+use pitr_settings::config::{read_secret_file, Env};
 use pitr_store::{Repo, Secret};
 
-use crate::cli::{KeyAddArgs, KeyCommand};
+use pitr_settings::cli::{KeyAddArgs, KeyCommand};
 
 pub async fn run(
     url: &str,

@@ -6,7 +6,7 @@ use pitr_core::repofile::{load_pins, BackupManifest};
 use pitr_core::time::format_time;
 use pitr_store::Repo;
 
-use crate::cli::ListArgs;
+use pitr_settings::cli::ListArgs;
 
 pub async fn run(
     url: &str,

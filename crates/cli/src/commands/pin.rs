@@ -3,7 +3,7 @@
 use pitr_core::repofile::pin;
 use pitr_store::Repo;
 
-use crate::cli::PinArgs;
+use pitr_settings::cli::PinArgs;
 
 pub async fn pin(
     url: &str,

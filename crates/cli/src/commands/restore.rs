@@ -9,8 +9,8 @@ use pitr_core::restore::{RestoreReport, RestoreRequest, StartOptions, Target};
 use pitr_core::time::{format_pg_time, parse_time};
 use pitr_store::Repo;
 
-use crate::cli::{self, RestoreArgs};
 use crate::progress::Shown;
+use pitr_settings::cli::{self, RestoreArgs};
 
 /// How the secret this run opened the repository with reaches the restore_command it writes.
 pub struct SecretReach<'a> {

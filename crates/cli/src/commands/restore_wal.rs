@@ -2,7 +2,7 @@
 
 use pitr_core::restore_wal::RestoreWalRequest;
 
-use crate::cli::RestoreWalArgs;
+use pitr_settings::cli::RestoreWalArgs;
 
 pub async fn run(
     url: &str,
@@ -16,7 +16,7 @@ pub async fn run(
         prefetch: args
             .options
             .prefetch
-            .unwrap_or(crate::cli::DEFAULT_PREFETCH),
+            .unwrap_or(pitr_settings::cli::DEFAULT_PREFETCH),
         prefetch_worker: args.prefetch_worker,
         handed_on,
         repository_id: args.repository_id,

@@ -1,6 +1,6 @@
 //! `pitr spool-clean [PG_WAL]`: recovery_end_command.
 
-use crate::cli::SpoolCleanArgs;
+use pitr_settings::cli::SpoolCleanArgs;
 
 pub fn run(args: SpoolCleanArgs) -> anyhow::Result<()> {
     pitr_core::restore_wal::clean_spool(&args.pg_wal)

@@ -5,8 +5,8 @@ use anyhow::bail;
 use pitr_core::verify::{RestoreTest, VerifyRequest};
 use pitr_store::Repo;
 
-use crate::cli::VerifyArgs;
 use crate::progress::Shown;
+use pitr_settings::cli::VerifyArgs;
 
 pub async fn run(
     url: &str,

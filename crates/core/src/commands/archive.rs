@@ -118,6 +118,20 @@ enum Archived {
 /// writing its ref; well below `pitr expire`'s default grace period of an hour.
 const MAX_STORE_TO_REF: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// Whether a ref may still follow chunks stored `elapsed` ago: after [`MAX_STORE_TO_REF`] an
+/// expire may have taken them as unnamed (nothing is published; PostgreSQL retries).
+fn within_store_to_ref(name: &WalFileName, elapsed: std::time::Duration) -> anyhow::Result<()> {
+    if elapsed > MAX_STORE_TO_REF {
+        bail!(
+            "storing {name} took {} s, longer than the {} s a ref may follow its chunks; \
+             nothing was published (PostgreSQL retries)",
+            elapsed.as_secs(),
+            MAX_STORE_TO_REF.as_secs()
+        );
+    }
+    Ok(())
+}
+
 /// Store one WAL file and publish its ref. The ref is written create-only and only after
 /// every chunk is durable; a name that already holds other content is an error.
 async fn archive_one(repo: &Repo, wal: &WalFile) -> anyhow::Result<Archived> {
@@ -148,14 +162,7 @@ async fn archive_one(repo: &Repo, wal: &WalFile) -> anyhow::Result<Archived> {
     let summary = repo.put_file(Arc::clone(&wal.file), wal.len, &what).await?;
     // `pitr expire` keeps an unnamed chunk only for its grace period after it was stored or
     // refreshed (docs/format.md, "Garbage collection"): a ref must follow its chunks soon.
-    if storing.elapsed() > MAX_STORE_TO_REF {
-        bail!(
-            "storing {} took {} s, longer than the {} s a ref may follow its chunks;              nothing was published (PostgreSQL retries)",
-            wal.name,
-            storing.elapsed().as_secs(),
-            MAX_STORE_TO_REF.as_secs()
-        );
-    }
+    within_store_to_ref(&wal.name, storing.elapsed())?;
     let walref = WalRef {
         name: wal.name.clone(),
         size: wal.len,
@@ -290,5 +297,30 @@ async fn push_ahead(repo: &Repo, path: &Path, name: WalFileName, sysid: Option<u
             tracing::debug!("push ahead {}: {e:#}", path.display());
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/format.md rule 7: a ref follows its chunks within ten minutes, or is not written
+    /// (expire's grace period, an hour by default, must cover the gap).
+    #[test]
+    fn a_ref_follows_its_chunks_within_the_bound_or_not_at_all() {
+        use std::time::Duration;
+        let name: WalFileName = "000000010000000000000002".parse().unwrap();
+        within_store_to_ref(&name, Duration::from_secs(599)).unwrap();
+        within_store_to_ref(&name, MAX_STORE_TO_REF).unwrap();
+        let e = within_store_to_ref(&name, Duration::from_secs(601)).unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.contains("000000010000000000000002") && e.contains("600 s") && !e.contains("  "),
+            "{e}"
+        );
+        assert!(
+            MAX_STORE_TO_REF < Duration::from_secs(3600),
+            "under the default grace"
+        );
     }
 }

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
+use crate::backend::OutFile;
 use crate::chunk::{ChunkId, Fingerprint};
-use crate::chunks::OutFile;
 use crate::{Chunker, Repo, Result, StoreError};
 
 /// One chunk of a file, in order.

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{crypto, keys, Result, StoreError};
+use crate::{crypto, layout, Result, StoreError};
 
 /// The format of an unencrypted repository (unchanged since the first release).
 pub const FORMAT_VERSION: u32 = 1;
@@ -138,7 +138,7 @@ impl RepoConfig {
 /// `config.json`'s bytes as a configuration this pitr can use.
 pub(super) fn parse_config(url: &str, body: &[u8]) -> Result<RepoConfig> {
     let config: RepoConfig = serde_json::from_slice(body).map_err(|e| StoreError::Corrupt {
-        key: keys::CONFIG.into(),
+        key: layout::CONFIG.into(),
         detail: e.to_string(),
     })?;
     validate(url, &config)?;

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::{keys, Repo, Result, StoreError};
+use crate::{layout, Repo, Result, StoreError};
 
 /// Result of a create-only document write.
 #[derive(Debug, PartialEq, Eq)]
@@ -20,7 +20,7 @@ impl Repo {
     pub async fn put_doc(&self, key: &str, body: Bytes) -> Result<DocWrite> {
         self.sync().await?;
         let body = match &self.codec.keys {
-            Some(k) if !keys::is_unsealed(key) => Bytes::from(k.seal(key, &body)),
+            Some(k) if !layout::is_unsealed(key) => Bytes::from(k.seal(key, &body)),
             _ => body,
         };
         if self
@@ -50,7 +50,7 @@ impl Repo {
     pub async fn get_doc(&self, key: &str) -> Result<Option<Bytes>> {
         let body = self.chunks.get_doc(key.to_string()).await?;
         match (&self.codec.keys, body) {
-            (Some(k), Some(body)) if !keys::is_unsealed(key) => k
+            (Some(k), Some(body)) if !layout::is_unsealed(key) => k
                 .open(key, &body)
                 .map(|b| Some(Bytes::from(b)))
                 .map_err(|detail| StoreError::Corrupt {
@@ -63,12 +63,12 @@ impl Repo {
 
     /// Keys and sizes of every object below `prefix` (a key prefix such as `wal/`).
     pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
-        let path = self.backend.path(prefix.trim_end_matches('/'));
+        let path = self.location.path(prefix.trim_end_matches('/'));
         let mut out = Vec::new();
         let mut stream = self.store().list(Some(&path));
         while let Some(meta) = stream.next().await {
             let meta = meta.map_err(|e| StoreError::backend(prefix, e))?;
-            let key = self.backend.key_of(&meta.location).to_string();
+            let key = self.location.key_of(&meta.location).to_string();
             // The local store stages uploads as `<dest>#<n>`; never report those.
             if key.contains('#') {
                 continue;

@@ -3,8 +3,8 @@
 
 use futures::{StreamExt, TryStreamExt};
 
+use crate::backend::{ChunkRemoval, Listed};
 use crate::chunk::ChunkId;
-use crate::chunks::{ChunkRemoval, Listed};
 use crate::{Repo, Result};
 
 /// Garbage collection's operations. Deleting is only ever done by `pitr expire`, in the order

@@ -3,7 +3,7 @@
 
 use super::{DocWrite, Unlocked};
 use crate::keyslot::{KdfCost, KeySlot, Secret, SecretKind, SlotInfo, MAX_PASSPHRASE_SLOTS};
-use crate::{keys, Repo, Result, StoreError};
+use crate::{layout, Repo, Result, StoreError};
 
 /// The key slots of an encrypted repository (`pitr key …`).
 impl Repo {
@@ -30,7 +30,7 @@ impl Repo {
     }
 
     pub(super) async fn put_slot(&self, slot: &KeySlot) -> Result<()> {
-        let key = keys::key_slot(&slot.id);
+        let key = layout::key_slot(&slot.id);
         let body = serde_json::to_vec_pretty(slot).expect("slot serializes");
         match self.put_doc(&key, body.into()).await? {
             DocWrite::Created => Ok(()),
@@ -42,7 +42,7 @@ impl Repo {
     /// slot opens nothing, and must not keep the others from opening.
     pub(super) async fn slots(&self) -> Result<(Vec<KeySlot>, Vec<(String, String)>)> {
         let (mut good, mut damaged) = (Vec::new(), Vec::new());
-        for listed in self.list_objects(keys::KEYS_PREFIX).await? {
+        for listed in self.list_objects(layout::KEYS_PREFIX).await? {
             if listed.staging {
                 continue;
             }
@@ -142,7 +142,7 @@ impl Repo {
                  add another first (pitr key add)"
             )));
         }
-        self.delete_docs(&[keys::key_slot(id)]).await?;
+        self.delete_docs(&[layout::key_slot(id)]).await?;
         Ok(())
     }
 

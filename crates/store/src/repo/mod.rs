@@ -1,4 +1,4 @@
-//! The repository: a backend plus its versioned configuration, with the chunk and document
+//! The repository: a [`Location`] plus its versioned configuration, with the chunk and document
 //! operations everything else is built from. One type, [`Repo`], its operations in one file
 //! per concern:
 //! - `config.rs`: `config.json` ([`RepoConfig`]) and its checks;
@@ -13,11 +13,10 @@ use std::sync::Arc;
 use object_store::ObjectStore;
 use tokio::sync::Semaphore;
 
+use crate::backend::{ChunkBackend, Codec, LocalBackend, ObjectStoreBackend};
 use crate::chunk::ChunkId;
-use crate::chunks::{ChunkBackend, Codec, ObjectChunks};
 use crate::crypto::{Keys, MasterKey};
-use crate::local::LocalBackend;
-use crate::Backend;
+use crate::Location;
 
 mod chunk_io;
 mod config;
@@ -43,7 +42,7 @@ pub(crate) struct Unlocked {
 /// An opened repository.
 #[derive(Clone, Debug)]
 pub struct Repo {
-    backend: Backend,
+    location: Location,
     config: RepoConfig,
     unlocked: Option<Arc<Unlocked>>,
     /// Chunk IDs and bodies, and (its keys) document sealing: what the backends were given.
@@ -52,13 +51,13 @@ pub struct Repo {
     /// at about twice this times the chunk size).
     concurrency: usize,
     limiter: Arc<Semaphore>,
-    /// Where the chunks and documents live (see `chunks.rs`), shared by clones.
+    /// Where the chunks and documents live (see `backend/`), shared by clones.
     chunks: Arc<dyn ChunkBackend>,
 }
 
 impl Repo {
     fn new(
-        backend: Backend,
+        location: Location,
         config: RepoConfig,
         unlocked: Option<Arc<Unlocked>>,
         jobs: usize,
@@ -68,12 +67,12 @@ impl Repo {
             keys: unlocked.as_ref().map(|u| Arc::clone(&u.keys)),
         };
         // The one place that looks at the kind of backend.
-        let chunks: Arc<dyn ChunkBackend> = match &backend.local_root {
+        let chunks: Arc<dyn ChunkBackend> = match &location.local_root {
             Some(root) => Arc::new(LocalBackend::new(root.clone(), codec.clone())),
-            None => Arc::new(ObjectChunks::new(backend.clone(), codec.clone())),
+            None => Arc::new(ObjectStoreBackend::new(location.clone(), codec.clone())),
         };
         Repo {
-            backend,
+            location,
             config,
             unlocked,
             codec,
@@ -96,11 +95,11 @@ impl Repo {
     pub fn chunk_id(&self, data: &[u8]) -> ChunkId {
         self.codec.id(data)
     }
-    pub fn backend(&self) -> &Backend {
-        &self.backend
+    pub fn location(&self) -> &Location {
+        &self.location
     }
     pub fn url(&self) -> &str {
-        &self.backend.url
+        &self.location.url
     }
     pub fn with_concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
@@ -112,7 +111,7 @@ impl Repo {
     }
 
     fn store(&self) -> &Arc<dyn ObjectStore> {
-        &self.backend.store
+        &self.location.store
     }
 }
 
@@ -162,8 +161,8 @@ mod tests {
         // and the chunk reads back through both paths
         assert_eq!(repo.get_chunk(&c).await.unwrap().len(), 5000);
         let remote_path = Repo {
-            chunks: Arc::new(ObjectChunks::new(
-                repo.backend.clone(),
+            chunks: Arc::new(ObjectStoreBackend::new(
+                repo.location.clone(),
                 Codec {
                     level: 1,
                     keys: None,

@@ -7,7 +7,7 @@ use super::config::{parse_config, validate};
 use super::{DocWrite, EncryptionConfig, RepoConfig, Unlocked, ENCRYPTED_FORMAT_VERSION};
 use crate::crypto::{Keys, MasterKey};
 use crate::keyslot::{KdfCost, KeySlot, Secret, SecretKind, MAX_PASSPHRASE_SLOTS};
-use crate::{crypto, keys, Backend, Repo, RepoOptions, Result, StoreError};
+use crate::{crypto, layout, Location, Repo, RepoOptions, Result, StoreError};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum InitOutcome {
@@ -25,15 +25,15 @@ impl Repo {
         options: &RepoOptions,
     ) -> Result<(Repo, InitOutcome)> {
         validate(url, &config)?;
-        let backend = Backend::connect(url, true, &options.remote)?;
+        let location = Location::connect(url, true, &options.remote)?;
         let body = serde_json::to_vec_pretty(&config).expect("config serializes");
-        let repo = Repo::new(backend, config.clone(), None, options.jobs());
-        match repo.put_doc(keys::CONFIG, body.into()).await? {
+        let repo = Repo::new(location, config.clone(), None, options.jobs());
+        match repo.put_doc(layout::CONFIG, body.into()).await? {
             DocWrite::Created => Ok((repo, InitOutcome::Created)),
             DocWrite::Exists(existing) => {
                 let found: RepoConfig =
                     serde_json::from_slice(&existing).map_err(|e| StoreError::Corrupt {
-                        key: keys::CONFIG.into(),
+                        key: layout::CONFIG.into(),
                         detail: e.to_string(),
                     })?;
                 if found == config {
@@ -86,10 +86,10 @@ impl Repo {
             )));
         }
         cost.validate().map_err(key_err)?;
-        let backend = Backend::connect(url, true, &options.remote)?;
+        let location = Location::connect(url, true, &options.remote)?;
         let jobs = options.jobs();
-        let raw = Repo::new(backend.clone(), RepoConfig::default(), None, jobs);
-        if let Some(existing) = raw.get_doc(keys::CONFIG).await? {
+        let raw = Repo::new(location.clone(), RepoConfig::default(), None, jobs);
+        if let Some(existing) = raw.get_doc(layout::CONFIG).await? {
             let found = parse_config(url, &existing)?;
             let Some(enc) = &found.encryption else {
                 return Err(StoreError::ConfigMismatch {
@@ -113,7 +113,7 @@ impl Repo {
                 });
             }
             return Ok((
-                Repo::new(backend, found, Some(unlocked), jobs),
+                Repo::new(location, found, Some(unlocked), jobs),
                 InitOutcome::AlreadyInitialized,
             ));
         }
@@ -149,7 +149,7 @@ impl Repo {
         // init makes a new key), never a configuration no slot opens.
         raw.put_slot(&slot).await?;
         let body = serde_json::to_vec_pretty(&config).expect("config serializes");
-        if let DocWrite::Exists(_) = raw.put_doc(keys::CONFIG, body.into()).await? {
+        if let DocWrite::Exists(_) = raw.put_doc(layout::CONFIG, body.into()).await? {
             return Err(StoreError::ConfigMismatch {
                 url: url.to_string(),
                 detail: "another pitr init created it at the same time; run init again".into(),
@@ -161,7 +161,7 @@ impl Repo {
             slot: Some(slot.id.clone()),
         });
         Ok((
-            Repo::new(backend, config, Some(unlocked), jobs),
+            Repo::new(location, config, Some(unlocked), jobs),
             InitOutcome::Created,
         ))
     }
@@ -171,10 +171,10 @@ impl Repo {
     /// are derived once per `options` however often it is opened), `options.jobs` chunks in
     /// flight.
     pub async fn open(url: &str, options: &RepoOptions) -> Result<Repo> {
-        let backend = Backend::connect(url, false, &options.remote)?;
+        let location = Location::connect(url, false, &options.remote)?;
         let jobs = options.jobs();
-        let reader = Repo::new(backend, RepoConfig::default(), None, jobs);
-        let body = match reader.get_doc(keys::CONFIG).await? {
+        let reader = Repo::new(location, RepoConfig::default(), None, jobs);
+        let body = match reader.get_doc(layout::CONFIG).await? {
             Some(b) => b,
             None => {
                 return Err(StoreError::NotInitialized {
@@ -201,7 +201,7 @@ impl Repo {
             }
         };
         // Chunks are written with the configuration's compression level.
-        Ok(Repo::new(reader.backend, config, unlocked, jobs))
+        Ok(Repo::new(reader.location, config, unlocked, jobs))
     }
 }
 
@@ -235,7 +235,7 @@ async fn unlock(
         let keys = Keys::derive(&master);
         if !keys.config_mac_matches(&canonical, &tag) {
             return Err(StoreError::Corrupt {
-                key: keys::CONFIG.into(),
+                key: layout::CONFIG.into(),
                 detail: match &slot {
                     Some(s) => format!(
                         "fails authentication with the key slot {s} opens: the configuration \
@@ -261,7 +261,7 @@ async fn unlock(
     let unlocked = match kind {
         SecretKind::Master(master) => check(master, None)?,
         SecretKind::KeyFile { ref slot, .. } => {
-            let key = keys::key_slot(slot);
+            let key = layout::key_slot(slot);
             let Some(body) = raw.get_doc(&key).await? else {
                 return Err(wrong(format!(
                     "its slot {key} is not there: removed, or the key file is another \
@@ -297,7 +297,7 @@ async fn unlock(
                 .collect();
             let untried = passphrase_slots.len().saturating_sub(MAX_PASSPHRASE_SLOTS);
             for s in passphrase_slots.into_iter().take(MAX_PASSPHRASE_SLOTS) {
-                tried.push(keys::key_slot(&s.id));
+                tried.push(layout::key_slot(&s.id));
                 let (s2, id, secret2) = (s.clone(), enc.repository_id.clone(), secret.clone());
                 let opened = tokio::task::spawn_blocking(move || {
                     s2.open(&id, &SecretKind::Passphrase, secret2.expose())

@@ -340,9 +340,13 @@ pub(crate) mod tests {
     /// damaged one is refused naming it.
     #[tokio::test]
     async fn damaged_documents_are_named_and_the_rest_stays_usable() {
-        let (repo, _) = Repo::init("memory://verify-damaged", RepoConfig::default(), &pitr_store::RepoOptions::default())
-            .await
-            .unwrap();
+        let (repo, _) = Repo::init(
+            "memory://verify-damaged",
+            RepoConfig::default(),
+            &pitr_store::RepoOptions::default(),
+        )
+        .await
+        .unwrap();
         claim_cluster(&repo, SYSID, "test").await.unwrap();
         put(
             &repo,
@@ -456,27 +460,27 @@ pub(crate) mod tests {
         for n in 2..=5u64 {
             refs.push(archive_segment(&repo, n).await);
         }
-        let backend = repo.backend().clone();
-        let store = backend.store.clone();
+        let location = repo.location().clone();
+        let store = location.store.clone();
         let raw = |key: String| {
-            let (store, path) = (store.clone(), backend.path(&key));
+            let (store, path) = (store.clone(), location.path(&key));
             async move { store.get(&path).await.unwrap().bytes().await.unwrap() }
         };
         // 3's ref: one byte flipped
         let k3 = WalRef::key(&refs[1].name);
         let mut b = raw(k3.clone()).await.to_vec();
         b[60] ^= 1;
-        store.put(&backend.path(&k3), b.into()).await.unwrap();
+        store.put(&location.path(&k3), b.into()).await.unwrap();
         // 4's and 5's refs swapped
         let (k4, k5) = (WalRef::key(&refs[2].name), WalRef::key(&refs[3].name));
         let (b4, b5) = (raw(k4.clone()).await, raw(k5.clone()).await);
-        store.put(&backend.path(&k4), b5.into()).await.unwrap();
-        store.put(&backend.path(&k5), b4.into()).await.unwrap();
+        store.put(&location.path(&k4), b5.into()).await.unwrap();
+        store.put(&location.path(&k5), b4.into()).await.unwrap();
         // 2's chunk: one byte flipped
         let ck = refs[0].chunks[0].id.key();
         let mut b = raw(ck.clone()).await.to_vec();
         b[100] ^= 1;
-        store.put(&backend.path(&ck), b.into()).await.unwrap();
+        store.put(&location.path(&ck), b.into()).await.unwrap();
 
         let report = verify(&repo, VerifyRequest::default(), &crate::progress::Silent)
             .await
@@ -497,9 +501,13 @@ pub(crate) mod tests {
     /// another segment or cluster, and history files that do not parse are each named.
     #[tokio::test]
     async fn wal_refs_that_lie_are_named() {
-        let (repo, _) = Repo::init("memory://verify-refs", RepoConfig::default(), &pitr_store::RepoOptions::default())
-            .await
-            .unwrap();
+        let (repo, _) = Repo::init(
+            "memory://verify-refs",
+            RepoConfig::default(),
+            &pitr_store::RepoOptions::default(),
+        )
+        .await
+        .unwrap();
         claim_cluster(&repo, SYSID, "test").await.unwrap();
         archive(&repo, "000000010000000000000002", segment(2, SYSID), None).await;
         // segment 3's ref lies about its size; 4 holds 5's bytes; 5 another cluster's
@@ -552,9 +560,13 @@ pub(crate) mod tests {
     /// repository and a backup older than --max-age fail too.
     #[tokio::test]
     async fn continuity_from_each_backup_and_age() {
-        let (repo, _) = Repo::init("memory://verify-continuity", RepoConfig::default(), &pitr_store::RepoOptions::default())
-            .await
-            .unwrap();
+        let (repo, _) = Repo::init(
+            "memory://verify-continuity",
+            RepoConfig::default(),
+            &pitr_store::RepoOptions::default(),
+        )
+        .await
+        .unwrap();
         claim_cluster(&repo, SYSID, "test").await.unwrap();
         let report = verify(&repo, VerifyRequest::default(), &crate::progress::Silent)
             .await

@@ -238,7 +238,11 @@ pub(super) fn chunks_to_read(
     }
     for r in refs {
         if matches!(r.name.kind(), WalFileKind::Segment | WalFileKind::Partial) {
-            if let Some(first) = r.chunks.first().and_then(|c| chunks.get_mut(&(c.id, c.len))) {
+            if let Some(first) = r
+                .chunks
+                .first()
+                .and_then(|c| chunks.get_mut(&(c.id, c.len)))
+            {
                 first.first_page_of.push((r.name.clone(), r.size));
             }
         }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pitr_pg::{Lsn, TimelineId, WalFileKind, WalFileName, DEFAULT_WAL_SEGMENT_SIZE};
-use pitr_store::{keys, Repo};
+use pitr_store::{layout, Repo};
 use serde::Serialize;
 
 use crate::repofile::WalRef;
@@ -58,7 +58,7 @@ impl ArchiveIndex {
     /// The archive as its listing shows it (one LIST, no ref read).
     pub async fn list(repo: &Repo, segment_size: u32) -> anyhow::Result<Self> {
         let mut index = ArchiveIndex::new(segment_size);
-        for (key, _) in repo.list(keys::WAL_PREFIX).await? {
+        for (key, _) in repo.list(layout::WAL_PREFIX).await? {
             if let Some(name) = WalRef::name_of_key(&key) {
                 index.insert(&name);
             }

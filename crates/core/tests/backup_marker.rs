@@ -6,7 +6,7 @@ use pitr_core::backup::{backup, BackupRequest};
 use pitr_core::progress::Silent;
 use pitr_core::repofile::BackupManifest;
 use pitr_protocol::CheckpointMode;
-use pitr_store::{keys, Repo, RepoConfig};
+use pitr_store::{layout, Repo, RepoConfig};
 use pitr_testkit::fakepg::{minimal_base_members, tar, Auth, BackupScript, FakePg, Gate, Script};
 
 /// The marker is removed while the backup runs (as an expire that judged it dead or stale
@@ -46,7 +46,7 @@ async fn a_backup_whose_marker_went_away_does_not_commit() {
         .await
         .unwrap();
     let markers: Vec<String> = repo
-        .list_objects(keys::MARKERS_PREFIX)
+        .list_objects(layout::MARKERS_PREFIX)
         .await
         .unwrap()
         .into_iter()

@@ -33,7 +33,7 @@ impl ChunkId {
 
     /// Object key of this chunk below the repository root: `chunks/ab/abcd…`.
     pub fn key(&self) -> String {
-        crate::keys::chunk(self)
+        crate::layout::chunk(self)
     }
 }
 
@@ -271,21 +271,25 @@ mod tests {
         );
         assert_eq!(id.key(), format!("chunks/e3/{}", id.to_hex()));
         // and the other rows of docs/format.md's key table
-        use crate::keys;
+        use crate::layout;
         assert_eq!(
-            keys::wal_ref("00000001", "000000010000000000000003"),
+            layout::wal_ref("00000001", "000000010000000000000003"),
             "wal/00000001/000000010000000000000003.json"
         );
         assert_eq!(
-            keys::backup("20261126T000000Z"),
+            layout::backup("20261126T000000Z"),
             "backups/20261126T000000Z.json"
         );
         assert_eq!(
-            (keys::CONFIG, keys::CLUSTER),
+            (layout::CONFIG, layout::CLUSTER),
             ("config.json", "cluster.json")
         );
         assert_eq!(
-            [keys::CHUNKS_PREFIX, keys::WAL_PREFIX, keys::BACKUPS_PREFIX],
+            [
+                layout::CHUNKS_PREFIX,
+                layout::WAL_PREFIX,
+                layout::BACKUPS_PREFIX
+            ],
             ["chunks/", "wal/", "backups/"]
         );
         assert_eq!(id.to_hex().parse::<ChunkId>().unwrap(), id);

@@ -244,7 +244,7 @@ impl KeySlot {
     /// form, and the KDF's cost is within bounds.
     pub fn parse(key: &str, body: &[u8]) -> Result<KeySlot, String> {
         let slot: KeySlot = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-        if crate::keys::key_slot(&slot.id) != key || !valid_slot_id(&slot.id) {
+        if crate::layout::key_slot(&slot.id) != key || !valid_slot_id(&slot.id) {
             return Err(format!(
                 "holds slot {:?}, not the one its name says",
                 slot.id
@@ -453,7 +453,7 @@ mod tests {
         let master = MasterKey::generate();
         let slot = KeySlot::passphrase("repo1", "dba", "correct horse", CHEAP, &master).unwrap();
         let body = serde_json::to_vec(&slot).unwrap();
-        let key = crate::keys::key_slot(&slot.id);
+        let key = crate::layout::key_slot(&slot.id);
         let slot = KeySlot::parse(&key, &body).unwrap();
         let pass = Secret::new("correct horse\n", "test");
         let kind = pass.kind().unwrap();
@@ -490,7 +490,7 @@ mod tests {
     fn hostile_slots_are_refused_before_any_work() {
         let master = MasterKey::generate();
         let slot = KeySlot::passphrase("r", "", "pw", CHEAP, &master).unwrap();
-        let key = crate::keys::key_slot(&slot.id);
+        let key = crate::layout::key_slot(&slot.id);
         let mut v = serde_json::to_value(&slot).unwrap();
         v["kdf"]["memory_kib"] = serde_json::json!(u32::MAX);
         let e = KeySlot::parse(&key, &serde_json::to_vec(&v).unwrap()).unwrap_err();
@@ -505,7 +505,7 @@ mod tests {
     fn slot_kdf_cost_is_bounded_by_what_pitr_creates() {
         let master = MasterKey::generate();
         let slot = KeySlot::passphrase("r", "", "pw", CHEAP, &master).unwrap();
-        let key = crate::keys::key_slot(&slot.id);
+        let key = crate::layout::key_slot(&slot.id);
         let with = |memory_kib: u32, iterations: u32| {
             let mut v = serde_json::to_value(&slot).unwrap();
             v["kdf"]["memory_kib"] = serde_json::json!(memory_kib);

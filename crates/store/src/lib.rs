@@ -8,25 +8,25 @@
 mod backend;
 mod chunk;
 mod chunker;
-mod chunks;
+mod codec;
 mod crypto;
 mod error;
-pub mod keys;
 mod keyslot;
-mod local;
+pub mod layout;
+mod location;
 mod options;
 mod readbuf;
 pub mod remote;
 mod repo;
 mod writer;
 
-pub use backend::Backend;
+pub use backend::{ChunkRemoval, Listed};
 pub use chunk::{decode_chunk, encode_chunk, ChunkId, Fingerprint, CHUNK_HEADER_LEN};
 pub use chunker::Chunker;
-pub use chunks::{ChunkRemoval, Listed};
 pub use crypto::{CHUNK_ID, CIPHER};
 pub use error::StoreError;
 pub use keyslot::{KdfCost, Secret, SlotInfo, MAX_PASSPHRASE_SLOTS};
+pub use location::Location;
 pub use options::{RepoOptions, UnlockCache, DEFAULT_JOBS};
 pub use repo::{
     ChunkRef, DocWrite, EncryptionConfig, InitOutcome, KnownChunk, PutSummary, Repo, RepoConfig,

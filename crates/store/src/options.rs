@@ -13,7 +13,7 @@ use crate::Secret;
 pub const DEFAULT_JOBS: usize = 16;
 
 /// How to reach and unlock a repository: given to [`crate::Repo::open`], [`crate::Repo::init`]
-/// and [`crate::Backend::connect`].
+/// and [`crate::Location::connect`].
 #[derive(Clone, Default)]
 pub struct RepoOptions {
     /// Options for a cloud backend: `object_store` configuration keys (`aws_endpoint`,

@@ -13,7 +13,7 @@ mod common;
 use common::{encrypted_suite, shared_checks, suite};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
-use pitr_store::{Backend, Repo, RepoOptions};
+use pitr_store::{Location, Repo, RepoOptions};
 use pitr_testkit::s3::{aws_env, start_or_skip};
 
 const BUCKET: &str = "pitr-test";
@@ -48,7 +48,7 @@ async fn s3_backend() {
     assert_eq!(reopened.config(), repo.config());
 
     // Everything the repository wrote is below its prefix, config.json at its top.
-    let whole_bucket = Backend::connect(&format!("s3://{BUCKET}"), false, &[]).unwrap();
+    let whole_bucket = Location::connect(&format!("s3://{BUCKET}"), false, &[]).unwrap();
     let keys: Vec<String> = whole_bucket
         .store
         .list(None)

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use pitr_pg::{parse_history, TimelineId, WalFileKind};
-use pitr_store::{keys, ChunkId, ChunkRemoval, Listed, Repo};
+use pitr_store::{layout, ChunkId, ChunkRemoval, Listed, Repo};
 use serde::Serialize;
 
 use crate::repofile::{load_pins, load_wal_refs, BackupManifest, BackupMarker, Damaged, WalRef};
@@ -213,7 +213,10 @@ pub fn referenced_chunks<'a>(
 
 /// The chunk a listed key of `chunks/` names, if it is one.
 fn chunk_of_key(key: &str) -> Option<ChunkId> {
-    let hex = key.strip_prefix(keys::CHUNKS_PREFIX)?.rsplit('/').next()?;
+    let hex = key
+        .strip_prefix(layout::CHUNKS_PREFIX)?
+        .rsplit('/')
+        .next()?;
     let id: ChunkId = hex.parse().ok()?;
     (id.key() == key).then_some(id)
 }
@@ -281,7 +284,7 @@ struct Markers {
 async fn markers(repo: &Repo, now: DateTime<Utc>, stale: Duration) -> anyhow::Result<Markers> {
     let stale_before = now - chrono::Duration::from_std(stale).unwrap_or(chrono::Duration::MAX);
     let mut out = Markers::default();
-    for m in repo.list_objects(keys::MARKERS_PREFIX).await? {
+    for m in repo.list_objects(layout::MARKERS_PREFIX).await? {
         if m.staging {
             continue;
         }

@@ -2,7 +2,7 @@
 //! archive time, bytes raw vs stored. Computed here, printed by the binary.
 
 use pitr_pg::WalFileName;
-use pitr_store::{keys, Repo};
+use pitr_store::{layout, Repo};
 use serde::Serialize;
 
 use crate::index::{ArchiveIndex, TimelineSummary};
@@ -60,7 +60,7 @@ pub async fn info(repo: &Repo) -> anyhow::Result<Info> {
     let mut damaged = refs.damaged;
     let refs = refs.docs;
     let stored_bytes = repo
-        .list(keys::CHUNKS_PREFIX)
+        .list(layout::CHUNKS_PREFIX)
         .await?
         .iter()
         .map(|(_, s)| s)

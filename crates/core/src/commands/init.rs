@@ -16,7 +16,8 @@ pub async fn init(
     encryption: Option<(pitr_store::Secret, &str, pitr_store::KdfCost)>,
     allow_root: bool,
 ) -> anyhow::Result<()> {
-    if crate::instance::running_as_root() && !allow_root && pitr_store::Backend::is_local_url(url) {
+    if crate::instance::running_as_root() && !allow_root && pitr_store::Location::is_local_url(url)
+    {
         bail!(
             "refusing to create repository {url} as root: its files would belong to root and \
              PostgreSQL's archive_command could not write them; run `pitr init` as the user \

@@ -12,7 +12,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 
 use pitr_pg::{LongPageHeader, WalFileKind, WalFileName, LONG_PAGE_HEADER_LEN};
-use pitr_store::{keys, Repo, RepoOptions, StoreError};
+use pitr_store::{layout, Repo, RepoOptions, StoreError};
 use tokio::sync::OnceCell;
 
 use crate::error::NotArchived;
@@ -351,7 +351,7 @@ async fn missing(repo: &Repo, name: &WalFileName) -> anyhow::Error {
     if name.kind() != WalFileKind::Segment {
         return NotArchived(name.to_string()).into();
     }
-    let prefix = format!("{}{}/", keys::WAL_PREFIX, &name.as_str()[..8]);
+    let prefix = format!("{}{}/", layout::WAL_PREFIX, &name.as_str()[..8]);
     let listed = match repo.list(&prefix).await {
         Ok(listed) => listed,
         Err(e) => {
@@ -403,7 +403,7 @@ async fn check_content(
                     repo_system_identifier(repo).await?.with_context(|| {
                         format!(
                             "{} records no system identifier, so no WAL can be checked",
-                            keys::CLUSTER
+                            layout::CLUSTER
                         )
                     })
                 })

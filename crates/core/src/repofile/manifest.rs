@@ -2,7 +2,7 @@
 //! A backup exists exactly when this document exists; it is written last, create-only.
 
 use pitr_pg::{Lsn, TimelineId, WalFileName};
-use pitr_store::{keys, ChunkRef, Fingerprint, Repo};
+use pitr_store::{layout, ChunkRef, Fingerprint, Repo};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -116,13 +116,13 @@ pub struct BackupManifest {
 
 impl BackupManifest {
     pub fn key(id: &str) -> String {
-        keys::backup(id)
+        layout::backup(id)
     }
 
     /// The keys of every backup manifest in the repository.
     async fn keys(repo: &Repo) -> anyhow::Result<Vec<String>> {
         let keys = repo
-            .list(keys::BACKUPS_PREFIX)
+            .list(layout::BACKUPS_PREFIX)
             .await?
             .into_iter()
             .map(|(k, _)| k);

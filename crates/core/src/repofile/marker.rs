@@ -4,7 +4,7 @@
 //! people; a marker's age is its object's modification time.
 
 use anyhow::Context;
-use pitr_store::{keys, DocWrite, Repo};
+use pitr_store::{layout, DocWrite, Repo};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -132,7 +132,7 @@ async fn put_marker(repo: &Repo, marker: &BackupMarker) -> anyhow::Result<String
         } else {
             format!("{base}-{n}")
         };
-        let key = keys::backup_marker(&name);
+        let key = layout::backup_marker(&name);
         match repo
             .put_doc(&key, body.clone().into())
             .await

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context};
 use futures::{StreamExt, TryStreamExt};
-use pitr_store::{keys, DocWrite, Repo};
+use pitr_store::{layout, DocWrite, Repo};
 use serde::{Deserialize, Serialize};
 
 use super::{BackupManifest, Damaged, Loaded};
@@ -33,7 +33,7 @@ pub fn check_backup_id(id: &str) -> anyhow::Result<()> {
 
 impl Pin {
     pub fn key(id: &str) -> String {
-        keys::pin(id)
+        layout::pin(id)
     }
 }
 
@@ -68,7 +68,7 @@ pub async fn unpin(repo: &Repo, id: &str) -> anyhow::Result<bool> {
 /// under another backup's key).
 pub async fn load_pins(repo: &Repo) -> anyhow::Result<Loaded<Pin>> {
     let keys: Vec<String> = repo
-        .list(keys::PINS_PREFIX)
+        .list(layout::PINS_PREFIX)
         .await?
         .into_iter()
         .map(|(k, _)| k)

@@ -7,7 +7,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::{Damaged, Loaded};
 use pitr_pg::{LongPageHeader, WalFileKind, WalFileName};
-use pitr_store::{keys, ChunkRef, Repo};
+use pitr_store::{layout, ChunkRef, Repo};
 use serde::{Deserialize, Serialize};
 
 /// Identity of the source file when it was archived. A later call for the same name whose
@@ -59,7 +59,7 @@ pub struct WalRef {
 
 impl WalRef {
     pub fn key(name: &WalFileName) -> String {
-        keys::wal_ref(&name.as_str()[..8], name.as_str())
+        layout::wal_ref(&name.as_str()[..8], name.as_str())
     }
 
     /// The WAL file name a listed key of `wal/` stands for, if it is a ref's key.
@@ -147,7 +147,7 @@ pub fn check_first_page(
 /// Every WAL ref of the repository, in key order, and the refs that are damaged (do not
 /// parse, or are stored under another file's key).
 pub async fn load_wal_refs(repo: &Repo) -> anyhow::Result<Loaded<WalRef>> {
-    let keys = repo.list(keys::WAL_PREFIX).await?;
+    let keys = repo.list(layout::WAL_PREFIX).await?;
     type Read = Option<Result<bytes::Bytes, Damaged>>;
     let loaded: Vec<(String, Read)> =
         futures::stream::iter(keys.into_iter().filter(|(k, _)| k.ends_with(".json")))

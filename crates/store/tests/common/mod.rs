@@ -70,7 +70,7 @@ pub async fn encrypted_suite(url: &str) -> Repo {
     assert!(everything.len() >= 4, "{everything:?}");
     {
         for listed in everything {
-            let backend = raw.backend();
+            let backend = raw.location();
             let body = backend
                 .store
                 .get(&backend.path(&listed.key))

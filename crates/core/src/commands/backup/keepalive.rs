@@ -169,10 +169,10 @@ async fn renew_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pitr_store::{keys, RepoConfig};
+    use pitr_store::{layout, RepoConfig};
 
     async fn markers(repo: &Repo) -> Vec<String> {
-        repo.list_objects(keys::MARKERS_PREFIX)
+        repo.list_objects(layout::MARKERS_PREFIX)
             .await
             .unwrap()
             .into_iter()

@@ -460,27 +460,27 @@ pub(crate) mod tests {
         for n in 2..=5u64 {
             refs.push(archive_segment(&repo, n).await);
         }
-        let backend = repo.backend().clone();
-        let store = backend.store.clone();
+        let location = repo.location().clone();
+        let store = location.store.clone();
         let raw = |key: String| {
-            let (store, path) = (store.clone(), backend.path(&key));
+            let (store, path) = (store.clone(), location.path(&key));
             async move { store.get(&path).await.unwrap().bytes().await.unwrap() }
         };
         // 3's ref: one byte flipped
         let k3 = WalRef::key(&refs[1].name);
         let mut b = raw(k3.clone()).await.to_vec();
         b[60] ^= 1;
-        store.put(&backend.path(&k3), b.into()).await.unwrap();
+        store.put(&location.path(&k3), b.into()).await.unwrap();
         // 4's and 5's refs swapped
         let (k4, k5) = (WalRef::key(&refs[2].name), WalRef::key(&refs[3].name));
         let (b4, b5) = (raw(k4.clone()).await, raw(k5.clone()).await);
-        store.put(&backend.path(&k4), b5.into()).await.unwrap();
-        store.put(&backend.path(&k5), b4.into()).await.unwrap();
+        store.put(&location.path(&k4), b5.into()).await.unwrap();
+        store.put(&location.path(&k5), b4.into()).await.unwrap();
         // 2's chunk: one byte flipped
         let ck = refs[0].chunks[0].id.key();
         let mut b = raw(ck.clone()).await.to_vec();
         b[100] ^= 1;
-        store.put(&backend.path(&ck), b.into()).await.unwrap();
+        store.put(&location.path(&ck), b.into()).await.unwrap();
 
         let report = verify(&repo, VerifyRequest::default(), &crate::progress::Silent)
             .await

@@ -1,4 +1,5 @@
-//! Turning a repository URL into an `object_store` backend. Local directories are built by
+//! [`Location`]: where a repository lives, from its URL: the `object_store` store, the key
+//! prefix inside it and, for a local directory, its root. Local directories are built by
 //! hand because `parse_url` leaves fsync off, and pitr's promise is durability on success.
 //! Cloud backends take their options (endpoint, region, credentials) from the caller
 //! ([`crate::RepoOptions::remote`]) and from the environment, which wins.
@@ -17,7 +18,7 @@ use crate::{Result, StoreError};
 
 /// Where a repository lives.
 #[derive(Debug, Clone)]
-pub struct Backend {
+pub struct Location {
     pub store: Arc<dyn ObjectStore>,
     /// Key prefix inside the store (`s3://bucket/prefix` → `prefix`).
     pub prefix: Path,
@@ -27,7 +28,7 @@ pub struct Backend {
     pub local_root: Option<PathBuf>,
 }
 
-impl Backend {
+impl Location {
     /// Whether `url` names a local directory (a bare absolute path or `file://`).
     pub fn is_local_url(url: &str) -> bool {
         url.starts_with('/') || url.starts_with("file://")
@@ -36,7 +37,7 @@ impl Backend {
     /// Connect to the repository at `url`; `options` configure a cloud backend
     /// ([`crate::RepoOptions::remote`]; the environment's `AWS_*`/`GOOGLE_*`/`AZURE_*`
     /// variables are applied after them). With `create`, a missing local directory is made.
-    pub fn connect(url: &str, create: bool, options: &[(String, String)]) -> Result<Backend> {
+    pub fn connect(url: &str, create: bool, options: &[(String, String)]) -> Result<Location> {
         let bad = |reason: &str| StoreError::BadUrl {
             url: url.to_string(),
             reason: reason.to_string(),
@@ -69,7 +70,7 @@ impl Backend {
                 .lock()
                 .expect("memory store registry lock");
             let store = Arc::clone(stores.entry(url.to_string()).or_default());
-            return Ok(Backend {
+            return Ok(Location {
                 store,
                 prefix: Path::default(),
                 url: url.to_string(),
@@ -97,7 +98,7 @@ impl Backend {
         );
         let (store, prefix) =
             object_store::parse_url_opts(&parsed, opts).map_err(|e| bad(&e.to_string()))?;
-        Ok(Backend {
+        Ok(Location {
             store: Arc::from(store),
             prefix,
             url: url.to_string(),
@@ -105,12 +106,12 @@ impl Backend {
         })
     }
 
-    fn local(url: &str, root: PathBuf, create: bool) -> Result<Backend> {
+    fn local(url: &str, root: PathBuf, create: bool) -> Result<Location> {
         let io = |source: std::io::Error| {
             if source.kind() == std::io::ErrorKind::PermissionDenied {
                 StoreError::PermissionDenied {
                     path: root.display().to_string(),
-                    owner: crate::local::owner_and_mode(&root),
+                    owner: crate::backend::local::owner_and_mode(&root),
                 }
             } else {
                 StoreError::Io {
@@ -122,7 +123,7 @@ impl Backend {
         if create {
             std::fs::DirBuilder::new()
                 .recursive(true)
-                .mode(crate::local::DIR_MODE)
+                .mode(crate::backend::local::DIR_MODE)
                 .create(&root)
                 .map_err(io)?;
             // A directory made beforehand (by an administrator, under another umask) becomes
@@ -133,7 +134,7 @@ impl Backend {
             if ours && meta.mode() & 0o077 != 0 {
                 std::fs::set_permissions(
                     &root,
-                    std::fs::Permissions::from_mode(crate::local::DIR_MODE),
+                    std::fs::Permissions::from_mode(crate::backend::local::DIR_MODE),
                 )
                 .map_err(io)?;
             }
@@ -150,7 +151,7 @@ impl Backend {
         let store = LocalFileSystem::new_with_prefix(&root)
             .map_err(|e| StoreError::backend(root.display().to_string(), e))?
             .with_fsync(true);
-        Ok(Backend {
+        Ok(Location {
             store: Arc::new(store),
             prefix: Path::default(),
             url: url.to_string(),
@@ -192,7 +193,7 @@ mod tests {
             dir.path().to_str().unwrap().to_string(),
             format!("file://{}", dir.path().display()),
         ] {
-            let b = Backend::connect(&url, false, &[]).unwrap();
+            let b = Location::connect(&url, false, &[]).unwrap();
             let debug = format!("{:?}", b.store);
             assert!(debug.contains("fsync: true"), "{url}: {debug}");
             assert_eq!(b.local_root.as_deref(), Some(dir.path()));
@@ -202,17 +203,17 @@ mod tests {
     #[test]
     fn bad_urls_are_one_clear_error() {
         for url in ["", "relative/dir", "file://relative", "ftp://x/y"] {
-            let e = Backend::connect(url, false, &[]).unwrap_err();
+            let e = Location::connect(url, false, &[]).unwrap_err();
             assert!(matches!(e, StoreError::BadUrl { .. }), "{url}: {e}");
         }
-        let e = Backend::connect("/nonexistent/pitr-repo", false, &[]).unwrap_err();
+        let e = Location::connect("/nonexistent/pitr-repo", false, &[]).unwrap_err();
         assert!(matches!(e, StoreError::NotInitialized { .. }), "{e}");
     }
 
     #[test]
     fn prefix_is_applied() {
         let region = [("aws_region".to_string(), "us-east-1".to_string())];
-        let b = Backend::connect("s3://bucket/some/prefix", false, &region).unwrap();
+        let b = Location::connect("s3://bucket/some/prefix", false, &region).unwrap();
         assert_eq!(b.path("config.json").as_ref(), "some/prefix/config.json");
         let p = b.path("chunks/ab/abcd");
         assert_eq!(b.key_of(&p), "chunks/ab/abcd");
@@ -226,7 +227,7 @@ mod tests {
             ("aws_endpoint".to_string(), "http://127.0.0.1:9".to_string()),
             ("allow_http".to_string(), "true".to_string()),
         ];
-        let b = Backend::connect("s3://bucket/p", false, &opts).unwrap();
+        let b = Location::connect("s3://bucket/p", false, &opts).unwrap();
         let debug = format!("{:?}", b.store);
         assert!(debug.contains("http://127.0.0.1:9"), "{debug}");
     }

@@ -17,7 +17,7 @@
 //! through `object_store`, whose files take their mode from the umask: every directory here
 //! is made 0700 and every object 0600, because chunks hold `server.key` and `pg_authid`.
 //!
-//! [`LocalBackend`] is this module's side of the store's backend seam (`chunks.rs`).
+//! [`LocalBackend`] is this module's side of the store's backend seam (`backend/mod.rs`).
 
 use std::collections::HashSet;
 use std::ffi::CString;
@@ -34,8 +34,8 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 
+use super::{blocking, same_as_known, ChunkBackend, ChunkRemoval, Codec, Listed, OutFile};
 use crate::chunk::{ChunkId, Fingerprint};
-use crate::chunks::{blocking, same_as_known, ChunkBackend, ChunkRemoval, Codec, Listed, OutFile};
 use crate::repo::{BackupChunk, ChunkRef, KnownChunk};
 use crate::{Result, StoreError};
 
@@ -610,7 +610,7 @@ impl LocalChunks {
 
     /// A document's bytes, `None` when absent. Anything but a file in its place is an error.
     pub fn get_doc(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.read_or_error(key, crate::keys::max_doc_len(key))
+        self.read_or_error(key, crate::layout::max_doc_len(key))
     }
 
     /// Hash, look for (with `look_first`), compress and write one chunk.

@@ -219,11 +219,7 @@ impl ReplicationClient {
     /// local) connection, and SCRAM must end with the server's verified final message —
     /// AuthenticationOk before it means the server never proved it knows the password.
     async fn authenticate(&mut self, config: &ConnConfig) -> Result<(), Error> {
-        let mut scram: Option<sasl::ScramSha256> = None;
-        // SCRAM's final message arrived and the server's signature checked out.
-        let mut scram_verified = false;
-        let mut channel_bound = false;
-        let mut method: Option<AuthMethod> = None;
+        let mut x = AuthExchange::default();
         loop {
             let msg = self.next_message().await?;
             match msg.tag {
@@ -246,127 +242,13 @@ impl ReplicationClient {
                 self.auth_requested = true;
             }
             match code {
-                0 => {
-                    if scram.is_some() && !scram_verified {
-                        return Err(self.violation(
-                            "AuthenticationOk before SCRAM's final message: the server never \
-                             proved it knows the password (a machine in the middle may be \
-                             skipping authentication); refusing the connection",
-                        ));
-                    }
-                    let used = method.unwrap_or(AuthMethod::None);
-                    self.check_required(config, used)?;
-                    if config.channel_binding == ChannelBinding::Require && !channel_bound {
-                        return Err(self.auth_error(format!(
-                            "channel_binding=require, but the server let the client in {} \
-                             without channel binding",
-                            match used {
-                                AuthMethod::None => "without authentication".to_string(),
-                                m => format!("with {}", m.name()),
-                            }
-                        )));
-                    }
-                    return Ok(());
-                }
-                3 | 5 | 10 if method.is_some() => {
-                    // One method per connection, as the server's pg_hba.conf line gives it:
-                    // a request for another (or the same again) once one has begun — e.g. a
-                    // cleartext password or MD5 hash asked for in the middle of SCRAM, which
-                    // a machine in the middle would do to get something it can use — is a
-                    // protocol violation, answered with nothing.
-                    let asked = match code {
-                        3 => "a cleartext password",
-                        5 => "an MD5 password",
-                        _ => "SASL",
-                    };
-                    let begun = method.map(AuthMethod::name).unwrap_or_default();
-                    return Err(self.violation(format!(
-                        "the server asks for {asked} after {begun} authentication began: a \
-                         server may not switch authentication methods (a machine in the \
-                         middle may be trying to obtain the password); refusing the \
-                         connection"
-                    )));
-                }
-                3 => {
-                    method = Some(AuthMethod::Password);
-                    self.check_required(config, AuthMethod::Password)?;
-                    self.check_no_channel_binding_required(config, "a cleartext password")?;
-                    let allowed = config
-                        .require_auth
-                        .as_ref()
-                        .is_some_and(|r| r.names(AuthMethod::Password));
-                    if !self.conn.is_tls() && !self.conn.is_unix() && !allowed {
-                        return Err(self.auth_error(
-                            "the server asks for the password in clear text over an \
-                             unencrypted connection; not sending it (use TLS, e.g. \
-                             sslmode=require, or accept this with require_auth=password)",
-                        ));
-                    }
-                    let password = self.password(config)?;
-                    frontend::password_message(password.as_bytes(), &mut self.conn.wbuf)
-                        .map_err(|e| self.auth_error(format!("password message: {e}")))?;
-                    self.conn.flush().await?;
-                    self.authentication = "password";
-                }
-                5 => {
-                    method = Some(AuthMethod::Md5);
-                    self.check_required(config, AuthMethod::Md5)?;
-                    self.check_no_channel_binding_required(config, "MD5 authentication")?;
-                    let salt: [u8; 4] = r
-                        .take(4)
-                        .and_then(|s| s.try_into().ok())
-                        .ok_or_else(|| self.violation("MD5 request without salt"))?;
-                    let password = self.password(config)?;
-                    let hash = md5_hash(config.user.as_bytes(), password.as_bytes(), salt);
-                    frontend::password_message(hash.as_bytes(), &mut self.conn.wbuf)
-                        .map_err(|e| self.auth_error(format!("password message: {e}")))?;
-                    self.conn.flush().await?;
-                    self.authentication = "md5";
-                }
-                10 => {
-                    method = Some(AuthMethod::ScramSha256);
-                    self.check_required(config, AuthMethod::ScramSha256)?;
-                    let mut mechanisms = Vec::new();
-                    while let Some(m) = r.cstr().filter(|m| !m.is_empty()) {
-                        mechanisms.push(m);
-                    }
-                    let (mechanism, binding) = self.choose_sasl(config, &mechanisms)?;
-                    channel_bound = mechanism == sasl::SCRAM_SHA_256_PLUS;
-                    tracing::debug!(server = %self.conn.target, mechanism, "SASL authentication");
-                    let password = self.password(config)?;
-                    let state = sasl::ScramSha256::new(password.as_bytes(), binding);
-                    frontend::sasl_initial_response(
-                        mechanism,
-                        state.message(),
-                        &mut self.conn.wbuf,
-                    )
-                    .map_err(|e| self.auth_error(format!("SASL message: {e}")))?;
-                    scram = Some(state);
-                    self.conn.flush().await?;
-                    self.authentication = mechanism;
-                }
-                11 => {
-                    let state = match scram.as_mut() {
-                        Some(s) if !scram_verified => s,
-                        _ => return Err(self.violation("SASL continue outside a SCRAM exchange")),
-                    };
-                    state
-                        .update(r.remaining())
-                        .map_err(|e| self.auth_error(format!("SCRAM exchange: {e}")))?;
-                    frontend::sasl_response(state.message(), &mut self.conn.wbuf)
-                        .map_err(|e| self.auth_error(format!("SASL message: {e}")))?;
-                    self.conn.flush().await?;
-                }
-                12 => {
-                    let state = match scram.as_mut() {
-                        Some(s) if !scram_verified => s,
-                        _ => return Err(self.violation("SASL final outside a SCRAM exchange")),
-                    };
-                    state.finish(r.remaining()).map_err(|e| {
-                        self.auth_error(format!("server's SCRAM signature rejected: {e}"))
-                    })?;
-                    scram_verified = true;
-                }
+                0 => return self.auth_ok(config, &x),
+                3 | 5 | 10 if x.method.is_some() => return Err(self.method_switch(code, &x)),
+                3 => self.answer_password(config, &mut x).await?,
+                5 => self.answer_md5(config, &mut x, &mut r).await?,
+                10 => self.start_sasl(config, &mut x, &mut r).await?,
+                11 => self.continue_sasl(&mut x, &r).await?,
+                12 => self.finish_sasl(&mut x, &r)?,
                 2 | 6 | 7 | 8 | 9 => {
                     let method = match code {
                         2 => "Kerberos V5",
@@ -383,6 +265,156 @@ impl ReplicationClient {
                 }
             }
         }
+    }
+
+    /// AuthenticationOk: accepted only when the exchange proved what it had to (SCRAM's
+    /// final message, `require_auth`, `channel_binding`).
+    fn auth_ok(&mut self, config: &ConnConfig, x: &AuthExchange) -> Result<(), Error> {
+        if x.scram.is_some() && !x.scram_verified {
+            return Err(self.violation(
+                "AuthenticationOk before SCRAM's final message: the server never \
+                 proved it knows the password (a machine in the middle may be \
+                 skipping authentication); refusing the connection",
+            ));
+        }
+        let used = x.method.unwrap_or(AuthMethod::None);
+        self.check_required(config, used)?;
+        if config.channel_binding == ChannelBinding::Require && !x.channel_bound {
+            return Err(self.auth_error(format!(
+                "channel_binding=require, but the server let the client in {} \
+                 without channel binding",
+                match used {
+                    AuthMethod::None => "without authentication".to_string(),
+                    m => format!("with {}", m.name()),
+                }
+            )));
+        }
+        Ok(())
+    }
+
+    /// A request for a method (`code` 3, 5 or 10) once one has begun. One method per
+    /// connection, as the server's pg_hba.conf line gives it: a request for another (or the
+    /// same again) — e.g. a cleartext password or MD5 hash asked for in the middle of SCRAM,
+    /// which a machine in the middle would do to get something it can use — is a protocol
+    /// violation, answered with nothing.
+    fn method_switch(&mut self, code: i32, x: &AuthExchange) -> Error {
+        let asked = match code {
+            3 => "a cleartext password",
+            5 => "an MD5 password",
+            _ => "SASL",
+        };
+        let begun = x.method.map(AuthMethod::name).unwrap_or_default();
+        self.violation(format!(
+            "the server asks for {asked} after {begun} authentication began: a \
+             server may not switch authentication methods (a machine in the \
+             middle may be trying to obtain the password); refusing the \
+             connection"
+        ))
+    }
+
+    /// AuthenticationCleartextPassword.
+    async fn answer_password(
+        &mut self,
+        config: &ConnConfig,
+        x: &mut AuthExchange,
+    ) -> Result<(), Error> {
+        x.method = Some(AuthMethod::Password);
+        self.check_required(config, AuthMethod::Password)?;
+        self.check_no_channel_binding_required(config, "a cleartext password")?;
+        let allowed = config
+            .require_auth
+            .as_ref()
+            .is_some_and(|r| r.names(AuthMethod::Password));
+        if !self.conn.is_tls() && !self.conn.is_unix() && !allowed {
+            return Err(self.auth_error(
+                "the server asks for the password in clear text over an \
+                 unencrypted connection; not sending it (use TLS, e.g. \
+                 sslmode=require, or accept this with require_auth=password)",
+            ));
+        }
+        let password = self.password(config)?;
+        frontend::password_message(password.as_bytes(), &mut self.conn.wbuf)
+            .map_err(|e| self.auth_error(format!("password message: {e}")))?;
+        self.conn.flush().await?;
+        self.authentication = "password";
+        Ok(())
+    }
+
+    /// AuthenticationMD5Password.
+    async fn answer_md5(
+        &mut self,
+        config: &ConnConfig,
+        x: &mut AuthExchange,
+        r: &mut Reader<'_>,
+    ) -> Result<(), Error> {
+        x.method = Some(AuthMethod::Md5);
+        self.check_required(config, AuthMethod::Md5)?;
+        self.check_no_channel_binding_required(config, "MD5 authentication")?;
+        let salt: [u8; 4] = r
+            .take(4)
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| self.violation("MD5 request without salt"))?;
+        let password = self.password(config)?;
+        let hash = md5_hash(config.user.as_bytes(), password.as_bytes(), salt);
+        frontend::password_message(hash.as_bytes(), &mut self.conn.wbuf)
+            .map_err(|e| self.auth_error(format!("password message: {e}")))?;
+        self.conn.flush().await?;
+        self.authentication = "md5";
+        Ok(())
+    }
+
+    /// AuthenticationSASL: choose the mechanism and send SCRAM's first message.
+    async fn start_sasl(
+        &mut self,
+        config: &ConnConfig,
+        x: &mut AuthExchange,
+        r: &mut Reader<'_>,
+    ) -> Result<(), Error> {
+        x.method = Some(AuthMethod::ScramSha256);
+        self.check_required(config, AuthMethod::ScramSha256)?;
+        let mut mechanisms = Vec::new();
+        while let Some(m) = r.cstr().filter(|m| !m.is_empty()) {
+            mechanisms.push(m);
+        }
+        let (mechanism, binding) = self.choose_sasl(config, &mechanisms)?;
+        x.channel_bound = mechanism == sasl::SCRAM_SHA_256_PLUS;
+        tracing::debug!(server = %self.conn.target, mechanism, "SASL authentication");
+        let password = self.password(config)?;
+        let state = sasl::ScramSha256::new(password.as_bytes(), binding);
+        frontend::sasl_initial_response(mechanism, state.message(), &mut self.conn.wbuf)
+            .map_err(|e| self.auth_error(format!("SASL message: {e}")))?;
+        x.scram = Some(state);
+        self.conn.flush().await?;
+        self.authentication = mechanism;
+        Ok(())
+    }
+
+    /// AuthenticationSASLContinue: SCRAM's second message.
+    async fn continue_sasl(&mut self, x: &mut AuthExchange, r: &Reader<'_>) -> Result<(), Error> {
+        let state = match x.scram.as_mut() {
+            Some(s) if !x.scram_verified => s,
+            _ => return Err(self.violation("SASL continue outside a SCRAM exchange")),
+        };
+        state
+            .update(r.remaining())
+            .map_err(|e| self.auth_error(format!("SCRAM exchange: {e}")))?;
+        frontend::sasl_response(state.message(), &mut self.conn.wbuf)
+            .map_err(|e| self.auth_error(format!("SASL message: {e}")))?;
+        self.conn.flush().await?;
+        Ok(())
+    }
+
+    /// AuthenticationSASLFinal: the server's signature, checked.
+    fn finish_sasl(&mut self, x: &mut AuthExchange, r: &Reader<'_>) -> Result<(), Error> {
+        let state = match x.scram.as_mut() {
+            Some(s) if !x.scram_verified => s,
+            _ => return Err(self.violation("SASL final outside a SCRAM exchange")),
+        };
+        state
+            .finish(r.remaining())
+            .map_err(|e| self.auth_error(format!("server's SCRAM signature rejected: {e}")))?;
+        x.scram_verified = true;
+        Ok(())
     }
 
     /// The SASL mechanism and channel binding to use, per `channel_binding`.
@@ -935,6 +967,19 @@ async fn connect_tcp(host: &str, port: u16) -> std::io::Result<TcpStream> {
             format!("host name {host:?} has no addresses"),
         )
     }))
+}
+
+/// Where an authentication exchange is.
+#[derive(Default)]
+struct AuthExchange {
+    /// The method the server asked for first; no other may follow it.
+    method: Option<AuthMethod>,
+    /// The SCRAM exchange, once started.
+    scram: Option<sasl::ScramSha256>,
+    /// SCRAM's final message arrived and the server's signature checked out.
+    scram_verified: bool,
+    /// SCRAM-SHA-256-PLUS was chosen.
+    channel_bound: bool,
 }
 
 /// Double-quote an identifier for a replication command.

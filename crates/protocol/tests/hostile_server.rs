@@ -302,8 +302,8 @@ async fn a_notice_flood_is_bounded() {
 }
 
 /// Once SCRAM has begun, a request for a cleartext password or an MD5 hash (what a machine in
-/// the middle would ask for, to get something it can use) is a protocol violation, answered
-/// with nothing — even where the settings would allow that method on its own.
+/// the middle would ask for, to get something it can use), or for SASL again, is a protocol
+/// violation, answered with nothing — even where the settings would allow that method on its own.
 #[tokio::test]
 async fn no_method_switch_after_scram_began() {
     for (code, settings, asked) in [
@@ -313,6 +313,7 @@ async fn no_method_switch_after_scram_began() {
             "sslmode=disable require_auth=password,scram-sha-256",
             "a cleartext password",
         ),
+        (10, "sslmode=disable", "SASL"),
     ] {
         let pg = fake(Auth::ScramThenSwitch(code));
         let err = refused(&pg, settings).await;

@@ -105,6 +105,21 @@ fn main() -> ExitCode {
             };
         }
     };
+    // Generated from the command line alone: no configuration, repository or logging.
+    let generated = match &cli.command {
+        Command::Completions(args) => Some(commands::completions::completions(args.shell)),
+        Command::Man => Some(commands::completions::man()),
+        _ => None,
+    };
+    if let Some(done) = generated {
+        return match done {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pitr: {e:#}");
+                ExitCode::from(exit::FAILURE)
+            }
+        };
+    }
     let contract = match cli.command {
         Command::RestoreWal(_) => Contract::RestoreWal,
         Command::Check(_) => Contract::Check,
@@ -204,6 +219,8 @@ fn run(mut cli: Cli, settings: Settings, env: &Env) -> anyhow::Result<()> {
             Command::Pin(args) => commands::pin::pin(url, options, args).await,
             Command::Unpin(args) => commands::pin::unpin(url, options, args).await,
             Command::Key(command) => commands::key::run(url, options, command, env).await,
+            Command::Completions(args) => commands::completions::completions(args.shell),
+            Command::Man => commands::completions::man(),
         }
     })
 }
@@ -229,6 +246,8 @@ fn writes_repository(command: &Command) -> Option<&'static str> {
         | Command::Verify(_)
         | Command::Check(_)
         | Command::SpoolClean(_)
+        | Command::Completions(_)
+        | Command::Man
         | Command::Expire(_)
         | Command::Key(KeyCommand::List { .. } | KeyCommand::Export { .. }) => None,
     }

@@ -114,6 +114,27 @@ pub enum Command {
     /// pitr-passphrase.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Print a shell completion script (bash, zsh or fish) for pitr on stdout
+    ///
+    /// contrib/install.sh installs them; by hand: `pitr completions bash >
+    /// /usr/share/bash-completion/completions/pitr`.
+    Completions(CompletionsArgs),
+    /// Print the manual page pitr(1), in roff, on stdout (`pitr man | man -l -`)
+    Man,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: CompletionShell,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Subcommand, Debug)]

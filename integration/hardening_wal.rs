@@ -406,6 +406,94 @@ fn init_as_root_needs_allow_root_and_permission_errors_name_the_owner() {
     );
 }
 
+/// Every path under `dir` with its owner, sorted.
+fn owned_tree(dir: &Path) -> Vec<(PathBuf, u32)> {
+    let mut all = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = fs::symlink_metadata(&path).expect("stat");
+        all.push((path.clone(), meta.uid()));
+        if meta.is_dir() {
+            stack.extend(list_dir(&path));
+        }
+    }
+    all.sort();
+    all
+}
+
+/// As root, every command that writes refuses a local repository another user owns, naming
+/// the owner, and writes nothing; with `--allow-root` it proceeds. Commands that only read
+/// (and `expire --dry-run`) run as root as before.
+#[test]
+fn writing_as_root_to_someone_elses_repository_needs_allow_root() {
+    if !pitr_testkit::require::root_or_skip("writing_as_root_needs_allow_root") {
+        return;
+    }
+    let dir = TestDir::new();
+    let pitr = Pitr::init(&dir, "repo");
+    let pg = PgCluster::init();
+    let id = pitr.backup(&pg, &[]);
+    let segment = pg.switch_wal();
+    let wal = pg.wal_path(&segment).to_string_lossy().into_owned();
+    let root_cmd = |args: &[&str]| {
+        let mut cmd = Command::new(pitr.bin());
+        cmd.env_remove("PITR_REPO")
+            .env_remove("PITR_CONFIG")
+            .arg("--repo")
+            .arg(pitr.repo())
+            .args(args);
+        cmd
+    };
+    let connstr = pg.socket_connstr();
+    let writers: Vec<Vec<&str>> = vec![
+        vec!["pin", &id],
+        vec!["archive-wal", &wal, &segment],
+        vec!["backup", "-d", &connstr],
+        // keeps the newest backup and the pinned one
+        vec!["expire", "--retain-full", "1"],
+    ];
+    let before = owned_tree(pitr.repo());
+    for args in &writers {
+        let mut cmd = root_cmd(args);
+        let out = run_expect_code(&mut cmd, 1);
+        let stderr = stderr_of(&out);
+        assert!(
+            stderr.contains("owned by postgres") && stderr.contains("--allow-root"),
+            "the refusal should name the owner and the override\n{}",
+            describe(&cmd, &out)
+        );
+    }
+    assert_eq!(
+        owned_tree(pitr.repo()),
+        before,
+        "a refused command wrote to the repository"
+    );
+    // Reading as root is not writing.
+    run(&mut root_cmd(&["list"]));
+    run(&mut root_cmd(&[
+        "expire",
+        "--retain-full",
+        "1",
+        "--dry-run",
+    ]));
+
+    for args in &writers {
+        let mut cmd = root_cmd(args);
+        cmd.arg("--allow-root");
+        run(&mut cmd);
+    }
+    // What root wrote belongs to root now: read it back as root.
+    let out = run(&mut root_cmd(&["list", "--json"]));
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("list --json");
+    assert_eq!(listed.len(), 2, "backup --allow-root made a second backup");
+    assert!(
+        listed
+            .iter()
+            .any(|b| b["id"] == id.as_str() && b["pinned"] == true),
+        "pin --allow-root pinned {id}: {listed:?}"
+    );
+}
+
 /// The exit status of a refused command line comes from the subcommand clap parsed, not from
 /// the word `restore-wal` anywhere in it.
 #[test]

@@ -3,7 +3,8 @@
 //! the issue names, stay at or below an exposure of 3.5 (printed by check-units.sh); a probe
 //! timer runs `check` on the repository alone beside the hourly end-to-end `check --server`
 //! with a backup age limit; `contrib/install.sh` into a DESTDIR with PREFIX=/usr writes paths
-//! of that prefix and files the postgres group can read; and `check --server` applies the age
+//! of that prefix and files the postgres group can read, with the shell completions and the
+//! manual page; `pitr completions bash` and `pitr man` print them; and `check --server` applies the age
 //! limits against a real server.
 
 use std::fs;
@@ -236,6 +237,22 @@ fn install_sh_writes_prefix_paths_and_files_postgres_can_read() {
             conf.display()
         );
     }
+    // Completions and the manual page, from the binary's own command line.
+    for (path, wants) in [
+        ("usr/share/bash-completion/completions/pitr", "restore-wal"),
+        ("usr/share/zsh/site-functions/_pitr", "restore-wal"),
+        (
+            "usr/share/fish/vendor_completions.d/pitr.fish",
+            "restore-wal",
+        ),
+        ("usr/share/man/man1/pitr.1", ".TH"),
+    ] {
+        let text =
+            fs::read_to_string(dest.join(path)).unwrap_or_else(|e| panic!("{path}: {e}\n{what}"));
+        assert!(text.contains(wants), "{path} lacks {wants:?}:\n{text}");
+        let mode = fs::metadata(dest.join(path)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644, "{path} is mode {mode:o}");
+    }
     // What postgres runs and reads, every directory on the way: others may read and enter.
     for (p, file_needs) in [
         (dest.join("usr/bin/pitr"), 0o005),
@@ -250,6 +267,27 @@ fn install_sh_writes_prefix_paths_and_files_postgres_can_read() {
             assert_eq!(mode & need, need, "{} is mode {:o}", at.display(), mode);
             at = at.parent().unwrap();
         }
+    }
+}
+
+/// `pitr completions bash` and `pitr man` need no repository or configuration: the script
+/// completes the subcommands, the page is roff.
+#[test]
+fn completions_and_man_page_print_without_a_repository() {
+    for (args, wants) in [
+        (&["completions", "bash"][..], "restore-wal"),
+        (&["completions", "zsh"], "restore-wal"),
+        (&["completions", "fish"], "restore-wal"),
+        (&["man"], ".TH"),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pitr"));
+        cmd.env_remove("PITR_REPO")
+            .env("PITR_CONFIG", "/nonexistent/pitr.toml")
+            .args(args);
+        let out = output(&mut cmd);
+        assert!(out.status.success(), "{}", describe(&cmd, &out));
+        let text = stdout_of(&out);
+        assert!(text.contains(wants), "{}", describe(&cmd, &out));
     }
 }
 

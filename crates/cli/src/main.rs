@@ -105,6 +105,21 @@ fn main() -> ExitCode {
             };
         }
     };
+    // Generated from the command line alone: no configuration, repository or logging.
+    let generated = match &cli.command {
+        Command::Completions(args) => Some(commands::completions::completions(args.shell)),
+        Command::Man => Some(commands::completions::man()),
+        _ => None,
+    };
+    if let Some(done) = generated {
+        return match done {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pitr: {e:#}");
+                ExitCode::from(exit::FAILURE)
+            }
+        };
+    }
     let contract = match cli.command {
         Command::RestoreWal(_) => Contract::RestoreWal,
         Command::Check(_) => Contract::Check,
@@ -163,12 +178,18 @@ fn run(mut cli: Cli, settings: Settings, env: &Env) -> anyhow::Result<()> {
     config::merge(&settings, &mut cli.command);
     let given = config::resolve(&settings, &cli, &global, &repo_url, env)?;
     let (url, options, secret) = (&repo_url, &given.repo, given.repo.secret.clone());
+    let allow_root = cli.global.allow_root;
+    if let Some(command) = writes_repository(&cli.command) {
+        pitr_core::repo_owner::refuse_root_write(url, command, allow_root)?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Init(args) => commands::init::run(url, options, args, secret).await,
+            Command::Init(args) => {
+                commands::init::run(url, options, args, secret, allow_root).await
+            }
             Command::ArchiveWal(args) => commands::archive_wal::run(url, options, args).await,
             Command::RestoreWal(args) => {
                 commands::restore_wal::run(url, options, args, given.handed_on).await
@@ -198,8 +219,38 @@ fn run(mut cli: Cli, settings: Settings, env: &Env) -> anyhow::Result<()> {
             Command::Pin(args) => commands::pin::pin(url, options, args).await,
             Command::Unpin(args) => commands::pin::unpin(url, options, args).await,
             Command::Key(command) => commands::key::run(url, options, command, env).await,
+            Command::Completions(args) => commands::completions::completions(args.shell),
+            Command::Man => commands::completions::man(),
         }
     })
+}
+
+/// The name of a command that writes to the repository (refused as root on a local one
+/// another user owns, unless --allow-root); `None` for one that only reads it. `init` has its
+/// own, stricter rule (as root it creates nothing without --allow-root).
+fn writes_repository(command: &Command) -> Option<&'static str> {
+    use pitr_settings::cli::KeyCommand;
+    match command {
+        Command::ArchiveWal(_) => Some("archive-wal"),
+        Command::Backup(_) => Some("backup"),
+        Command::Expire(args) if !args.dry_run => Some("expire"),
+        Command::Pin(_) => Some("pin"),
+        Command::Unpin(_) => Some("unpin"),
+        Command::Key(KeyCommand::Add(_)) => Some("key add"),
+        Command::Key(KeyCommand::Remove { .. }) => Some("key remove"),
+        Command::Init(_)
+        | Command::RestoreWal(_)
+        | Command::Info(_)
+        | Command::List(_)
+        | Command::Restore(_)
+        | Command::Verify(_)
+        | Command::Check(_)
+        | Command::SpoolClean(_)
+        | Command::Completions(_)
+        | Command::Man
+        | Command::Expire(_)
+        | Command::Key(KeyCommand::List { .. } | KeyCommand::Export { .. }) => None,
+    }
 }
 
 /// The error for a result line stdout would not take.

@@ -128,6 +128,19 @@ impl ArchiveIndex {
         history.max(segment)
     }
 
+    /// The last file archived on the timeline a server archiving here is on, which the
+    /// archive alone says is [`Self::newest_timeline`]: its highest segment, or, before any
+    /// segment of it is archived, its history file. What `info`'s "last" and `check
+    /// --max-archive-age` measure, each with this file's own archive time.
+    pub fn last_of_newest_timeline(&self) -> Option<WalFileName> {
+        let tli = self.newest_timeline()?;
+        let segment = self.segments.get(&tli).and_then(|s| s.last());
+        match segment {
+            Some(&segno) => Some(self.segment_name(tli, segno)),
+            None => self.histories.iter().find(|h| h.timeline() == tli).cloned(),
+        }
+    }
+
     pub fn history_files(&self) -> impl Iterator<Item = &WalFileName> {
         self.histories.iter()
     }

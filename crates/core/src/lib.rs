@@ -9,6 +9,7 @@ pub mod error;
 pub mod index;
 pub mod instance;
 pub mod progress;
+pub mod repo_owner;
 pub mod repofile;
 pub mod time;
 

@@ -44,6 +44,12 @@ pub struct Global {
     /// Only errors on stderr
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Write a local repository even when running as root. Without it, a command that writes
+    /// (init, backup, archive-wal, expire, pin, unpin, key add/remove) refuses to run as root
+    /// on a local repository another user owns (and init to create one): root-owned objects
+    /// would lock that user (PostgreSQL's archive_command) out. Run it as the repository's owner
+    #[arg(long, global = true)]
+    pub allow_root: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -108,6 +114,27 @@ pub enum Command {
     /// pitr-passphrase.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Print a shell completion script (bash, zsh or fish) for pitr on stdout
+    ///
+    /// contrib/install.sh installs them; by hand: `pitr completions bash >
+    /// /usr/share/bash-completion/completions/pitr`.
+    Completions(CompletionsArgs),
+    /// Print the manual page pitr(1), in roff, on stdout (`pitr man | man -l -`)
+    Man,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: CompletionShell,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Subcommand, Debug)]
@@ -359,11 +386,6 @@ pub struct InitArgs {
     pub kdf: KdfArgs,
     #[command(flatten)]
     pub options: InitOptions,
-    /// Create a local repository even when running as root. Without it `pitr init` refuses:
-    /// a repository owned by root is one the PostgreSQL user's archive_command cannot write
-    /// to; run init as the user PostgreSQL runs as
-    #[arg(long)]
-    pub allow_root: bool,
 }
 
 #[derive(Args, Debug)]

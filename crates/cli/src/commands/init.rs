@@ -12,6 +12,7 @@ pub async fn run(
     options: &pitr_store::RepoOptions,
     args: InitArgs,
     secret: Option<Secret>,
+    allow_root: bool,
 ) -> anyhow::Result<()> {
     let config = RepoConfig {
         format_version: FORMAT_VERSION,
@@ -44,5 +45,5 @@ pub async fn run(
         ),
         (false, None) => None,
     };
-    pitr_core::archive::init(url, options, config, encryption, args.allow_root).await
+    pitr_core::archive::init(url, options, config, encryption, allow_root).await
 }

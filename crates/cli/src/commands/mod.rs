@@ -4,6 +4,7 @@
 pub mod archive_wal;
 pub mod backup;
 pub mod check;
+pub mod completions;
 pub mod expire;
 pub mod info;
 pub mod init;

@@ -164,14 +164,15 @@ async fn backup_age(repo: &Repo, max: Duration, report: &mut CheckReport) {
     }
 }
 
-/// When the newest archived segment was stored: none, or longer ago than `max`, is critical.
+/// When the last file of the timeline the server is on (the archive's newest timeline) was
+/// stored: none, or longer ago than `max`, is critical.
 async fn archive_age(repo: &Repo, max: Duration, report: &mut CheckReport) {
     let seg_size = match BackupManifest::newest(repo).await {
         Ok(Some(b)) => b.segment_size(),
         _ => pitr_pg::DEFAULT_WAL_SEGMENT_SIZE,
     };
     let newest = match ArchiveIndex::list(repo, seg_size).await {
-        Ok(index) => index.last_segment().cloned(),
+        Ok(index) => index.last_of_newest_timeline(),
         Err(e) => {
             return report.push(
                 "archive_age",
@@ -208,7 +209,8 @@ async fn archive_age(repo: &Repo, max: Duration, report: &mut CheckReport) {
         .to_std()
         .unwrap_or_default();
     let said = format!(
-        "newest archived segment {name} stored at {} ({} ago; limit {})",
+        "last archived file of timeline {} ({name}) stored at {} ({} ago; limit {})",
+        name.timeline(),
         format_pg_time(&r.archived_at),
         format_duration(age),
         format_duration(max)
@@ -655,5 +657,91 @@ mod tests {
         let r = check(&repo, &both).await;
         assert_eq!(r.checks.len(), 2);
         assert_eq!(r.checks[1].status, Status::Critical, "{r:?}");
+    }
+
+    /// `check --max-archive-age` and `info`'s "last" measure the timeline the server is on
+    /// (the archive's newest), and pair one file with its own time: a server promoted to
+    /// timeline 2 two hours ago that archived only 00000002.history since is stale, whatever
+    /// was stored on timeline 1 a minute ago.
+    #[tokio::test]
+    async fn archive_age_is_the_newest_timelines_last_file_with_its_own_time() {
+        use pitr_store::RepoConfig;
+        let (repo, _) = Repo::init(
+            "memory://check-archive-timeline",
+            RepoConfig::default(),
+            &pitr_store::RepoOptions::default(),
+        )
+        .await
+        .unwrap();
+        let now = chrono::Utc::now();
+        let put = |name: &str, ago: chrono::Duration| {
+            let r = WalRef {
+                name: name.parse().unwrap(),
+                size: 0,
+                segment_size: None,
+                system_identifier: None,
+                archived_at: now - ago,
+                stored_bytes: 0,
+                chunks: Vec::new(),
+                source: None,
+            };
+            let repo = &repo;
+            async move {
+                let body = serde_json::to_vec(&r).unwrap();
+                repo.put_doc(&WalRef::key(&r.name), body.into())
+                    .await
+                    .unwrap();
+            }
+        };
+        put("000000010000000000000004", chrono::Duration::hours(3)).await;
+        put("00000002.history", chrono::Duration::hours(2)).await;
+        put("000000010000000000000005", chrono::Duration::minutes(1)).await;
+
+        let req = CheckRequest {
+            dbname: None,
+            password: None,
+            archive_timeout: Duration::from_secs(1),
+            max_archive_age: Some(Duration::from_secs(3600)),
+            max_backup_age: None,
+        };
+        let r = check(&repo, &req).await;
+        assert_eq!(r.checks[0].status, Status::Critical, "{r:?}");
+        assert!(r.checks[0].message.contains("00000002.history"), "{r:?}");
+
+        let info = crate::info::info(&repo).await.unwrap();
+        assert_eq!(
+            info.wal
+                .last_archived
+                .as_ref()
+                .map(|n| n.as_str().to_string()),
+            Some("00000002.history".to_string())
+        );
+        assert_eq!(
+            info.wal.last_archived_at,
+            Some(now - chrono::Duration::hours(2))
+        );
+
+        // Timeline 2's first segment: now the last file, with its own time (look-ahead
+        // stored it before a lower one).
+        put("000000020000000000000006", chrono::Duration::minutes(30)).await;
+        put("000000020000000000000005", chrono::Duration::minutes(20)).await;
+        let r = check(&repo, &req).await;
+        assert_eq!(r.checks[0].status, Status::Ok, "{r:?}");
+        assert!(
+            r.checks[0].message.contains("000000020000000000000006"),
+            "{r:?}"
+        );
+        let info = crate::info::info(&repo).await.unwrap();
+        assert_eq!(
+            info.wal
+                .last_archived
+                .as_ref()
+                .map(|n| n.as_str().to_string()),
+            Some("000000020000000000000006".to_string())
+        );
+        assert_eq!(
+            info.wal.last_archived_at,
+            Some(now - chrono::Duration::minutes(30))
+        );
     }
 }

@@ -44,9 +44,12 @@ pub struct WalInfo {
     pub timelines: Vec<TimelineSummary>,
     pub history_files: Vec<WalFileName>,
     pub files: usize,
+    /// The last file archived on the newest timeline (the one the server is on): its highest
+    /// segment, or its history file before any segment ([`ArchiveIndex::last_of_newest_timeline`]).
     pub last_archived: Option<WalFileName>,
+    /// When `last_archived` itself was stored.
     pub last_archived_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// Seconds since the last file was archived (when this ran): what a monitor alerts on.
+    /// Seconds since `last_archived` was stored (when this ran): what a monitor alerts on.
     pub last_archived_age_seconds: Option<i64>,
     /// Bytes of the archived files as PostgreSQL wrote them.
     pub raw_bytes: u64,
@@ -69,19 +72,17 @@ pub async fn info(repo: &Repo) -> anyhow::Result<Info> {
     damaged.extend(backups.damaged);
     let backups = backups.docs;
     let index = ArchiveIndex::of_refs(&refs);
+    // The last file of the timeline the server is on, and that file's own archive time.
+    let last = index
+        .last_of_newest_timeline()
+        .and_then(|name| refs.iter().find(|r| r.name == name));
     let wal = WalInfo {
         timelines: index.timelines(),
         history_files: index.history_files().cloned().collect(),
         files: refs.len(),
-        last_archived: index.last_segment().cloned(),
-        // Look-ahead stores later segments before earlier ones finish, so "when" is the
-        // latest archive time of any file.
-        last_archived_at: refs.iter().map(|r| r.archived_at).max(),
-        last_archived_age_seconds: refs
-            .iter()
-            .map(|r| r.archived_at)
-            .max()
-            .map(|t| (chrono::Utc::now() - t).num_seconds()),
+        last_archived: last.map(|r| r.name.clone()),
+        last_archived_at: last.map(|r| r.archived_at),
+        last_archived_age_seconds: last.map(|r| (chrono::Utc::now() - r.archived_at).num_seconds()),
         raw_bytes: refs.iter().map(|r| r.size).sum(),
         stored_bytes: refs.iter().map(|r| r.stored_bytes).sum(),
     };

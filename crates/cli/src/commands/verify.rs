@@ -40,6 +40,9 @@ pub async fn run(
         for p in &report.problems {
             outln!("{p}");
         }
+        for w in &report.warnings {
+            outln!("warning: {w}");
+        }
         for t in &report.tablespaces {
             outln!(
                 "backup {} tablespace {}: recorded location {:?} (a restore uses it only with \

@@ -608,6 +608,70 @@ async fn latest_containing(
     Ok((backup_tli, timeline_path(backup_tli, &history), strays))
 }
 
+/// The archived timelines no backup can reach: not on the route any backup's restore takes
+/// (nor an ancestor of a backup's timeline), and no backup is on their history before it
+/// forked. A stray fork, e.g. of a side-by-side restore that archived into this repository;
+/// `check` and `verify` warn about each, `pitr expire --retire-timeline N` removes one.
+/// Without a restorable backup nothing is judged.
+pub async fn unreachable_timelines(
+    backups: &[BackupManifest],
+    index: &ArchiveIndex,
+    archive: &impl ArchiveReader,
+) -> Vec<StrayTimeline> {
+    let backups: Vec<&BackupManifest> = backups
+        .iter()
+        .filter(|b| b.check_restorable().is_ok())
+        .collect();
+    let mut used = std::collections::BTreeSet::new();
+    for b in &backups {
+        used.insert(b.timeline);
+        if let Ok(route) = Route::new(b, index, archive, &TimelineChoice::Latest).await {
+            used.extend(route.path.iter().map(|(t, _, _)| *t));
+        }
+    }
+    let mut out = Vec::new();
+    if backups.is_empty() {
+        return out;
+    }
+    for tli in index.known_timelines() {
+        if used.contains(&tli) {
+            continue;
+        }
+        let history = if tli.0 == 1 {
+            Ok(Vec::new())
+        } else {
+            archive.history(tli).await
+        };
+        let history = match history {
+            Ok(h) => h,
+            Err(e) => {
+                out.push(StrayTimeline {
+                    timeline: tli,
+                    reason: format!("its history cannot be read: {e:#}"),
+                });
+                continue;
+            }
+        };
+        let path = timeline_path(tli, &history);
+        if backups.iter().any(|b| reaches(b, tli, &path).is_ok()) {
+            continue;
+        }
+        let on_path = backups
+            .iter()
+            .rev()
+            .find(|b| path.iter().any(|(t, _, _)| *t == b.timeline));
+        out.push(StrayTimeline {
+            timeline: tli,
+            reason: match on_path {
+                Some(b) => format!("no backup reaches it: {}", stray_reason(b, &path)),
+                None => "no backup reaches it: its history contains the timeline of no backup"
+                    .to_string(),
+            },
+        });
+    }
+    out
+}
+
 /// Why a timeline whose path is `path` does not contain `manifest`, in a warning's words.
 fn stray_reason(manifest: &BackupManifest, path: &[(TimelineId, Lsn, Option<Lsn>)]) -> String {
     let (backup_tli, stop_lsn) = (manifest.timeline, manifest.stop_lsn);
@@ -856,6 +920,29 @@ mod tests {
             strays.is_empty(),
             "{strays:?}: newer than 2 was found first"
         );
+    }
+
+    /// The stray fork is a timeline no backup reaches; the timeline that does contain a
+    /// backup, and the backups' own, are not.
+    #[tokio::test]
+    async fn unreachable_timelines_are_the_strays() {
+        let mut a = Fixture::default();
+        a.segment("000000010000000000000004", "2026-11-26T12:10:00Z", &[])
+            .segment("000000020000000000000003", "2026-11-26T11:30:00Z", &[])
+            .segment("000000030000000000000005", "2026-11-26T12:30:00Z", &[]);
+        a.histories
+            .insert(2, "1\t0/3000100\tno recovery target specified\n".into());
+        a.histories
+            .insert(3, "1\t0/5000100\tno recovery target specified\n".into());
+        // only b2: timeline 2 forked before it was consistent
+        let b2 = &two_backups()[1..];
+        let strays = unreachable_timelines(b2, &a.index(), &a).await;
+        assert_eq!(strays.len(), 1, "{strays:?}");
+        assert_eq!(strays[0].timeline, TimelineId(2));
+        assert!(strays[0].reason.contains("before backup b2"), "{strays:?}");
+        // b1 finished before the fork: timeline 2 is reachable from it
+        let strays = unreachable_timelines(&two_backups(), &a.index(), &a).await;
+        assert!(strays.is_empty(), "{strays:?}");
     }
 
     /// A transaction or restore point target must be in the archived WAL after the backup:

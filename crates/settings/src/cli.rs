@@ -188,6 +188,10 @@ pub struct ExpireArgs {
     /// A backup marker older than this belongs to a killed backup: reported and ignored
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub marker_stale: std::time::Duration,
+    /// Also remove the history file and WAL of this stray timeline (one no kept backup uses
+    /// or can reach, as `pitr check` warns); repeatable; never done without it
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..))]
+    pub retire_timeline: Vec<u32>,
 }
 
 #[derive(Args, Debug)]

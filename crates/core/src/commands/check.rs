@@ -228,13 +228,7 @@ async fn archive_age(repo: &Repo, max: Duration, report: &mut CheckReport) {
 async fn stray_timelines(repo: &Repo, report: &mut CheckReport) {
     let backups = match BackupManifest::list(repo).await {
         Ok(l) => l.docs,
-        Err(e) => {
-            return report.push(
-                "timelines",
-                Status::Warning,
-                format!("list backups: {e:#}"),
-            )
-        }
+        Err(e) => return report.push("timelines", Status::Warning, format!("list backups: {e:#}")),
     };
     let seg_size = backups.last().map_or(
         pitr_pg::DEFAULT_WAL_SEGMENT_SIZE,

@@ -612,16 +612,14 @@ async fn latest_containing(
 /// (nor an ancestor of a backup's timeline), and no backup is on their history before it
 /// forked. A stray fork, e.g. of a side-by-side restore that archived into this repository;
 /// `check` and `verify` warn about each, `pitr expire --retire-timeline N` removes one.
-/// Without a restorable backup nothing is judged.
+/// Without a backup nothing is judged.
 pub async fn unreachable_timelines(
     backups: &[BackupManifest],
     index: &ArchiveIndex,
     archive: &impl ArchiveReader,
 ) -> Vec<StrayTimeline> {
-    let backups: Vec<&BackupManifest> = backups
-        .iter()
-        .filter(|b| b.check_restorable().is_ok())
-        .collect();
+    // Every backup counts, restorable or not: what expire keeps must not be retired.
+    let backups: Vec<&BackupManifest> = backups.iter().collect();
     let mut used = std::collections::BTreeSet::new();
     for b in &backups {
         used.insert(b.timeline);

@@ -411,7 +411,10 @@ pub(crate) mod tests {
         let r = crate::check::check(&repo, &probe).await;
         assert_eq!(r.status(), crate::check::Status::Warning, "{r:?}");
         let t = r.checks.iter().find(|c| c.check == "timelines").unwrap();
-        assert!(t.message.contains("timeline 2: no backup reaches it"), "{r:?}");
+        assert!(
+            t.message.contains("timeline 2: no backup reaches it"),
+            "{r:?}"
+        );
     }
 
     /// A manifest that does not parse, names another backup, or has a zero-size WAL file is

@@ -222,6 +222,10 @@ pub struct VerifyArgs {
     /// Stop recovery as soon as the backup is consistent (default: the end of archived WAL)
     #[arg(long, requires = "restore_test")]
     pub target_immediate: bool,
+    /// Timeline the restore test follows: latest (the newest containing the backup),
+    /// current, or a number
+    #[arg(long, requires = "restore_test", default_value = "latest")]
+    pub target_timeline: String,
     /// One JSON object on stdout: counts, problems, ok, and the restore test
     #[arg(long)]
     pub json: bool,

@@ -992,6 +992,39 @@ fn a_side_by_side_restore_that_archived_here_does_not_poison_later_restores() {
                 .is_some_and(|r| !r.is_empty()),
         "info's window should not drop: {info}"
     );
+    let probe = |want: i32| {
+        let mut cmd = pitr.command(["check", "--max-backup-age", "7d"]);
+        let out = output(&mut cmd);
+        assert_eq!(out.status.code(), Some(want), "{}", describe(&cmd, &out));
+        stdout_of(&out)
+    };
+    // The first backup (before the fork) still reaches timeline 2: not a stray yet.
+    probe(0);
+
+    // The default restore follows timeline 1 to its end.
+    let r = restore_started(&pitr, &dir, "after", &["--archive-mode", "off"], "off");
+    assert_eq!(r.rows(), "1,2,3", "rows at the end of timeline 1");
+    assert_eq!(r.json["archive_mode"], "off", "{}", r.json);
+    assert!(
+        r.stderr.contains("timeline 2 is passed over"),
+        "restore should name the stray:\n{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("archive_mode off in the restored server"),
+        "{}",
+        r.stderr
+    );
+    drop(r);
+
+    // With the first backup expired no backup reaches timeline 2: verify warns (and passes),
+    // check's probe says WARNING.
+    let mut cmd = pitr.command(["expire", "--retain-full", "1"]);
+    run(&mut cmd);
+    assert!(pitr
+        .archived_names()
+        .iter()
+        .any(|n| n == "00000002.history"));
     let mut cmd = pitr.command(["verify"]);
     let out = output(&mut cmd);
     assert!(
@@ -999,27 +1032,10 @@ fn a_side_by_side_restore_that_archived_here_does_not_poison_later_restores() {
         "verify warns about timeline 2 and passes\n{}",
         describe(&cmd, &out)
     );
-    let probe = |want: i32| {
-        let mut cmd = pitr.command(["check", "--max-backup-age", "7d"]);
-        let out = output(&mut cmd);
-        assert_eq!(out.status.code(), Some(want), "{}", describe(&cmd, &out));
-        stdout_of(&out)
-    };
     assert!(probe(1).contains("timeline 2"));
 
-    // The default restore follows timeline 1 to its end.
-    let r = restore_started(&pitr, &dir, "after", &[], "off");
-    assert_eq!(r.rows(), "1,2,3", "rows at the end of timeline 1");
-    assert!(
-        r.stderr.contains("timeline 2 is passed over"),
-        "restore should name the stray:\n{}",
-        r.stderr
-    );
-    assert!(r.stderr.contains("archive_mode off"), "{}", r.stderr);
-    drop(r);
-
     // Retired by name: the dry run shows it, then it goes and check is quiet.
-    let mut cmd = pitr.command(["expire", "--retain-full", "2", "--retire-timeline", "2"]);
+    let mut cmd = pitr.command(["expire", "--retain-full", "1", "--retire-timeline", "2"]);
     cmd.arg("--dry-run");
     let out = run(&mut cmd);
     assert!(
@@ -1031,7 +1047,7 @@ fn a_side_by_side_restore_that_archived_here_does_not_poison_later_restores() {
         .archived_names()
         .iter()
         .any(|n| n == "00000002.history"));
-    let mut cmd = pitr.command(["expire", "--retain-full", "2", "--retire-timeline", "2"]);
+    let mut cmd = pitr.command(["expire", "--retain-full", "1", "--retire-timeline", "2"]);
     run(&mut cmd);
     assert!(
         !pitr

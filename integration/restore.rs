@@ -1017,6 +1017,19 @@ fn a_side_by_side_restore_that_archived_here_does_not_poison_later_restores() {
     );
     drop(r);
 
+    // verify --restore-test follows the same rule; asked for timeline 2 by number it is
+    // refused, naming the fork.
+    let mut cmd = pitr.command(["verify", "--restore-test"]);
+    let out = output(&mut cmd);
+    assert!(out.status.success(), "{}", describe(&cmd, &out));
+    let mut cmd = pitr.command(["verify", "--restore-test", "--target-timeline", "2"]);
+    let out = output(&mut cmd);
+    assert!(
+        !out.status.success() && describe(&cmd, &out).contains("timeline 2 forked"),
+        "{}",
+        describe(&cmd, &out)
+    );
+
     // With the first backup expired no backup reaches timeline 2: verify warns (and passes),
     // check's probe says WARNING.
     let mut cmd = pitr.command(["expire", "--retain-full", "1"]);

@@ -931,6 +931,148 @@ fn restore_follows_a_timeline_switch_archived_into_the_same_repository() {
     drop(tl2);
 }
 
+/// Issue 19 #1: a side-by-side restore that archives into the production repository (the old
+/// runbook's `--archive-mode preserve`) leaves a stray timeline 2 forking before the next
+/// production backup. The default restore (dry run and real), `info`'s window and `verify`
+/// still work on timeline 1, naming timeline 2; `check`'s probe warns until `expire
+/// --retire-timeline 2` retires it. Fails on main: "timeline 2 forked … before backup … was
+/// consistent".
+#[test]
+fn a_side_by_side_restore_that_archived_here_does_not_poison_later_restores() {
+    let dir = TestDir::new();
+    let (pitr, pg) = source(&dir, &[]);
+    take_backup(&pitr, &pg);
+    insert(&pg, 1);
+    switch_and_archive(&pg);
+
+    // The clone, archiving on into this repository: promoted onto timeline 2.
+    let place = Place::new(&dir, "clone");
+    let mut cmd = pitr.command(["restore", "--pgdata"]);
+    cmd.arg(&place.pgdata)
+        .args(place.start_args("on"))
+        .args(["--stop-after", "--json"]);
+    let out = output(&mut cmd);
+    if !out.status.success() {
+        stop_server(&place.pgdata);
+        panic!(
+            "the side-by-side restore failed\n{}\n--- recovery log ---\n{}",
+            describe(&cmd, &out),
+            tail(&place.pgdata.join("pitr-recovery.log"), 40)
+        );
+    }
+    let json = parse_json(&cmd, &out);
+    assert_eq!(json["archive_mode"], "preserve", "{json}");
+    let clone = PgCluster::builder().start_existing(&place.pgdata);
+    let seg = switch_and_archive(&clone);
+    assert!(seg.starts_with("00000002"), "timeline 2 segment {seg}");
+    drop(clone);
+    assert!(
+        pitr.archived_names()
+            .iter()
+            .any(|n| n == "00000002.history"),
+        "the clone should have archived 00000002.history"
+    );
+
+    // Production goes on on timeline 1 and takes the next backup.
+    insert(&pg, 2);
+    let second = take_backup(&pitr, &pg);
+    insert(&pg, 3);
+    switch_and_archive(&pg);
+
+    let nowhere = dir.path().join("d-plan");
+    let plan = dry_run(&pitr, &nowhere, &[]);
+    assert_eq!(plan["backup"], second.as_str(), "{plan}");
+    assert_eq!(plan["timeline"], 1, "{plan}");
+    assert_eq!(plan["stray_timelines"][0]["timeline"], 2, "{plan}");
+    let info = pitr.info_json();
+    assert!(
+        !info["recoverable_to"].is_null()
+            && info["recoverable"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty()),
+        "info's window should not drop: {info}"
+    );
+    let probe = |want: i32| {
+        let mut cmd = pitr.command(["check", "--max-backup-age", "7d"]);
+        let out = output(&mut cmd);
+        assert_eq!(out.status.code(), Some(want), "{}", describe(&cmd, &out));
+        stdout_of(&out)
+    };
+    // The first backup (before the fork) still reaches timeline 2: not a stray yet.
+    probe(0);
+
+    // The default restore follows timeline 1 to its end.
+    let r = restore_started(&pitr, &dir, "after", &["--archive-mode", "off"], "off");
+    assert_eq!(r.rows(), "1,2,3", "rows at the end of timeline 1");
+    assert_eq!(r.json["archive_mode"], "off", "{}", r.json);
+    assert!(
+        r.stderr.contains("timeline 2 is passed over"),
+        "restore should name the stray:\n{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("archive_mode off in the restored server"),
+        "{}",
+        r.stderr
+    );
+    drop(r);
+
+    // verify --restore-test follows the same rule; asked for timeline 2 by number it is
+    // refused, naming the fork.
+    let mut cmd = pitr.command(["verify", "--restore-test"]);
+    let out = output(&mut cmd);
+    assert!(out.status.success(), "{}", describe(&cmd, &out));
+    let mut cmd = pitr.command(["verify", "--restore-test", "--target-timeline", "2"]);
+    let out = output(&mut cmd);
+    assert!(
+        !out.status.success() && describe(&cmd, &out).contains("timeline 2 forked"),
+        "{}",
+        describe(&cmd, &out)
+    );
+
+    // With the first backup expired no backup reaches timeline 2: verify warns (and passes),
+    // check's probe says WARNING.
+    let mut cmd = pitr.command(["expire", "--retain-full", "1"]);
+    run(&mut cmd);
+    assert!(pitr
+        .archived_names()
+        .iter()
+        .any(|n| n == "00000002.history"));
+    let mut cmd = pitr.command(["verify"]);
+    let out = output(&mut cmd);
+    assert!(
+        out.status.success() && stdout_of(&out).contains("warning: archived timeline 2 is a stray"),
+        "verify warns about timeline 2 and passes\n{}",
+        describe(&cmd, &out)
+    );
+    assert!(probe(1).contains("timeline 2"));
+
+    // Retired by name: the dry run shows it, then it goes and check is quiet.
+    let mut cmd = pitr.command(["expire", "--retain-full", "1", "--retire-timeline", "2"]);
+    cmd.arg("--dry-run");
+    let out = run(&mut cmd);
+    assert!(
+        stdout_of(&out).contains("would remove stray timeline 2"),
+        "{}",
+        describe(&cmd, &out)
+    );
+    assert!(pitr
+        .archived_names()
+        .iter()
+        .any(|n| n == "00000002.history"));
+    let mut cmd = pitr.command(["expire", "--retain-full", "1", "--retire-timeline", "2"]);
+    run(&mut cmd);
+    assert!(
+        !pitr
+            .archived_names()
+            .iter()
+            .any(|n| n.starts_with("00000002")),
+        "{:?}",
+        pitr.archived_names()
+    );
+    probe(0);
+}
+
 /// `info`'s recoverable window and `restore` agree: both ends of the interval info prints are
 /// targets restore accepts (the end one restored to with `--start`), a microsecond past the end
 /// is refused, and with an archived segment deleted the window ends before the gap.

@@ -141,6 +141,13 @@ impl ArchiveIndex {
         }
     }
 
+    /// Every timeline anything (a segment or a history file) was archived for, newest first.
+    pub fn known_timelines(&self) -> Vec<TimelineId> {
+        let mut all: BTreeSet<TimelineId> = self.segments.keys().copied().collect();
+        all.extend(self.histories.iter().map(WalFileName::timeline));
+        all.into_iter().rev().collect()
+    }
+
     pub fn history_files(&self) -> impl Iterator<Item = &WalFileName> {
         self.histories.iter()
     }

@@ -67,6 +67,7 @@ fn request(full: usize) -> ExpireRequest {
         dry_run: false,
         gc_grace: std::time::Duration::ZERO,
         marker_stale: std::time::Duration::from_secs(3600),
+        retire_timelines: Vec::new(),
     }
 }
 

@@ -215,6 +215,10 @@ pub struct ExpireArgs {
     /// A backup marker older than this belongs to a killed backup: reported and ignored
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub marker_stale: std::time::Duration,
+    /// Also remove the history file and WAL of this stray timeline (one no kept backup uses
+    /// or can reach, as `pitr check` warns); repeatable; never done without it
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..))]
+    pub retire_timeline: Vec<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -245,6 +249,10 @@ pub struct VerifyArgs {
     /// Stop recovery as soon as the backup is consistent (default: the end of archived WAL)
     #[arg(long, requires = "restore_test")]
     pub target_immediate: bool,
+    /// Timeline the restore test follows: latest (the newest containing the backup),
+    /// current, or a number
+    #[arg(long, requires = "restore_test", default_value = "latest")]
+    pub target_timeline: String,
     /// One JSON object on stdout: counts, problems, ok, and the restore test
     #[arg(long)]
     pub json: bool,

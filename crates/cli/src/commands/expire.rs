@@ -28,6 +28,11 @@ pub async fn run(
         dry_run: args.dry_run,
         gc_grace: args.gc_grace,
         marker_stale: args.marker_stale,
+        retire_timelines: args
+            .retire_timeline
+            .iter()
+            .map(|&n| pitr_pg::TimelineId(n))
+            .collect(),
     };
     let report = expire(&repo, &req).await?;
     if args.json {
@@ -46,6 +51,9 @@ fn print_text(r: &ExpireReport) -> anyhow::Result<()> {
             b.id,
             b.stop_time.format("%Y-%m-%d %H:%M:%S%:z")
         );
+    }
+    for t in &r.retired_timelines {
+        outln!("{verb} stray timeline {t} (its history file and WAL)");
     }
     if r.dry_run {
         for w in &r.wal {

@@ -139,6 +139,9 @@ fn print(report: &RestoreReport, json: bool) -> anyhow::Result<()> {
         outln!("target:    {}", plan.target);
         let path: Vec<u32> = plan.timeline_path.iter().map(|t| t.0).collect();
         outln!("timeline:  {} (path {:?})", plan.timeline, path);
+        for s in &plan.stray_timelines {
+            outln!("passed:    timeline {} ({})", s.timeline, s.reason);
+        }
         match &plan.wal {
             Some(w) => outln!(
                 "wal:       {} .. {} ({} segments in the archive)",
@@ -156,6 +159,10 @@ fn print(report: &RestoreReport, json: bool) -> anyhow::Result<()> {
             );
         }
         outln!("into:      {}", report.pgdata.display());
+        outln!(
+            "archive:   archive_mode {} in the restored server",
+            plan.archive_mode
+        );
         for t in &plan.tablespaces {
             if t.remapped {
                 outln!(
@@ -178,7 +185,7 @@ fn print(report: &RestoreReport, json: bool) -> anyhow::Result<()> {
         Some(outcome) if json => outln!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({"restore": stats, "recovery": outcome})
+                &serde_json::json!({"restore": stats, "recovery": outcome, "archive_mode": plan.archive_mode})
             )?
         ),
         Some(outcome) => outln!("{outcome}"),

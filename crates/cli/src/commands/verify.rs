@@ -14,6 +14,10 @@ pub async fn run(
     args: VerifyArgs,
     handed_on: pitr_core::restore::HandedOn,
 ) -> anyhow::Result<()> {
+    let timeline: pitr_core::restore::TimelineChoice = args
+        .target_timeline
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--target-timeline {e}"))?;
     let repo = Repo::open(url, options).await?;
     let report = pitr_core::verify::verify(
         &repo,
@@ -26,6 +30,7 @@ pub async fn run(
                 check_sql: args.options.check_sql,
                 immediate: args.target_immediate,
                 handed_on,
+                timeline: Some(timeline),
             }),
         },
         &Shown,
@@ -39,6 +44,9 @@ pub async fn run(
     } else {
         for p in &report.problems {
             outln!("{p}");
+        }
+        for w in &report.warnings {
+            outln!("warning: {w}");
         }
         for t in &report.tablespaces {
             outln!(

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::index::ArchiveIndex;
 use crate::repofile::{repo_system_identifier, BackupManifest, WalRef};
+use crate::restore::plan::{unreachable_timelines, RepoArchive};
 use crate::time::format_pg_time;
 use crate::verify::format_duration;
 
@@ -100,6 +101,7 @@ pub async fn check(repo: &Repo, req: &CheckRequest) -> CheckReport {
         if let Some(max) = req.max_archive_age {
             archive_age(repo, max, &mut report).await;
         }
+        stray_timelines(repo, &mut report).await;
     } else {
         server(repo, req, &mut report).await;
     }
@@ -221,6 +223,53 @@ async fn archive_age(repo: &Repo, max: Duration, report: &mut CheckReport) {
         Status::Ok
     };
     report.push("archive_age", status, said);
+}
+
+/// Archived timelines no backup can reach (a stray fork, e.g. a side-by-side restore that
+/// archived here) are a warning, named until retired (`pitr expire --retire-timeline N`).
+async fn stray_timelines(repo: &Repo, report: &mut CheckReport) {
+    let backups = match BackupManifest::list(repo).await {
+        Ok(l) => l.docs,
+        Err(e) => return report.push("timelines", Status::Warning, format!("list backups: {e:#}")),
+    };
+    let seg_size = backups.last().map_or(
+        pitr_pg::DEFAULT_WAL_SEGMENT_SIZE,
+        BackupManifest::segment_size,
+    );
+    let index = match ArchiveIndex::list(repo, seg_size).await {
+        Ok(i) => i,
+        Err(e) => {
+            return report.push(
+                "timelines",
+                Status::Warning,
+                format!("list archived WAL: {e:#}"),
+            )
+        }
+    };
+    let strays = unreachable_timelines(&backups, &index, &RepoArchive(repo)).await;
+    if strays.is_empty() {
+        let n = index.known_timelines().len();
+        return report.push(
+            "timelines",
+            Status::Ok,
+            format!(
+                "every archived timeline is reachable from a backup ({n} timeline{})",
+                if n == 1 { "" } else { "s" }
+            ),
+        );
+    }
+    let said: Vec<String> = strays
+        .iter()
+        .map(|s| format!("timeline {}: {}", s.timeline, s.reason))
+        .collect();
+    report.push(
+        "timelines",
+        Status::Warning,
+        format!(
+            "{} (retire with `pitr expire --retire-timeline N`)",
+            said.join("; ")
+        ),
+    );
 }
 
 /// The server checks, in order; a failed connection ends them.
@@ -655,8 +704,11 @@ mod tests {
         let mut both = req(fresh_hours);
         both.max_archive_age = Some(Duration::from_secs(60));
         let r = check(&repo, &both).await;
-        assert_eq!(r.checks.len(), 2);
+        assert_eq!(r.checks.len(), 3);
         assert_eq!(r.checks[1].status, Status::Critical, "{r:?}");
+        // and no stray timeline
+        assert_eq!(r.checks[2].check, "timelines");
+        assert_eq!(r.checks[2].status, Status::Ok, "{r:?}");
     }
 
     /// `check --max-archive-age` and `info`'s "last" measure the timeline the server is on

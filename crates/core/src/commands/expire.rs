@@ -56,6 +56,9 @@ pub struct ExpireRequest {
     pub gc_grace: Duration,
     /// A backup marker older than this is reported and ignored (its backup was killed).
     pub marker_stale: Duration,
+    /// `--retire-timeline N`: remove the history file and every WAL file of these stray
+    /// timelines (never automatic; refused for a timeline a kept backup uses or reaches).
+    pub retire_timelines: Vec<TimelineId>,
 }
 
 /// One object that goes (or would go).
@@ -82,8 +85,11 @@ pub struct ExpireReport {
     pub kept: Vec<String>,
     pub pinned: Vec<String>,
     pub backups: Vec<ExpiredBackup>,
-    /// WAL refs of files no kept backup needs.
+    /// WAL refs of files no kept backup needs (a retired timeline's included).
     pub wal: Vec<Removed>,
+    /// Stray timelines whose history and WAL go (`--retire-timeline`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub retired_timelines: Vec<TimelineId>,
     /// Chunks no remaining document names.
     pub chunks: Vec<Removed>,
     /// Staging files killed writers left.
@@ -192,6 +198,60 @@ pub fn wal_to_remove<'a>(
                 .any(|&(b_tli, start)| reaches(b_tli, tli) && segno >= start)
         })
         .collect()
+}
+
+/// The WAL refs (history files included) of the timelines `--retire-timeline` names, each
+/// refused unless it is a stray: something is archived for it, it is no kept backup's
+/// timeline, no kept backup's timeline descends from it, and no kept backup can reach it
+/// (`unreachable_timelines`, the rule `check` warns by).
+async fn timelines_to_retire<'a>(
+    repo: &Repo,
+    refs: &'a [WalRef],
+    kept: &[&BackupManifest],
+    ancestry: &Ancestry,
+    req: &ExpireRequest,
+) -> anyhow::Result<Vec<&'a WalRef>> {
+    if req.retire_timelines.is_empty() {
+        return Ok(Vec::new());
+    }
+    let kept_docs: Vec<BackupManifest> = kept.iter().map(|b| (*b).clone()).collect();
+    let index = crate::index::ArchiveIndex::of_refs(refs);
+    let archive = crate::restore::plan::RepoArchive(repo);
+    let strays = crate::restore::plan::unreachable_timelines(&kept_docs, &index, &archive).await;
+    let mut out = Vec::new();
+    for &tli in &req.retire_timelines {
+        let files: Vec<&WalRef> = refs.iter().filter(|r| r.name.timeline() == tli).collect();
+        if files.is_empty() {
+            bail!(
+                "--retire-timeline {tli}: nothing is archived for timeline {tli} in {}",
+                repo.url()
+            );
+        }
+        if let Some(b) = kept.iter().find(|b| b.timeline == tli) {
+            bail!(
+                "--retire-timeline {tli}: kept backup {} is on timeline {tli}; nothing was deleted",
+                b.id
+            );
+        }
+        if let Some(b) = kept
+            .iter()
+            .find(|b| ancestry.get(&b.timeline).is_some_and(|a| a.contains(&tli)))
+        {
+            bail!(
+                "--retire-timeline {tli}: timeline {} of kept backup {} descends from timeline {tli}; nothing was deleted",
+                b.timeline,
+                b.id
+            );
+        }
+        if !strays.iter().any(|s| s.timeline == tli) {
+            bail!(
+                "--retire-timeline {tli}: a kept backup can restore onto timeline {tli} (restores follow it); \
+                 only a timeline no backup reaches (as `pitr check` names it) is retired; nothing was deleted"
+            );
+        }
+        out.extend(files);
+    }
+    Ok(out)
 }
 
 /// Every chunk `manifests` and `refs` name.
@@ -343,16 +403,35 @@ pub async fn expire(repo: &Repo, req: &ExpireRequest) -> anyhow::Result<ExpireRe
         .filter(|b| keep.contains(&b.id))
         .collect();
     let keep_wal_since = req.retention.wal_days.map(|d| started - d);
-    let gone_wal: BTreeSet<String> = wal_to_remove(&docs.refs, &kept, &ancestry, keep_wal_since)
-        .into_iter()
-        .map(|r| WalRef::key(&r.name))
-        .collect();
-    let mut report = decided(req, &docs, &keep, &pinned, &gone_wal, &sizes);
+    let mut gone_wal: BTreeSet<String> =
+        wal_to_remove(&docs.refs, &kept, &ancestry, keep_wal_since)
+            .into_iter()
+            .map(|r| WalRef::key(&r.name))
+            .collect();
+    let retired = timelines_to_retire(repo, &docs.refs, &kept, &ancestry, req).await?;
+    // A retired timeline's history file goes last, after its segments.
+    let (retired_history, retired_wal): (Vec<&WalRef>, Vec<&WalRef>) = retired
+        .iter()
+        .partition(|r| r.name.kind() == WalFileKind::History);
+    gone_wal.extend(retired_wal.iter().map(|r| WalRef::key(&r.name)));
+    let mut all_gone = gone_wal.clone();
+    all_gone.extend(retired_history.iter().map(|r| WalRef::key(&r.name)));
+    let mut report = decided(req, &docs, &keep, &pinned, &all_gone, &sizes);
+    report.retired_timelines = req.retire_timelines.clone();
 
     // 3. Documents: manifests first, then WAL (each batch durable before the next step).
     if !req.dry_run {
         delete_documents(repo, &report, &gone_wal).await?;
+        let history: Vec<String> = retired_history
+            .iter()
+            .map(|r| WalRef::key(&r.name))
+            .collect();
+        repo.delete_docs_in_order(&history).await?;
+        for t in &req.retire_timelines {
+            tracing::info!("retired timeline {t}: its history file and WAL are removed");
+        }
     }
+    let gone_wal = all_gone;
 
     // 4. Chunks, under the rules of docs/format.md: markers first, then the documents as
     //    they are now (a concurrent writer's new ones included), then the chunks.
@@ -436,6 +515,7 @@ fn decided(
                 bytes: size(k),
             })
             .collect(),
+        retired_timelines: Vec::new(),
         chunks: Vec::new(),
         staging: Vec::new(),
         chunks_in_grace: 0,

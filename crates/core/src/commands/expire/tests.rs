@@ -152,7 +152,7 @@ fn wal_before_the_oldest_kept_backup_goes_along_its_timelines() {
         wal_ref("000000010000000000000009", t, &[]),
         wal_ref("00000002.history", t, &[]),
         wal_ref("000000020000000000000009", t, &[]),
-        wal_ref("000000020000000000000005", t, &[]),
+        wal_ref("000000020000000000000006", t, &[]),
         wal_ref("000000030000000000000003", t, &[]),
         wal_ref("000000010000000000000003.partial", t, &[]),
     ];
@@ -167,7 +167,7 @@ fn wal_before_the_oldest_kept_backup_goes_along_its_timelines() {
         gone,
         [
             "000000010000000000000007",
-            "000000020000000000000005",
+            "000000020000000000000006",
             "000000010000000000000003.partial"
         ]
     );
@@ -232,6 +232,7 @@ fn request(full: usize, dry_run: bool) -> ExpireRequest {
         dry_run,
         gc_grace: Duration::ZERO,
         marker_stale: Duration::from_secs(3600),
+        retire_timelines: Vec::new(),
     }
 }
 
@@ -604,4 +605,78 @@ async fn a_clones_or_older_pitrs_marker_is_not_judged_dead() {
         assert!(f.repo.get_doc(&key).await.unwrap().is_some(), "{name}");
         f.repo.delete_docs(&[key]).await.unwrap();
     }
+}
+
+/// `--retire-timeline N` removes the history file and WAL of a stray timeline (one that
+/// forked before the kept backup was consistent), `--dry-run` showing them first; a timeline
+/// a kept backup uses or can reach is refused, and nothing is retired without the flag.
+#[tokio::test]
+async fn a_stray_timeline_is_retired_only_when_named() {
+    let f = fixture("retire").await;
+    let history = |tli: u32, text: &str| {
+        let repo = &f.repo;
+        let text = text.to_string();
+        async move {
+            let (c, _) = repo.put_new_chunk(Bytes::from(text)).await.unwrap();
+            let mut r = wal_ref(&format!("{tli:08X}.history"), "2026-11-16T00:00:00Z", &[c]);
+            r.segment_size = None;
+            put_ref(repo, &r).await;
+        }
+    };
+    // timeline 2 forked at segment 5, before b3 (segment 6) was consistent: a stray
+    history(2, "1\t0/5000000\tno recovery target specified\n").await;
+    let c = chunk(&f.repo, "tl2 ").await;
+    put_ref(
+        &f.repo,
+        &wal_ref("000000020000000000000006", "2026-11-16T00:00:00Z", &[c]),
+    )
+    .await;
+    // timeline 3 forked after it: restores follow it
+    history(3, "1\t0/7000000\tno recovery target specified\n").await;
+    let c = chunk(&f.repo, "tl3 ").await;
+    put_ref(
+        &f.repo,
+        &wal_ref("000000030000000000000007", "2026-11-16T00:00:00Z", &[c]),
+    )
+    .await;
+    let retire = |tli: u32, dry_run: bool| ExpireRequest {
+        retire_timelines: vec![TimelineId(tli)],
+        ..request(1, dry_run)
+    };
+    let tl2_keys = [
+        "wal/00000002/00000002.history.json",
+        "wal/00000002/000000020000000000000006.json",
+    ];
+    let plain = expire(&f.repo, &request(1, true)).await.unwrap();
+    for k in tl2_keys {
+        assert!(!keys_of(&plain.wal).iter().any(|w| w == k), "{plain:?}");
+    }
+    for (tli, why) in [
+        (1, "kept backup b3 is on timeline 1"),
+        (3, "a kept backup can restore onto timeline 3"),
+        (4, "nothing is archived for timeline 4"),
+    ] {
+        let e = expire(&f.repo, &retire(tli, true)).await.unwrap_err();
+        assert!(e.to_string().contains(why), "{e}");
+    }
+    let dry = expire(&f.repo, &retire(2, true)).await.unwrap();
+    assert_eq!(dry.retired_timelines, [TimelineId(2)]);
+    for k in tl2_keys {
+        assert!(keys_of(&dry.wal).iter().any(|w| w == k), "{k}: {dry:?}");
+        assert!(f.repo.get_doc(k).await.unwrap().is_some(), "{k}");
+    }
+    let done = expire(&f.repo, &retire(2, false)).await.unwrap();
+    assert_eq!(keys_of(&done.wal), keys_of(&dry.wal));
+    for k in tl2_keys {
+        assert!(
+            f.repo.get_doc(k).await.unwrap().is_none(),
+            "{k} is still there"
+        );
+    }
+    assert!(f
+        .repo
+        .get_doc("wal/00000003/00000003.history.json")
+        .await
+        .unwrap()
+        .is_some());
 }

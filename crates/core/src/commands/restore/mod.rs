@@ -360,7 +360,7 @@ fn write_tablespace_map(
 /// (with `start`) run it.
 pub async fn restore(
     repo: &Repo,
-    args: RestoreRequest,
+    mut args: RestoreRequest,
     reporter: &dyn Reporter,
 ) -> anyhow::Result<RestoreReport> {
     if args.start.is_some() && !args.dry_run {
@@ -389,6 +389,22 @@ pub async fn restore(
         },
     )
     .await?;
+    plan.archive_mode = if args.archive_off { "off" } else { "preserve" };
+    for s in &plan.stray_timelines {
+        tracing::warn!(
+            "restore {}: timeline {} is passed over: {} (a stray fork, e.g. a side-by-side restore \
+             that archived here; `pitr expire --retire-timeline {}` removes it)",
+            plan.backup,
+            s.timeline,
+            s.reason,
+            s.timeline
+        );
+    }
+    if args.timeline == TimelineChoice::Latest && !plan.stray_timelines.is_empty() {
+        // PostgreSQL's `latest` would pick the stray (the newest history file it can fetch)
+        // and refuse it: name the timeline the plan follows instead.
+        args.timeline = TimelineChoice::Id(plan.timeline.0);
+    }
     if args.dry_run {
         // The window as info shows it, from the same computation.
         plan.recoverable = window::window(&backups, &index, &plan::RepoArchive(repo)).await?;
@@ -428,6 +444,17 @@ pub async fn restore(
         plan.backup,
         pgdata.display(),
         plan.target
+    );
+    tracing::info!(
+        "restore {}: archive_mode {} in the restored server{}",
+        plan.backup,
+        plan.archive_mode,
+        if args.archive_off {
+            " (it archives nothing)"
+        } else {
+            " (the backup's setting: once promoted it archives where its archive_command points; \
+             use --archive-mode off for a clone)"
+        }
     );
     let (mut stats, last) = lay.run().await?;
     write_tablespace_map(&pgdata, &plan.backup, &plan.tablespaces)?;

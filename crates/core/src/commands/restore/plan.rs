@@ -124,6 +124,13 @@ pub struct Plan {
     pub recoverable: Vec<Recoverable>,
     /// Where each tablespace goes (filled in by the restore, which knows the remapping).
     pub tablespaces: Vec<PlannedTablespace>,
+    /// With `--target-timeline latest`: newer archived timelines recovery from this backup
+    /// cannot reach (a stray fork), passed over; each is warned about.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stray_timelines: Vec<StrayTimeline>,
+    /// The restored server's `archive_mode`: `off` (`--archive-mode off`, a clone that never
+    /// archives) or `preserve` (the backup's own setting; filled in by the restore).
+    pub archive_mode: &'static str,
     #[serde(skip)]
     pub manifest: BackupManifest,
 }
@@ -231,6 +238,8 @@ pub async fn plan(
         recoverable_to,
         recoverable: Vec::new(),
         tablespaces: Vec::new(),
+        stray_timelines: route.strays.clone(),
+        archive_mode: "preserve",
         manifest: manifest.clone(),
     })
 }
@@ -432,6 +441,9 @@ fn refuse_unreached(
 pub(crate) struct Route {
     pub target: TimelineId,
     pub path: Vec<(TimelineId, Lsn, Option<Lsn>)>,
+    /// With `latest`: the newer timelines passed over because their history does not contain
+    /// the backup (a stray fork, e.g. a side-by-side restore that archived here).
+    pub strays: Vec<StrayTimeline>,
     backup_tli: TimelineId,
     first: u64,
     seg_size: u32,
@@ -446,33 +458,27 @@ impl Route {
         archive: &impl ArchiveReader,
         choice: &TimelineChoice,
     ) -> anyhow::Result<Route> {
-        let (backup_tli, stop_lsn) = (manifest.timeline, manifest.stop_lsn);
-        let target = match choice {
-            TimelineChoice::Current => backup_tli,
-            TimelineChoice::Id(n) => TimelineId(*n),
-            TimelineChoice::Latest => index
-                .newest_timeline()
-                .map_or(backup_tli, |t| t.max(backup_tli)),
+        let backup_tli = manifest.timeline;
+        let (target, path, strays) = match choice {
+            TimelineChoice::Latest => latest_containing(manifest, index, archive).await?,
+            TimelineChoice::Current | TimelineChoice::Id(_) => {
+                let target = match choice {
+                    TimelineChoice::Id(n) => TimelineId(*n),
+                    _ => backup_tli,
+                };
+                let history = if target.0 == 1 {
+                    Vec::new()
+                } else {
+                    archive.history(target).await?
+                };
+                let path = timeline_path(target, &history);
+                if let Err(why) = reaches(manifest, target, &path) {
+                    bail!("{why}");
+                }
+                (target, path, Vec::new())
+            }
         };
-        let history = if target.0 == 1 {
-            Vec::new()
-        } else {
-            archive.history(target).await?
-        };
-        let path = timeline_path(target, &history);
-        match path.iter().find(|(t, _, _)| *t == backup_tli) {
-            None => bail!(
-                "backup {} is on timeline {backup_tli}, which is not an ancestor of target timeline {target}: \
-                 --target-timeline current (or {backup_tli}) follows the backup's own timeline",
-                manifest.id
-            ),
-            Some((_, _, Some(end))) if *end < stop_lsn => bail!(
-                "timeline {target} forked from timeline {backup_tli} at {end}, before backup {} was consistent at {stop_lsn}: \
-                 --target-timeline current (or {backup_tli}) stays on the backup's timeline; to reach timeline {target}, restore a backup that finished before {end}",
-                manifest.id
-            ),
-            _ => {}
-        }
+        let stop_lsn = manifest.stop_lsn;
         let seg_size = index.segment_size();
         // Recovery asks for segments from the backup's stop segment on (the backup carries
         // its own WAL before that).
@@ -480,6 +486,7 @@ impl Route {
         Ok(Route {
             target,
             path,
+            strays,
             backup_tli,
             first,
             seg_size,
@@ -519,6 +526,162 @@ impl Route {
             segno += 1;
         }
         Some(segno)
+    }
+}
+
+/// A timeline newer than the one a restore follows whose history does not contain the backup:
+/// recovery from the backup cannot reach it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StrayTimeline {
+    pub timeline: TimelineId,
+    /// Why it is not a candidate, naming the backup.
+    pub reason: String,
+}
+
+/// Why recovery from `manifest` cannot reach `target` along `path` (its timeline path), if it
+/// cannot: the backup's timeline is not on the path, or the path leaves it before the backup
+/// was consistent.
+fn reaches(
+    manifest: &BackupManifest,
+    target: TimelineId,
+    path: &[(TimelineId, Lsn, Option<Lsn>)],
+) -> Result<(), String> {
+    let (backup_tli, stop_lsn) = (manifest.timeline, manifest.stop_lsn);
+    match path.iter().find(|(t, _, _)| *t == backup_tli) {
+        None => Err(format!(
+            "backup {} is on timeline {backup_tli}, which is not an ancestor of target timeline {target}: \
+             --target-timeline current (or {backup_tli}) follows the backup's own timeline",
+            manifest.id
+        )),
+        Some((_, _, Some(end))) if *end < stop_lsn => Err(format!(
+            "timeline {target} forked from timeline {backup_tli} at {end}, before backup {} was consistent at {stop_lsn}: \
+             --target-timeline current (or {backup_tli}) stays on the backup's timeline; to reach timeline {target}, restore a backup that finished before {end}",
+            manifest.id
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The rule for `--target-timeline latest` (the default): the newest archived timeline whose
+/// history contains the backup — the backup's own timeline when no newer one does. Every newer
+/// timeline passed over is returned as a stray, with why. One rule for the planner, the
+/// recoverable window (`info`, `--dry-run`) and `check`/`verify`'s stray-timeline warning.
+async fn latest_containing(
+    manifest: &BackupManifest,
+    index: &ArchiveIndex,
+    archive: &impl ArchiveReader,
+) -> anyhow::Result<(
+    TimelineId,
+    Vec<(TimelineId, Lsn, Option<Lsn>)>,
+    Vec<StrayTimeline>,
+)> {
+    let backup_tli = manifest.timeline;
+    let mut strays = Vec::new();
+    for tli in index.known_timelines() {
+        if tli <= backup_tli {
+            break;
+        }
+        let history = match archive.history(tli).await {
+            Ok(h) => h,
+            Err(e) => {
+                strays.push(StrayTimeline {
+                    timeline: tli,
+                    reason: format!("its history cannot be read: {e:#}"),
+                });
+                continue;
+            }
+        };
+        let path = timeline_path(tli, &history);
+        match reaches(manifest, tli, &path) {
+            Ok(()) => return Ok((tli, path, strays)),
+            Err(_) => strays.push(StrayTimeline {
+                timeline: tli,
+                reason: stray_reason(manifest, &path),
+            }),
+        }
+    }
+    let history = if backup_tli.0 == 1 {
+        Vec::new()
+    } else {
+        archive.history(backup_tli).await?
+    };
+    Ok((backup_tli, timeline_path(backup_tli, &history), strays))
+}
+
+/// The archived timelines no backup can reach: not on the route any backup's restore takes
+/// (nor an ancestor of a backup's timeline), and no backup is on their history before it
+/// forked. A stray fork, e.g. of a side-by-side restore that archived into this repository;
+/// `check` and `verify` warn about each, `pitr expire --retire-timeline N` removes one.
+/// Without a backup nothing is judged.
+pub async fn unreachable_timelines(
+    backups: &[BackupManifest],
+    index: &ArchiveIndex,
+    archive: &impl ArchiveReader,
+) -> Vec<StrayTimeline> {
+    // Every backup counts, restorable or not: what expire keeps must not be retired.
+    let backups: Vec<&BackupManifest> = backups.iter().collect();
+    let mut used = std::collections::BTreeSet::new();
+    for b in &backups {
+        used.insert(b.timeline);
+        if let Ok(route) = Route::new(b, index, archive, &TimelineChoice::Latest).await {
+            used.extend(route.path.iter().map(|(t, _, _)| *t));
+        }
+    }
+    let mut out = Vec::new();
+    if backups.is_empty() {
+        return out;
+    }
+    for tli in index.known_timelines() {
+        if used.contains(&tli) {
+            continue;
+        }
+        let history = if tli.0 == 1 {
+            Ok(Vec::new())
+        } else {
+            archive.history(tli).await
+        };
+        let history = match history {
+            Ok(h) => h,
+            Err(e) => {
+                out.push(StrayTimeline {
+                    timeline: tli,
+                    reason: format!("its history cannot be read: {e:#}"),
+                });
+                continue;
+            }
+        };
+        let path = timeline_path(tli, &history);
+        if backups.iter().any(|b| reaches(b, tli, &path).is_ok()) {
+            continue;
+        }
+        let on_path = backups
+            .iter()
+            .rev()
+            .find(|b| path.iter().any(|(t, _, _)| *t == b.timeline));
+        out.push(StrayTimeline {
+            timeline: tli,
+            reason: match on_path {
+                Some(b) => format!("no backup reaches it: {}", stray_reason(b, &path)),
+                None => "no backup reaches it: its history contains the timeline of no backup"
+                    .to_string(),
+            },
+        });
+    }
+    out
+}
+
+/// Why a timeline whose path is `path` does not contain `manifest`, in a warning's words.
+fn stray_reason(manifest: &BackupManifest, path: &[(TimelineId, Lsn, Option<Lsn>)]) -> String {
+    let (backup_tli, stop_lsn) = (manifest.timeline, manifest.stop_lsn);
+    match path.iter().find(|(t, _, _)| *t == backup_tli) {
+        Some((_, _, Some(end))) => format!(
+            "it forked from timeline {backup_tli} at {end}, before backup {} was consistent at {stop_lsn}",
+            manifest.id
+        ),
+        _ => format!(
+            "its history does not contain timeline {backup_tli} of backup {}",
+            manifest.id
+        ),
     }
 }
 
@@ -706,6 +869,78 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(p.timeline, TimelineId(1));
+    }
+
+    /// A stray fork (a side-by-side restore that archived its timeline 2 here, branching
+    /// before the newest backup was consistent) is not what `latest` means for that backup:
+    /// the plan follows the newest timeline whose history contains the backup, and names the
+    /// stray. A newer timeline that does contain it is still followed.
+    #[tokio::test]
+    async fn latest_passes_over_a_stray_fork_before_the_backup() {
+        let mut a = Fixture::default();
+        a.segment("000000010000000000000004", "2026-11-26T12:10:00Z", &[])
+            .segment("000000010000000000000005", "2026-11-26T12:20:00Z", &[])
+            .segment("000000020000000000000003", "2026-11-26T11:30:00Z", &[]);
+        a.histories
+            .insert(2, "1\t0/3000100\tno recovery target specified\n".into());
+        let p = plan_for(&two_backups(), &a, Target::End, TimelineChoice::Latest)
+            .await
+            .unwrap();
+        assert_eq!(p.backup, "b2");
+        assert_eq!(p.timeline, TimelineId(1));
+        assert_eq!(p.timeline_path, [TimelineId(1)]);
+        assert_eq!(p.wal.unwrap().count, 2);
+        assert_eq!(p.stray_timelines.len(), 1);
+        assert_eq!(p.stray_timelines[0].timeline, TimelineId(2));
+        let why = &p.stray_timelines[0].reason;
+        assert!(
+            why.contains("forked from timeline 1 at 0/3000100, before backup b2"),
+            "{why}"
+        );
+        // asked for by number, the stray is still refused
+        let e = plan_for(&two_backups(), &a, Target::End, TimelineChoice::Id(2))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("timeline 2 forked"), "{e}");
+
+        // a timeline 3 forking from 1 after the backup is followed; 2 stays a stray
+        a.segment("000000030000000000000005", "2026-11-26T12:30:00Z", &[]);
+        a.histories
+            .insert(3, "1\t0/5000100\tno recovery target specified\n".into());
+        let p = plan_for(&two_backups(), &a, Target::End, TimelineChoice::Latest)
+            .await
+            .unwrap();
+        assert_eq!(p.timeline, TimelineId(3));
+        assert_eq!(p.timeline_path, [TimelineId(1), TimelineId(3)]);
+        let strays: Vec<u32> = p.stray_timelines.iter().map(|s| s.timeline.0).collect();
+        assert!(
+            strays.is_empty(),
+            "{strays:?}: newer than 2 was found first"
+        );
+    }
+
+    /// The stray fork is a timeline no backup reaches; the timeline that does contain a
+    /// backup, and the backups' own, are not.
+    #[tokio::test]
+    async fn unreachable_timelines_are_the_strays() {
+        let mut a = Fixture::default();
+        a.segment("000000010000000000000004", "2026-11-26T12:10:00Z", &[])
+            .segment("000000020000000000000003", "2026-11-26T11:30:00Z", &[])
+            .segment("000000030000000000000005", "2026-11-26T12:30:00Z", &[]);
+        a.histories
+            .insert(2, "1\t0/3000100\tno recovery target specified\n".into());
+        a.histories
+            .insert(3, "1\t0/5000100\tno recovery target specified\n".into());
+        // only b2: timeline 2 forked before it was consistent
+        let b2 = &two_backups()[1..];
+        let strays = unreachable_timelines(b2, &a.index(), &a).await;
+        assert_eq!(strays.len(), 1, "{strays:?}");
+        assert_eq!(strays[0].timeline, TimelineId(2));
+        assert!(strays[0].reason.contains("before backup b2"), "{strays:?}");
+        // b1 finished before the fork: timeline 2 is reachable from it
+        let strays = unreachable_timelines(&two_backups(), &a.index(), &a).await;
+        assert!(strays.is_empty(), "{strays:?}");
     }
 
     /// A transaction or restore point target must be in the archived WAL after the backup:

@@ -105,6 +105,35 @@ mod tests {
     use crate::restore::Target;
     use crate::testutil::{at, backup, Fixture};
 
+    /// A stray timeline forking before the newest backup was consistent does not drop that
+    /// backup's interval: the window follows the same rule as the planner.
+    #[tokio::test]
+    async fn a_stray_fork_keeps_the_window() {
+        let backups = vec![backup(
+            "b2",
+            "0/4000028",
+            "0/4000100",
+            "2026-11-26T12:00:00Z",
+        )];
+        let mut a = Fixture::default();
+        a.segment(
+            "000000010000000000000004",
+            "2026-11-26T12:15:00Z",
+            &["2026-11-26T12:10:00Z"],
+        )
+        .segment("000000020000000000000003", "2026-11-26T11:30:00Z", &[]);
+        a.histories
+            .insert(2, "1\t0/3000100\tno recovery target specified\n".into());
+        let w = window(&backups, &a.index(), &a).await.unwrap();
+        assert_eq!(
+            w,
+            [Recoverable {
+                from: at("2026-11-26T12:00:00.000001Z"),
+                to: at("2026-11-26T12:09:59.999999Z"),
+            }]
+        );
+    }
+
     /// A missing segment ends the window; the next backup opens it again. Every end the
     /// window names is a time the planner accepts, and a time in the hole is one it refuses.
     #[tokio::test]

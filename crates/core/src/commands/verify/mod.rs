@@ -50,6 +50,10 @@ pub struct VerifyReport {
     /// One line per problem: damaged documents, then chunks, then missing segments, then
     /// the repository's age and the restore test.
     pub problems: Vec<String>,
+    /// One line per warning, which does not fail verify: an archived timeline no backup can
+    /// reach (a stray fork; `pitr check` raises it as a Nagios WARNING).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// Each verified backup's tablespaces and the locations they recorded: shown, since a
     /// restore lays one down there only when told to (`--tablespaces-as-recorded`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -87,6 +91,8 @@ pub async fn verify(
     }
     // The repository's newest backup, whichever one is verified.
     let age_problems = age_problem(repo, &backups.docs, &req);
+    // Judged against every backup, whichever one is verified.
+    let warnings = stray_warnings(repo, &backups.docs).await;
     let (backups, refs) = select(repo, backups, refs, req.backup.as_deref(), &mut problems)?;
     for b in &backups {
         // What a restore would refuse (an entry below a link, a foreign tablespace, …).
@@ -142,9 +148,33 @@ pub async fn verify(
         wal_files: refs.len(),
         bytes,
         problems,
+        warnings,
         tablespaces,
         restore_test,
     })
+}
+
+/// A warning line per archived timeline none of `backups` can reach.
+async fn stray_warnings(repo: &Repo, backups: &[BackupManifest]) -> Vec<String> {
+    let seg_size = backups.last().map_or(
+        pitr_pg::DEFAULT_WAL_SEGMENT_SIZE,
+        BackupManifest::segment_size,
+    );
+    let index = match crate::index::ArchiveIndex::list(repo, seg_size).await {
+        Ok(i) => i,
+        Err(e) => return vec![format!("list archived WAL for its timelines: {e:#}")],
+    };
+    let archive = crate::restore::plan::RepoArchive(repo);
+    crate::restore::plan::unreachable_timelines(backups, &index, &archive)
+        .await
+        .into_iter()
+        .map(|s| {
+            format!(
+                "archived timeline {} is a stray: {} (retire it with `pitr expire --retire-timeline {}`)",
+                s.timeline, s.reason, s.timeline
+            )
+        })
+        .collect()
 }
 
 /// No backup at all (when verifying everything), or a newest backup older than `--max-age`.
@@ -333,6 +363,58 @@ pub(crate) mod tests {
         )
         .await;
         r
+    }
+
+    /// A stray timeline (its history forks before the only backup was consistent, as a
+    /// side-by-side restore archiving here leaves it) is a warning line of verify that does not
+    /// fail it, and a WARNING of check's repository probe.
+    #[tokio::test]
+    async fn a_stray_timeline_is_a_warning_of_verify_and_check() {
+        let (repo, _) = Repo::init(
+            "memory://verify-stray",
+            RepoConfig::default(),
+            &pitr_store::RepoOptions::default(),
+        )
+        .await
+        .unwrap();
+        claim_cluster(&repo, SYSID, "test").await.unwrap();
+        put(
+            &repo,
+            &BackupManifest::key("b1"),
+            &manifest("b1", serde_json::json!([])),
+        )
+        .await;
+        archive_segment(&repo, 2).await;
+        let probe = crate::check::CheckRequest {
+            dbname: None,
+            password: None,
+            archive_timeout: Duration::from_secs(1),
+            max_archive_age: None,
+            max_backup_age: Some(Duration::from_secs(3600 * 24 * 365 * 100)),
+        };
+        let r = crate::check::check(&repo, &probe).await;
+        assert_eq!(r.status(), crate::check::Status::Ok, "{r:?}");
+
+        let history = b"1\t0/1000100\tno recovery target specified\n".to_vec();
+        archive(&repo, "00000002.history", history, None).await;
+        let report = verify(&repo, VerifyRequest::default(), &crate::progress::Silent)
+            .await
+            .unwrap();
+        assert!(report.ok(), "{:?}", report.problems);
+        assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+        assert!(
+            report.warnings[0].contains("archived timeline 2 is a stray")
+                && report.warnings[0].contains("before backup b1 was consistent"),
+            "{:?}",
+            report.warnings
+        );
+        let r = crate::check::check(&repo, &probe).await;
+        assert_eq!(r.status(), crate::check::Status::Warning, "{r:?}");
+        let t = r.checks.iter().find(|c| c.check == "timelines").unwrap();
+        assert!(
+            t.message.contains("timeline 2: no backup reaches it"),
+            "{r:?}"
+        );
     }
 
     /// A manifest that does not parse, names another backup, or has a zero-size WAL file is

@@ -29,6 +29,8 @@ pub struct RestoreTest {
     pub immediate: bool,
     /// What the scratch instance's restore_command is given of this run's settings.
     pub handed_on: crate::restore::HandedOn,
+    /// `--target-timeline` (default: latest, the newest timeline containing the backup).
+    pub timeline: Option<TimelineChoice>,
 }
 
 /// What `--restore-test` did.
@@ -176,7 +178,7 @@ async fn restore_and_check(
         pgdata: pgdata.to_path_buf(),
         target: target.clone(),
         exclusive: false,
-        timeline: TimelineChoice::Latest,
+        timeline: test.timeline.clone().unwrap_or(TimelineChoice::Latest),
         action: TargetAction::Promote,
         backup: Some(id.to_string()),
         delta: false,

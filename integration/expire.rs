@@ -158,7 +158,29 @@ fn expire_keeps_the_newest_backups_and_what_they_need() {
         let finished = expire_json(&killed, &["--retain-full", "2", "--gc-grace", "0s"]);
         verify_clean("after the second expire");
         assert_eq!(killed.list_json().len(), 2, "{finished:#}");
-        assert_eq!(state(&killed), after, "the second expire finishes the work");
+        // The second expire finishes the work: the backups and WAL of the probe's end state;
+        // chunks a killed collection had set aside may remain until the next run.
+        let (b, w, c) = state(&killed);
+        assert_eq!(
+            (b, w),
+            (after.0, after.1),
+            "the second expire finishes the work"
+        );
+        assert!(
+            c >= after.2,
+            "the second expire left {c} chunks, fewer than the probe's"
+        );
+        if c > after.2 {
+            // Chunks set aside by the killed run come back after this run's own collection
+            // (docs/format.md 8h); the next run takes them.
+            expire_json(&killed, &["--retain-full", "2", "--gc-grace", "0s"]);
+            verify_clean("after a third expire");
+        }
+        assert_eq!(
+            state(&killed),
+            after,
+            "expire reaches the probe's end state"
+        );
         i += 1;
     }
     eprintln!(

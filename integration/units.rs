@@ -396,6 +396,13 @@ fn check_server_mode_applies_the_age_limits() {
     // Without --server the same limit is a probe of the repository: no server checks.
     let (code, doc, what) = check(&["--max-backup-age", "7d"]);
     assert_eq!(code, 0, "{what}");
-    assert_eq!(doc["checks"].as_array().unwrap().len(), 1, "{what}");
+    // The probe's checks: the backup's age and the archived timelines, none of the server's.
+    let names: Vec<&str> = doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["check"].as_str())
+        .collect();
+    assert_eq!(names, ["backup_age", "timelines"], "{what}");
     assert_eq!(status_of(&doc, "connection"), None, "{what}");
 }

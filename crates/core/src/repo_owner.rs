@@ -8,19 +8,10 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 
-/// The directory of a local repository URL (`/path` or `file:///path`); `None` for any other.
+/// The directory of a local repository URL (`/path` or `file:///path`); `None` for any other
+/// (or one that names no directory: opening it will say why).
 pub fn local_path(url: &str) -> Option<PathBuf> {
-    if url.starts_with('/') {
-        Some(PathBuf::from(url))
-    } else if let Some(rest) = url.strip_prefix("file://") {
-        let parsed = url::Url::parse(url).ok()?;
-        parsed
-            .to_file_path()
-            .ok()
-            .or_else(|| rest.starts_with('/').then(|| PathBuf::from(rest)))
-    } else {
-        None
-    }
+    pitr_store::Location::local_path(url).ok().flatten()
 }
 
 /// Refuse `pitr <command>`, which writes to the repository at `url`, when this process runs
@@ -48,29 +39,13 @@ fn refuse_write_as(uid: u32, url: &str, command: &str) -> anyhow::Result<()> {
     if meta.uid() == 0 {
         return Ok(());
     }
-    let owner = user_name(meta.uid()).unwrap_or_else(|| format!("uid {}", meta.uid()));
+    let owner = pitr_store::user_name(meta.uid()).unwrap_or_else(|| format!("uid {}", meta.uid()));
     bail!(
         "refusing to run `pitr {command}` as root on repository {url}, owned by {owner}: what it \
          writes would belong to root, and {owner} (PostgreSQL's archive_command, list, verify, \
          expire) could not read it; run it as {owner} (e.g. `runuser -u {owner} -- pitr \
          {command} …`), or pass --allow-root"
     )
-}
-
-/// The name of user `uid`, if the user database has one.
-fn user_name(uid: u32) -> Option<String> {
-    let mut buf = vec![0 as libc::c_char; 4096];
-    // SAFETY: passwd is plain data that getpwuid_r fills in; zeroed is a valid start.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call and buf's length is passed with it.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) };
-    if rc != 0 || found.is_null() {
-        return None;
-    }
-    // SAFETY: on success pw_name points to a NUL-terminated string inside buf.
-    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
-    Some(name.to_string_lossy().into_owned())
 }
 
 #[cfg(test)]

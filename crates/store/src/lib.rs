@@ -20,6 +20,7 @@ pub mod remote;
 mod repo;
 mod writer;
 
+pub use backend::local::user_name;
 pub use backend::{ChunkRemoval, Listed};
 pub use chunk::{decode_chunk, encode_chunk, ChunkId, Fingerprint, CHUNK_HEADER_LEN};
 pub use chunker::Chunker;

@@ -34,6 +34,30 @@ impl Location {
         url.starts_with('/') || url.starts_with("file://")
     }
 
+    /// The directory a local repository URL names (`/path` or `file:///path`); `None` for any
+    /// other kind of URL, an error for a local one that names no absolute path.
+    pub fn local_path(url: &str) -> Result<Option<PathBuf>> {
+        let bad = |reason: &str| StoreError::BadUrl {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        if url.starts_with('/') {
+            Ok(Some(PathBuf::from(url)))
+        } else if let Some(rest) = url.strip_prefix("file://") {
+            if !rest.starts_with('/') {
+                return Err(bad(
+                    "file URLs need an absolute path (file:///var/lib/pitr)",
+                ));
+            }
+            let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+            Ok(Some(
+                parsed.to_file_path().map_err(|_| bad("not a local path"))?,
+            ))
+        } else {
+            Ok(None)
+        }
+    }
+
     /// Connect to the repository at `url`; `options` configure a cloud backend
     /// ([`crate::RepoOptions::remote`]; the environment's `AWS_*`/`GOOGLE_*`/`AZURE_*`
     /// variables are applied after them). With `create`, a missing local directory is made.
@@ -45,20 +69,7 @@ impl Location {
         if url.is_empty() {
             return Err(bad("empty; give --repo or set PITR_REPO"));
         }
-        let local = if url.starts_with('/') {
-            Some(PathBuf::from(url))
-        } else if let Some(rest) = url.strip_prefix("file://") {
-            if !rest.starts_with('/') {
-                return Err(bad(
-                    "file URLs need an absolute path (file:///var/lib/pitr)",
-                ));
-            }
-            let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
-            Some(parsed.to_file_path().map_err(|_| bad("not a local path"))?)
-        } else {
-            None
-        };
-        if let Some(root) = local {
+        if let Some(root) = Self::local_path(url)? {
             return Self::local(url, root, create);
         }
         if url.starts_with("memory://") {

@@ -684,7 +684,8 @@ pub(crate) fn owner_and_mode(path: &Path) -> String {
     "owner unknown".to_string()
 }
 
-fn user_name(uid: u32) -> Option<String> {
+/// The name of user `uid`, if the user database has one.
+pub fn user_name(uid: u32) -> Option<String> {
     let mut buf = vec![0 as libc::c_char; 4096];
     // SAFETY: passwd is plain data that getpwuid_r fills in; zeroed is a valid start.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
